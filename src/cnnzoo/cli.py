@@ -1,0 +1,56 @@
+"""The ``cnnzoo`` command line: a thin dispatcher.
+
+Each area of the library owns its subcommands: a module with ``register(subparsers)`` that adds them and sets
+``func(args) -> int`` on each. User errors (:class:`CnnzooError`) become one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cnnzoo.errors import CnnzooError
+
+# Module -> the subcommands it adds (listed here so `cnnzoo --help` reads like a table of contents).
+COMMAND_MODULES = {
+    "cnnzoo.analysis.inspect": "models, summary",
+    "cnnzoo.data.cli": "data",
+    "cnnzoo.train.cli": "train, eval, predict, export, recipes",
+    "cnnzoo.analysis.compare": "compare",
+    "cnnzoo.analysis.study": "study",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser with every subcommand."""
+    from cnnzoo import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="cnnzoo", description="The classic CNNs built from their papers: create, inspect, train, compare, study."
+    )
+    parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        importlib.import_module(module).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``cnnzoo`` console script; returns the exit status."""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return int(args.func(args) or 0)
+    except CnnzooError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `cnnzoo models | head`
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
