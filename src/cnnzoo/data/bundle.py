@@ -1,0 +1,105 @@
+"""What :func:`cnnzoo.data.load_data` hands the trainer: a :class:`DataBundle` of three :class:`BatchLoader` s.
+
+The contract (docs/architecture.md, "Data"): every loader yields ``(images, labels)`` with images float32
+``(N, C, H, W)``, normalised, channels_last, on the bundle's device, and labels int64 ``(N,)``; the order and the
+augmentation of an epoch are a pure function of ``(seed, epoch, batch index)``, so a run resumes exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import torch
+
+from cnnzoo.errors import CnnzooError
+
+
+class DataError(CnnzooError):
+    """Missing, corrupt or inconsistent data: one line naming the path and what was expected."""
+
+
+@runtime_checkable
+class BatchLoader(Protocol):
+    """One split of a dataset, iterated one epoch at a time."""
+
+    batch_size: int
+    num_samples: int  # samples in this rank's shard of the split (before a training loader drops its last batch)
+
+    def __len__(self) -> int:
+        """Batches per epoch (training: the last partial batch is dropped; evaluation: it is kept)."""
+        ...
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The batches of ``epoch`` from ``start_batch`` on, identical to those of an uninterrupted epoch."""
+        ...
+
+
+@dataclass
+class DataBundle:
+    """A dataset ready to train on: its classes, input format, normalisation and three loaders."""
+
+    name: str
+    classes: list[str]
+    in_channels: int
+    image_size: int
+    mean: tuple[float, ...]  # per channel, of pixel values in [0, 1]: images are (x / 255 - mean) / std
+    std: tuple[float, ...]
+    train: BatchLoader
+    val: BatchLoader  # empty (len 0, num_samples 0) when val_size=0
+    test: BatchLoader
+    info: dict = field(default_factory=dict)  # what `cnnzoo data` prints: sizes, modes, skipped files, split origin
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def mix_seed(*keys: int) -> int:
+    """A 63-bit seed that depends on every key (``numpy.random.SeedSequence`` hashes them; nearby keys decorrelate)."""
+    hi, lo = np.random.SeedSequence([int(k) for k in keys]).generate_state(2)  # two uint32 words
+    return (int(hi) << 31) | (int(lo) >> 1)
+
+
+def generator(device: torch.device | str, *keys: int) -> torch.Generator:
+    """A torch.Generator on ``device`` seeded by ``keys`` (device generators keep random draws off the host)."""
+    g = torch.Generator(device=device)
+    g.manual_seed(mix_seed(*keys))
+    return g
+
+
+def to_channels(images: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Convert uint8 images ``(N, C, H, W)`` with C in {1, 3} to ``in_channels`` channels.
+
+    Grey to RGB repeats the channel; RGB to grey uses the ITU-R 601-2 luma weights (what PIL's ``convert("L")``
+    and torchvision's ``rgb_to_grayscale`` use).
+    """
+    c = images.shape[1]
+    if c == in_channels:
+        return images
+    if c == 1:
+        return images.expand(-1, in_channels, -1, -1).contiguous()
+    if c == 3 and in_channels == 1:
+        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
+        return (images.float() * weights).sum(1, keepdim=True).round_().clamp_(0, 255).to(torch.uint8)
+    raise DataError(f"cannot convert {c}-channel images to {in_channels} channels (1 or 3 supported)")
+
+
+def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and standard deviation of uint8 images ``(N, C, H, W)`` as values in [0, 1].
+
+    Accumulated in float64 chunks so 60,000 CIFAR images need no float copy of the whole set.
+    """
+    c = images.shape[1]
+    total = torch.zeros(c, dtype=torch.float64, device=images.device)
+    total_sq = torch.zeros(c, dtype=torch.float64, device=images.device)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].to(torch.float64) / 255.0
+        total += x.sum((0, 2, 3))
+        total_sq += (x * x).sum((0, 2, 3))
+    count = images.shape[0] * images.shape[2] * images.shape[3]
+    mean = total / count
+    std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
+    return tuple(round(v, 4) for v in mean.tolist()), tuple(round(max(v, 1e-3), 4) for v in std.tolist())

@@ -1,0 +1,172 @@
+"""The fast path: a dataset that lives on the device as uint8 and is augmented a whole batch at a time.
+
+Hand-written on purpose rather than a ``torch.utils.data.DataLoader``: for 32x32 images the per-image PIL/tensor
+transforms in worker processes cost more than the network's step on a GPU (tens of microseconds of Python per
+image against a few microseconds of GPU time), and the workers must pickle every batch back. Here the whole split is
+one uint8 tensor on the device (CIFAR-10's 50,000 images are 150 MiB) and each batch is a handful of tensor ops:
+
+1. the batch's indices from the epoch's permutation (``torch.randperm`` with a generator on the device);
+2. random crop with zero padding and horizontal flip as ONE gather: each sample's rows and columns are its own
+   shifted (and, if flipped, reversed) ``arange``; positions in the padding read as 0 (black), as torchvision's
+   ``RandomCrop(32, padding=4)`` pads (He et al. 2016, section 4.2: "4 pixels are padded on each side, and a
+   32x32 crop is randomly sampled from the padded image or its horizontal flip"; the paper does not say zero or
+   reflect; zero is the fb.resnet.torch / torchvision convention);
+3. uint8 -> float32, normalisation fused into one multiply-add;
+4. optional cutout (DeVries & Taylor 2017, arXiv:1708.04552): a square of side ``cutout`` centred anywhere in the
+   image (so it may hang over the edge) set to 0 after normalisation, i.e. to the dataset mean, as their code does.
+
+Images are stored NHWC, so the float batch comes out channels_last without a copy. Randomness is a pure function of
+``(seed, epoch, batch index, rank)``: the permutation of an epoch is drawn from a generator seeded by
+``(seed, epoch)`` and each batch's augmentation from one seeded by ``(seed, epoch, rank, batch)``, so starting an
+epoch at ``start_batch`` reproduces the rest of an uninterrupted epoch exactly.
+
+DDP: each epoch's permutation is cut into ``world_size`` disjoint equal slices, one per rank (training drops the
+remainder, as ``DistributedSampler(drop_last=True)``); evaluation splits the samples in order into near-equal
+contiguous slices that cover all of them once, so per-rank counts sum to exact totals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from cnnzoo.data.bundle import generator
+
+_PERMUTATION, _AUGMENT = 0, 1  # stream tags, so the permutation and augmentation generators never share a seed
+
+
+class DeviceLoader:
+    """A split held on ``device`` as uint8; yields normalised, augmented, channels_last float32 batches."""
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device | str = "cpu",
+        train: bool = False,
+        seed: int = 0,
+        pad: int = 0,
+        flip: bool = False,
+        cutout: int = 0,
+        image_size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        """``images`` uint8 (N, C, H, W), ``labels`` int64 (N,). ``pad``/``flip``/``cutout`` act only if ``train``.
+
+        ``image_size``: output side; a batch is resized (bilinear) after augmentation when it differs from H, so a
+        32x32 dataset can feed a 224x224 net without a 224x224 copy of the dataset in memory.
+        """
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.device = torch.device(device)
+        self.images = images.to(self.device).permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
+        self.labels = labels.to(self.device, torch.int64)
+        self.batch_size = int(batch_size)
+        self.train, self.seed = train, int(seed)
+        self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
+        self.rank, self.world_size = rank, world_size
+        _, h, w, c = self.images.shape
+        self.image_size = image_size or h
+        self._resize = self.image_size != h or self.image_size != w
+        # (x / 255 - mean) / std  ==  x * scale + shift, applied to the last (channel) dim of NHWC batches.
+        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).expand(c)
+        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).expand(c)
+        self._scale = (1.0 / (255.0 * std_t)).contiguous()
+        self._shift = (-mean_t / std_t).contiguous()
+        self._rows = torch.arange(h, device=self.device)
+        self._cols = torch.arange(w, device=self.device)
+        n = self.images.shape[0]
+        if train:
+            self.num_samples = n // world_size
+        else:  # contiguous near-equal slices covering every sample once
+            self._start = rank * n // world_size
+            self.num_samples = (rank + 1) * n // world_size - self._start
+
+    @property
+    def dataset_size(self) -> int:
+        """Samples in the whole split, over all ranks."""
+        return self.images.shape[0]
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for ``epoch``, in the order they are served."""
+        if not self.train:
+            return torch.arange(self._start, self._start + self.num_samples, device=self.device)
+        perm = torch.randperm(self.dataset_size, generator=generator(self.device, self.seed, _PERMUTATION, epoch),
+                              device=self.device)
+        return perm[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
+        order = self.indices(epoch)
+        for b in range(start_batch, len(self)):
+            idx = order[b * self.batch_size : (b + 1) * self.batch_size]
+            yield self._batch(idx, epoch, b), self.labels[idx]
+
+    def _batch(self, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
+        if self.train and (self.pad or self.flip or self.cutout):
+            g = generator(self.device, self.seed, _AUGMENT, epoch, self.rank, b)
+            x = self._augment(idx, g)
+        else:
+            x = self.images[idx].float()
+        x = x * self._scale + self._shift  # normalise, still (B, H, W, C)
+        if self.train and self.cutout:
+            x.masked_fill_(self._cutout_mask(x.shape[0], g).unsqueeze(-1), 0.0)
+        x = x.permute(0, 3, 1, 2)  # (B, C, H, W) view with channels_last strides
+        if self._resize:
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return x.contiguous(memory_format=torch.channels_last)
+
+    def _augment(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Random crop with zero padding ``pad`` and random horizontal flip, as one batched gather."""
+        bsz, (h, w), p = idx.shape[0], self.images.shape[1:3], self.pad
+        dy = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device) - p  # shift in [-p, p]
+        dx = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device) - p
+        rows = self._rows + dy  # (B, H): source row of each output row
+        cols = self._cols + dx  # (B, W)
+        if self.flip:
+            flipped = torch.rand((bsz, 1), generator=g, device=self.device) < 0.5
+            cols = torch.where(flipped, cols.flip(1), cols)
+        inside = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1)  # (B, H, W)
+        x = self.images[idx[:, None, None], rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
+        return x.float() * inside.unsqueeze(-1)  # padding reads as 0 (black)
+
+    def _cutout_mask(self, bsz: int, g: torch.Generator) -> torch.Tensor:
+        """(B, H, W) bool: a ``cutout`` x ``cutout`` square per image, centre uniform over the image."""
+        h, w = self.images.shape[1:3]
+        cy = torch.randint(0, h, (bsz, 1), generator=g, device=self.device)
+        cx = torch.randint(0, w, (bsz, 1), generator=g, device=self.device)
+        top, left = cy - self.cutout // 2, cx - self.cutout // 2
+        in_rows = (self._rows >= top) & (self._rows < top + self.cutout)  # (B, H)
+        in_cols = (self._cols >= left) & (self._cols < left + self.cutout)  # (B, W)
+        return in_rows.unsqueeze(2) & in_cols.unsqueeze(1)
+
+
+class EmptyLoader:
+    """A split with no samples (``val_size=0``): zero batches, so loops over it simply do nothing."""
+
+    batch_size: int
+    num_samples: int = 0
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+
+    def __len__(self) -> int:
+        return 0
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return iter(())
