@@ -2,16 +2,17 @@
 
 He, Zhang, Ren, Sun, "Deep Residual Learning for Image Recognition", CVPR 2016, arXiv:1512.03385.
 
-ImageNet nets (Table 1). Every conv is followed by batch norm, then ReLU (section 3.4); a stage's first block
-downsamples with stride 2; global average pool and one FC layer end the net::
+ImageNet nets (Table 1). Batch norm right after each conv, before the ReLU (section 3.4); in a residual block the
+last ReLU comes after the addition. A stage's first block downsamples with stride 2; global average pool and one FC
+layer end the net::
 
-    layer    output   18-layer    34-layer    50-layer              101-layer             152-layer
+    layer    output   18-layer      34-layer      50-layer                        101-layer  152-layer
     conv1    112x112  7x7, 64, stride 2
-    conv2_x  56x56    3x3 max pool, stride 2, then
-                      [3x3, 64]x2 [3x3, 64]x3 [1x1,64 3x3,64 1x1,256]x3  ... x3            ... x3
-    conv3_x  28x28    [3x3,128]x2 [3x3,128]x4 [1x1,128 3x3,128 1x1,512]x4 ... x4           ... x8
-    conv4_x  14x14    [3x3,256]x2 [3x3,256]x6 [1x1,256 3x3,256 1x1,1024]x6 ... x23         ... x36
-    conv5_x  7x7      [3x3,512]x2 [3x3,512]x3 [1x1,512 3x3,512 1x1,2048]x3 ... x3          ... x3
+    conv2_x  56x56    3x3 max pool, stride 2
+                      [3x3,64]x2    [3x3,64]x3    [1x1,64; 3x3,64; 1x1,256]x3     x3         x3
+    conv3_x  28x28    [3x3,128]x2   [3x3,128]x4   [1x1,128; 3x3,128; 1x1,512]x4   x4         x8
+    conv4_x  14x14    [3x3,256]x2   [3x3,256]x6   [1x1,256; 3x3,256; 1x1,1024]x6  x23        x36
+    conv5_x  7x7      [3x3,512]x2   [3x3,512]x3   [1x1,512; 3x3,512; 1x1,2048]x3  x3         x3
              1x1      average pool, 1000-d fc, softmax
 
 Shortcuts (section 3.3): identity where input and output shapes agree; where they change (stride 2 or more
