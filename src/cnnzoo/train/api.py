@@ -1,0 +1,99 @@
+"""``cnnzoo.train(...)``: from a model name and a dataset to a trained, tested, resumable run directory.
+
+Kept cheap to import (``cnnzoo/__init__.py`` imports :func:`train` eagerly): the trainer itself is imported on call.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+from cnnzoo.errors import CnnzooError
+from cnnzoo.train.config import build_config, config_from_dict, read_config
+
+
+def train(
+    model: str | None = None,
+    data: str | None = "digits",
+    *,
+    recipe: str | None = None,
+    out: str | Path | None = None,
+    resume: str | Path | None = None,
+    seeds: list[int] | None = None,
+    stop_after: int | None = None,
+    quiet: bool = False,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Train ``model`` on ``data`` and return the run's report (the contents of ``report.json``).
+
+    Args:
+        model: a registered model name (``cnnzoo models`` lists them); not needed with ``resume``.
+        data: a dataset name (``digits``, ``cifar10``, ...) or an image folder.
+        recipe: a shipped recipe name (``cnnzoo recipes``) or a path to a ``.toml`` file.
+        out: the run directory (default ``runs/<model>-<data>-<timestamp>``).
+        resume: a run directory to continue from its ``last.pt`` (its ``config.toml`` is the config; any
+            ``overrides`` given are applied on top, e.g. more ``epochs``).
+        seeds: train once per seed into ``out/seed-<K>``; the result then holds every report and the mean and
+            (sample) standard deviation of test top-1 and loss, also written to ``out/seeds.json``.
+        stop_after: stop as on Ctrl-C once this many optimizer steps are done (resumable).
+        quiet: print nothing.
+        **overrides: :class:`cnnzoo.train.config.TrainConfig` fields (``epochs=3, lr=0.05, ema=0.999, ...``),
+            which win over the recipe.
+
+    Returns:
+        The report: ``test`` (loss, top1, top5, per_class), ``best_epoch``, ``best_val_top1``, ``run_dir``, ...
+        For a stopped run: ``{"interrupted": True, "run_dir": ..., "step": ...}``.
+    """
+    from cnnzoo.train.run import default_out, run_training
+
+    log = (lambda *a, **k: None) if quiet else print
+    if resume is not None:
+        run_dir = Path(resume)
+        if out is not None and Path(out) != run_dir:
+            raise CnnzooError("--resume continues a run in its own directory; leave out --out")
+        if seeds:
+            raise CnnzooError("--resume continues one run; resume each seed's directory separately")
+        stored = read_config(run_dir / "config.toml").to_dict()
+        if model is not None and model != stored["model"]:
+            raise CnnzooError(f"{run_dir} is a run of {stored['model']}, not {model}")
+        stored.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = config_from_dict(stored)
+        return run_training(cfg, run_dir, resume=True, stop_after=stop_after, log=log)
+    if model is None:
+        raise CnnzooError("name a model to train (`cnnzoo models` lists them), or --resume a run directory")
+    cfg = build_config(model, data, recipe=recipe, **overrides)
+    if not seeds:
+        return run_training(cfg, out, stop_after=stop_after, log=log)
+    from dataclasses import replace
+
+    root = Path(out) if out is not None else default_out(cfg)
+    reports = []
+    for seed in seeds:
+        if seed < 0:
+            raise CnnzooError(f"seeds must be >= 0, got {seed}")
+        log(f"--- seed {seed} ---")
+        reports.append(run_training(replace(cfg, seed=seed), root / f"seed-{seed}", stop_after=stop_after, log=log))
+        if reports[-1].get("interrupted"):
+            return reports[-1]
+    summary = summarize_seeds(seeds, reports)
+    (root / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+    top1 = summary["test_top1"]
+    log(f"{len(seeds)} seeds: test top-1 {100 * top1['mean']:.2f}% +- {100 * top1['std']:.2f}% (mean +- sample std)")
+    return summary
+
+
+def summarize_seeds(seeds: list[int], reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and sample standard deviation (0 for one seed) of the test metrics over seeds."""
+
+    def stats(values: list[float]) -> dict[str, float]:
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "values": values}  # fmt: skip
+
+    out = {"seeds": list(seeds), "runs": reports}
+    for key in ("top1", "top5", "loss"):
+        values = [r["test"][key] for r in reports]
+        out[f"test_{key}"] = stats(values) if all(math.isfinite(v) for v in values) else {"values": values}
+    return out

@@ -1,0 +1,155 @@
+"""``cnnzoo train | eval | predict | export | recipes``.
+
+``train``'s option flags are generated from :class:`cnnzoo.train.config.TrainConfig`'s fields (one flag per field,
+its help from the field), so the CLI, the Python API and the recipes always name the same options. A flag that is
+not given keeps the recipe's value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from cnnzoo.errors import CnnzooError
+from cnnzoo.train.config import FIELDS
+
+_NOT_FLAGS = {"model", "data", "recipe"}  # positional / named explicitly below
+
+
+def _parse_list(kind: type):
+    def parse(text: str) -> list:
+        try:
+            return [kind(v) for v in text.split(",") if v.strip()] if text.strip() else []
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+    return parse
+
+
+def _add_config_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("training options (override the recipe)")
+    for name, f in FIELDS.items():
+        if name in _NOT_FLAGS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        kind = f.type.replace(" | None", "")
+        default = f.default if not callable(f.default_factory) else f.default_factory()
+        help_text = f"{f.metadata['help']} (default: {default})"
+        common = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
+        if kind == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+        elif kind.startswith("list"):
+            group.add_argument(flag, type=_parse_list(int if "int" in kind else float), metavar="X,Y", **common)
+        else:
+            group.add_argument(flag, type={"int": int, "float": float}.get(kind, str), metavar=kind.upper(), **common)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the trainer's subcommands to the ``cnnzoo`` parser."""
+    p = sub.add_parser(
+        "train",
+        help="train a model on a dataset into a run directory",
+        description="Train MODEL on --data; flags override the --recipe; see `cnnzoo recipes`.",
+    )
+    p.add_argument("model", nargs="?", help="model name (`cnnzoo models`); omit with --resume")
+    p.add_argument("--data", default=None, help="dataset name or image folder (default: digits)")
+    p.add_argument("--recipe", default=None, help="recipe name (`cnnzoo recipes`) or a .toml file")
+    p.add_argument("--out", default=None, help="run directory (default: runs/<model>-<data>-<time>)")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last.pt")
+    p.add_argument("--seeds", type=_parse_list(int), default=None, metavar="0,1,2",
+                   help="train once per seed into OUT/seed-K and report mean +- std")  # fmt: skip
+    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
+                   help="stop (resumably, as on Ctrl-C) once this many steps are done")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="print nothing")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="re-evaluate a run's checkpoint on a split")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--split", choices=("test", "val", "train"), default="test")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of image files with a trained run")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a trained run's model (checked against the eager model)")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
+    p.add_argument("--output", default=None, help="file to write (default: RUN_DIR/model.onnx or model.ts.pt)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("recipes", help="list the shipped training recipes")
+    p.add_argument("name", nargs="?", help="print this recipe's TOML")
+    p.set_defaults(func=cmd_recipes)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from cnnzoo.train.api import train
+
+    overrides = {name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS and hasattr(args, name)}
+    result = train(args.model, args.data, recipe=args.recipe, out=args.out, resume=args.resume, seeds=args.seeds,
+                   stop_after=args.stop_after, quiet=args.quiet, **overrides)  # fmt: skip
+    return 0 if result is not None else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from cnnzoo.train.tools import evaluate_run
+
+    result = evaluate_run(args.run_dir, split=args.split, which=args.checkpoint, device=args.device)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(
+            f"{args.run_dir} ({args.checkpoint}.pt) on {result['data']} {args.split} ({result['n']} images): "
+            f"loss {result['loss']:.4f}   top-1 {100 * result['top1']:.2f}%   top-5 {100 * result['top5']:.2f}%"
+        )
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from cnnzoo.train.tools import predict
+
+    results = predict(args.run_dir, args.images, top_k=args.top_k, which=args.checkpoint)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return 0
+    for r in results:
+        print(r["image"])
+        for name, p in r["top"]:
+            print(f"  {100 * p:6.2f}%  {name}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from cnnzoo.train.tools import export
+
+    result = export(args.run_dir, fmt=args.format, output=args.output, which=args.checkpoint)
+    print(f"wrote {result['path']} ({args.format}); checked on a batch of {result['batch']}: max |difference| "
+          f"from the eager model {result['max_abs_diff']:.2e}")  # fmt: skip
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    from cnnzoo.train.config import list_recipes, recipes_dir
+
+    if args.name:
+        path = recipes_dir() / f"{args.name}.toml"
+        if not path.is_file():
+            raise CnnzooError(f"unknown recipe {args.name!r}; recipes: {', '.join(list_recipes())}")
+        print(Path(path).read_text(), end="")
+        return 0
+    recipes = list_recipes()
+    width = max(map(len, recipes))
+    for name, description in recipes.items():
+        print(f"{name:<{width}}  {description}")
+    return 0

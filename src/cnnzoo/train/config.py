@@ -1,0 +1,272 @@
+"""The training configuration: one typed dataclass, built from defaults < recipe < command-line flags.
+
+Recipes are small TOML files shipped in ``cnnzoo/recipes/``: flat ``key = value`` lines naming :class:`TrainConfig`
+fields, a top-level ``description``, and optional per-model tables ``[models.NAME]`` whose keys apply only when
+training that model (how ``resnet-cifar-paper`` gives ResNet-110 its 400-iteration warm-up at lr 0.01, He et al.
+2016 section 4.2). The resolved config is written to the run directory as ``config.toml`` (a tiny writer for flat
+scalars and lists; no TOML-writing dependency) and read back with ``tomllib`` on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from cnnzoo.errors import CnnzooError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def _f(default: Any, help: str, **kw) -> Any:
+    """A dataclass field with its ``--flag`` help text (the CLI builds its flags from these)."""
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Units: epochs unless a field says steps (= optimizer updates)."""
+
+    # What to train on.
+    model: str = _f("resnet20", "registered model name")
+    data: str = _f("digits", "dataset name or image folder")
+    recipe: str | None = _f(None, "recipe the config was built from (informational)")
+    image_size: int | None = _f(None, "input side in pixels (default: the dataset's)")
+    in_channels: int | None = _f(None, "input channels (default: the dataset's)")
+    val_size: float | None = _f(None, "validation images carved from train: count (>=1) or fraction (<1)")
+    subset: int | None = _f(None, "train on only this many training images (quick experiments)")
+    augment: str = _f("standard", "training augmentation: standard (pad-crop + flip) | none")
+    cutout: int = _f(0, "cutout square side in pixels, 0 = off")
+    # How long.
+    epochs: int = _f(30, "epochs to train (ignored when --iterations > 0)")
+    iterations: int = _f(0, "train for exactly this many steps (the papers' unit), 0 = use --epochs")
+    batch_size: int = _f(128, "global batch size (split across DDP ranks)")
+    eval_batch_size: int | None = _f(None, "evaluation batch size (default: 2 x batch size)")
+    # Optimiser.
+    optimizer: str = _f("sgd", "sgd | adamw")
+    lr: float = _f(0.1, "peak learning rate")
+    momentum: float = _f(0.9, "SGD momentum (AdamW: beta1)")
+    nesterov: bool = _f(False, "Nesterov momentum (SGD)")
+    weight_decay: float = _f(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
+    wd_exclude_bn_bias: bool = _f(True, "exempt BN and bias parameters (1-d tensors) from weight decay")
+    grad_clip: float = _f(0.0, "clip the global gradient norm to this, 0 = off")
+    # Learning-rate schedule: lr_at(step) in cnnzoo.train.engine.
+    schedule: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle")
+    warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
+    warmup_steps: int = _f(0, "warm-up length in steps (wins over --warmup-epochs)")
+    warmup_lr: float = _f(0.0, "constant lr during warm-up instead of a linear ramp from 0, 0 = ramp")
+    milestones: list[float] = _f([], "multistep: epochs at which lr is multiplied by gamma")
+    milestone_steps: list[int] = _f([], "multistep: steps at which lr is multiplied by gamma (wins)")
+    step_size: float = _f(30.0, "step: multiply lr by gamma every this many epochs")
+    gamma: float = _f(0.1, "step/multistep decay factor")
+    min_lr: float = _f(0.0, "cosine/linear: final learning rate")
+    pct_start: float = _f(0.25, "onecycle: fraction of training spent rising")
+    # Regularisation.
+    label_smoothing: float = _f(0.0, "label smoothing epsilon")
+    mixup: float = _f(0.0, "mixup Beta(alpha, alpha), 0 = off")
+    cutmix: float = _f(0.0, "cutmix Beta(alpha, alpha), 0 = off (both on: one of the two per batch)")
+    dropout: float | None = _f(None, "override the p of every nn.Dropout in the model")
+    zero_init_residual: bool = _f(False, "zero the last BN weight of each residual branch (Goyal et al. 2017)")
+    aux_weight: float = _f(0.3, "weight of each auxiliary classifier's loss (GoogLeNet, Szegedy et al. 2015)")
+    ema: float = _f(0.0, "EMA decay of the weights per step (e.g. 0.999), evaluated alongside, 0 = off")
+    # Speed and reproducibility.
+    device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16")
+    channels_last: bool | None = _f(None, "channels_last memory format (default: on for CUDA)")
+    compile: bool = _f(False, "torch.compile the model")
+    fused: bool | None = _f(None, "fused optimizer kernels (default: on for CUDA)")
+    sync_bn: bool = _f(False, "DDP: SyncBatchNorm across ranks")
+    deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on the CPU)")
+    seed: int = _f(0, "seed for initialisation, data order, augmentation, mixup")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`CnnzooError` on a value no run could use."""
+        checks = [
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
+            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.epochs >= 1 or self.iterations >= 1, "need epochs >= 1 or iterations >= 1"),
+            (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
+            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
+            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
+            (self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
+            (0 <= self.ema < 1, f"ema decay must be in [0, 1), got {self.ema}"),
+            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
+            (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warm-up lengths must be >= 0"),
+            (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
+            (self.step_size > 0, f"step_size must be > 0, got {self.step_size}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise CnnzooError(message)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict of the fields (what checkpoints store: no pickled classes)."""
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check a TOML / keyword value against the field's type; ints are accepted where floats are expected."""
+    kind = FIELDS[name].type
+    if value is None:
+        if "None" in kind:
+            return None
+        raise CnnzooError(f"{name} cannot be empty")
+    base = kind.replace(" | None", "")
+    if base.startswith("list"):
+        items = value if isinstance(value, (list, tuple)) else [value]
+        item = int if "int" in base else float
+        try:
+            return [item(v) for v in items]
+        except (TypeError, ValueError):
+            raise CnnzooError(f"{name} must be a list of numbers, got {value!r}") from None
+    if base == "bool":
+        if not isinstance(value, bool):
+            raise CnnzooError(f"{name} must be true or false, got {value!r}")
+        return value
+    if base in ("int", "float"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CnnzooError(f"{name} must be a number, got {value!r}")
+        if base == "int" and float(value) != int(value):
+            raise CnnzooError(f"{name} must be an integer, got {value!r}")
+        return int(value) if base == "int" else float(value)
+    if not isinstance(value, str):
+        raise CnnzooError(f"{name} must be a string, got {value!r}")
+    return value
+
+
+def _check_keys(keys, where: str) -> None:
+    unknown = sorted(set(keys) - set(FIELDS))
+    if unknown:
+        raise CnnzooError(f"unknown training option(s) in {where}: {', '.join(unknown)}")
+
+
+# --- recipes -------------------------------------------------------------------------------------------------------
+
+
+def recipes_dir() -> Path:
+    """The folder of the shipped recipe TOML files."""
+    return Path(str(resources.files("cnnzoo") / "recipes"))
+
+
+def list_recipes() -> dict[str, str]:
+    """Shipped recipe names -> their one-line descriptions."""
+    return {p.stem: read_recipe(p.stem).get("description", "") for p in sorted(recipes_dir().glob("*.toml"))}
+
+
+def read_recipe(name: str) -> dict[str, Any]:
+    """The parsed TOML of a shipped recipe, or of a ``.toml`` file path."""
+    path = Path(name) if name.endswith(".toml") else recipes_dir() / f"{name}.toml"
+    if not path.is_file():
+        names = ", ".join(p.stem for p in sorted(recipes_dir().glob("*.toml")))
+        raise CnnzooError(f"unknown recipe {name!r}; recipes: {names}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise CnnzooError(f"{path}: invalid TOML: {e}") from None
+
+
+def recipe_values(name: str, model: str) -> dict[str, Any]:
+    """The config values a recipe sets for ``model``: its flat keys, then its ``[models.<model>]`` table."""
+    raw = read_recipe(name)
+    per_model = raw.pop("models", {})
+    raw.pop("description", None)
+    _check_keys(raw, f"recipe {name!r}")
+    values = dict(raw)
+    for model_name, table in per_model.items():
+        _check_keys(table, f"recipe {name!r} [models.{model_name}]")
+        if model_name == model:
+            values.update(table)
+    return values
+
+
+def build_config(model: str | None = None, data: str | None = None, *, recipe: str | None = None,
+                 **overrides: Any) -> TrainConfig:  # fmt: skip
+    """Resolve a config: dataclass defaults < ``recipe`` (and its table for ``model``) < ``overrides``.
+
+    ``overrides`` are :class:`TrainConfig` field names; ``None`` means "not given" (keeps the recipe's value).
+    """
+    _check_keys(overrides, "the arguments")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    if model is not None:
+        given["model"] = model
+    if data is not None:
+        given["data"] = data
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        values.update(recipe_values(recipe, given.get("model", FIELDS["model"].default)))
+        values["recipe"] = recipe
+    values.update(given)
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+# --- config.toml ---------------------------------------------------------------------------------------------------
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        return repr(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Flat ``key = value`` TOML for scalars and lists; ``None`` values are left out (TOML has no null)."""
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
+
+
+def write_config(cfg: TrainConfig, path: str | Path) -> None:
+    """Write the resolved config as ``config.toml``."""
+    Path(path).write_text("# cnnzoo training config (resolved: defaults < recipe < flags)\n" + to_toml(cfg.to_dict()))
+
+
+def read_config(path: str | Path) -> TrainConfig:
+    """Read a ``config.toml`` written by :func:`write_config`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CnnzooError(f"{path}: no such file (not a cnnzoo run directory?)")
+    try:
+        values = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise CnnzooError(f"{path}: invalid TOML: {e}") from None
+    _check_keys(values, str(path))
+    return config_from_dict(values)
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """A :class:`TrainConfig` from a plain dict (checkpoint or TOML), type-checked."""
+    _check_keys(values, "the stored config")
+    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})

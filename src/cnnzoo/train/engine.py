@@ -1,0 +1,307 @@
+"""The pieces of one training step, reusable outside the trainer (``cnnzoo compare`` times ``train_step`` with them).
+
+- :func:`lr_at`: the learning rate as a pure function of the step (linear or constant warm-up, then constant, step,
+  multistep, cosine, linear or one-cycle decay), so resuming needs no scheduler state and any step's lr is known.
+- :func:`make_optimizer`: SGD (momentum, Nesterov) or AdamW, with weight decay off for BN and bias parameters by
+  default (Goyal et al. 2017, arXiv:1706.02677, section 5.1 and "Bag of Tricks", He et al. 2019, section 3.1:
+  decaying them only pulls the BN scale and shift toward zero) and fused kernels on CUDA.
+- :func:`train_step`: forward under autocast, loss (label smoothing, soft targets for mixup/cutmix, auxiliary
+  classifier losses at ``aux_weight``), backward (with a GradScaler for fp16), gradient clipping, update.
+- :func:`mix_batch`: mixup (Zhang et al. 2018, arXiv:1710.09412) or cutmix (Yun et al. 2019, arXiv:1905.04899),
+  drawn from a generator seeded by (seed, step) so a resumed run mixes exactly as an uninterrupted one.
+
+The residual-network papers' recipes differ only in the values they set here; see ``cnnzoo/recipes/*.toml``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnzoo.errors import CnnzooError
+from cnnzoo.train.config import TrainConfig
+
+# --- device and numerics -------------------------------------------------------------------------------------------
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: CUDA if present, then MPS, else CPU. An unavailable device is a :class:`CnnzooError`."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise CnnzooError(f"unknown device {name!r}: expected auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CnnzooError(f"device {name!r} requested but CUDA is not available")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise CnnzooError(f"device {name!r} requested but MPS is not available")
+    return device
+
+
+def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
+    """``auto`` -> bf16 on CUDA (where supported), fp32 on CPU and MPS."""
+    if cfg.precision != "auto":
+        return cfg.precision
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "fp32"
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for ``precision`` (a no-op for fp32)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler, enabled only for fp16 (bf16 has fp32's exponent range and needs none)."""
+    return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+
+def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
+    """Threads, determinism and cudnn autotuning (benchmark on CUDA unless deterministic)."""
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.benchmark = device.type == "cuda" and not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    if device.type == "cuda":  # TF32 convs/matmuls for fp32 work on Ampere+, as torchvision's reference scripts
+        torch.backends.cuda.matmul.allow_tf32 = not cfg.deterministic
+        torch.backends.cudnn.allow_tf32 = not cfg.deterministic
+
+
+def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    """channels_last by default on CUDA (tensor-core convs want NHWC)."""
+    return device.type == "cuda" if cfg.channels_last is None else cfg.channels_last
+
+
+def set_dropout(model: nn.Module, p: float) -> int:
+    """Set ``p`` of every dropout layer; returns how many were changed."""
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.dropout._DropoutNd)]
+    for m in layers:
+        m.p = p
+    return len(layers)
+
+
+# --- learning-rate schedule ----------------------------------------------------------------------------------------
+
+
+def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Optimizer steps in the whole run: ``iterations`` if set, else ``epochs * steps_per_epoch``."""
+    return cfg.iterations if cfg.iterations > 0 else cfg.epochs * steps_per_epoch
+
+
+def num_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Epochs the loop runs (the last one may stop early when ``iterations`` is not a multiple of an epoch)."""
+    return math.ceil(total_steps(cfg, steps_per_epoch) / steps_per_epoch)
+
+
+def warmup_length(cfg: TrainConfig, steps_per_epoch: int) -> int:
+    """Warm-up length in steps (``warmup_steps`` wins over ``warmup_epochs``)."""
+    return cfg.warmup_steps if cfg.warmup_steps > 0 else round(cfg.warmup_epochs * steps_per_epoch)
+
+
+def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): a pure function of the step and the config.
+
+    Warm-up (first ``warmup_length`` steps): ``warmup_lr`` if set (He et al. 2016 section 4.2: ResNet-110 trains
+    at 0.01 for 400 iterations, then at 0.1), else a linear ramp up to ``lr``. Then:
+
+    ========== ======================================================================================
+    constant   lr
+    step       lr * gamma ** floor(epoch / step_size)       (AlexNet, VGG, GoogLeNet papers)
+    multistep  lr * gamma ** (milestones passed)            (He et al. 2016: /10 at 32k and 48k steps)
+    cosine     min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2,  t = progress after warm-up in [0, 1]
+    linear     min_lr + (lr - min_lr) * (1 - t)
+    onecycle   cosine up from lr/25 to lr over pct_start, then down to lr/25e4 (torch OneCycleLR's defaults)
+    ========== ======================================================================================
+    """
+    total = total_steps(cfg, steps_per_epoch)
+    warm = warmup_length(cfg, steps_per_epoch)
+    if cfg.schedule == "onecycle":
+        up = max(1, round(cfg.pct_start * total))
+        start, low = cfg.lr / 25.0, cfg.lr / 25.0 / 1e4
+        if step < up:
+            return start + (cfg.lr - start) * (1 - math.cos(math.pi * step / up)) / 2
+        t = min(1.0, (step - up) / max(1, total - 1 - up))
+        return low + (cfg.lr - low) * (1 + math.cos(math.pi * t)) / 2
+    if step < warm:
+        return cfg.warmup_lr if cfg.warmup_lr > 0 else cfg.lr * (step + 1) / warm
+    if cfg.schedule == "constant":
+        return cfg.lr
+    if cfg.schedule == "step":
+        return cfg.lr * cfg.gamma ** math.floor(step / (cfg.step_size * steps_per_epoch))
+    if cfg.schedule == "multistep":
+        marks = cfg.milestone_steps or [round(m * steps_per_epoch) for m in cfg.milestones]
+        return cfg.lr * cfg.gamma ** sum(step >= m for m in marks)
+    t = min(1.0, (step - warm) / max(1, total - 1 - warm))
+    if cfg.schedule == "cosine":
+        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t)) / 2
+    return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - t)  # linear
+
+
+# --- optimizer -----------------------------------------------------------------------------------------------------
+
+
+def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool = True) -> list[dict]:
+    """Two groups: decayed weights, and (if ``exclude_bn_bias``) undecayed 1-d tensors (BN scale/shift, biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if exclude_bn_bias and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW over ``model``'s parameters, weight decay per :func:`param_groups`, fused on CUDA by default.
+
+    The lr set here is step 0's; the loop sets ``group["lr"] = lr_at(step, ...)`` before every step.
+    """
+    device = device or next(model.parameters()).device
+    fused = device.type == "cuda" if cfg.fused is None else cfg.fused
+    kw = {"fused": True} if fused else {}
+    groups = param_groups(model, cfg.weight_decay, cfg.wd_exclude_bn_bias)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+                               **kw)  # fmt: skip
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **kw)
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
+    """An exponential moving average of the weights and BN buffers, updated once per step."""
+    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+# --- mixup / cutmix ------------------------------------------------------------------------------------------------
+
+
+def mix_batch(images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, num_classes: int,
+              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Mixup or cutmix (one of the two, with equal chance, when both are on): (images, soft targets (N, K)).
+
+    The partner of sample i is sample N-1-i of the reversed batch (a fixed pairing, as timm's "flip" mode), the
+    mixing weight lambda ~ Beta(alpha, alpha); cutmix pastes a box of area (1 - lambda) and corrects lambda to the
+    box's exact area after clipping at the border. Label smoothing is applied later by the loss.
+    """
+    onehot = F.one_hot(labels, num_classes).to(images.dtype)
+    use_cutmix = cfg.cutmix > 0 and (cfg.mixup <= 0 or torch.rand((), generator=generator).item() < 0.5)
+    alpha = cfg.cutmix if use_cutmix else cfg.mixup
+    lam = _beta(alpha, generator)
+    partner = images.flip(0)
+    if use_cutmix:
+        h, w = images.shape[-2:]
+        cut = math.sqrt(1.0 - lam)
+        ch, cw = round(h * cut), round(w * cut)
+        cy = int(torch.randint(0, h, (), generator=generator))
+        cx = int(torch.randint(0, w, (), generator=generator))
+        y0, y1 = max(cy - ch // 2, 0), min(cy + ch - ch // 2, h)
+        x0, x1 = max(cx - cw // 2, 0), min(cx + cw - cw // 2, w)
+        images = images.clone()
+        images[..., y0:y1, x0:x1] = partner[..., y0:y1, x0:x1]
+        lam = 1.0 - (y1 - y0) * (x1 - x0) / (h * w)
+    else:
+        images = images * lam + partner * (1.0 - lam)
+    return images, onehot * lam + onehot.flip(0) * (1.0 - lam)
+
+
+def _beta(alpha: float, generator: torch.Generator) -> float:
+    """One draw of Beta(alpha, alpha) determined by ``generator`` (torch's ``Beta.sample`` takes no generator)."""
+    seed = int(torch.randint(0, 2**62, (), generator=generator))
+    return float(np.random.default_rng(seed).beta(alpha, alpha))
+
+
+# --- one step ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepContext:
+    """The numerics of a step, resolved once per run (see :func:`step_context`)."""
+
+    device: torch.device
+    precision: str
+    scaler: torch.amp.GradScaler
+    label_smoothing: float = 0.0
+    aux_weight: float = 0.3
+    grad_clip: float = 0.0
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        return autocast(self.precision, self.device)
+
+
+def step_context(cfg: TrainConfig, device: torch.device) -> StepContext:
+    """Resolve precision and scaler for ``cfg`` on ``device``."""
+    precision = resolve_precision(cfg, device)
+    return StepContext(device, precision, make_scaler(precision, device), cfg.label_smoothing, cfg.aux_weight,
+                       cfg.grad_clip)  # fmt: skip
+
+
+def compute_loss(
+    output: torch.Tensor | tuple, targets: torch.Tensor, ctx: StepContext
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, main logits). ``output`` is logits or a tuple (logits, aux...) from a net with auxiliary heads;
+    ``targets`` are class indices (N,) or class probabilities (N, K) (mixup/cutmix)."""
+    if isinstance(output, (tuple, list)):
+        logits, aux = output[0], output[1:]
+    else:
+        logits, aux = output, ()
+    loss = F.cross_entropy(logits.float(), targets, label_smoothing=ctx.label_smoothing)
+    for a in aux:  # Szegedy et al. 2015 section 5: auxiliary losses added with weight 0.3
+        if a is not None:
+            loss = loss + ctx.aux_weight * F.cross_entropy(a.float(), targets, label_smoothing=ctx.label_smoothing)
+    return loss, logits
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    ctx: StepContext,
+    *,
+    check_finite: Callable[[torch.Tensor], None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch; returns (loss, main logits), both detached.
+
+    ``check_finite(loss)`` runs before backward (the trainer raises there on a NaN/inf loss so no bad update is
+    applied). The learning rate is whatever the optimizer's groups hold (set it with :func:`set_lr`).
+    """
+    with ctx.autocast():
+        output = model(images)
+        loss, logits = compute_loss(output, targets, ctx)
+    if check_finite is not None:
+        check_finite(loss)
+    optimizer.zero_grad(set_to_none=True)
+    ctx.scaler.scale(loss).backward()
+    if ctx.grad_clip > 0:
+        ctx.scaler.unscale_(optimizer)
+        nn.utils.clip_grad_norm_(model.parameters(), ctx.grad_clip)
+    ctx.scaler.step(optimizer)
+    ctx.scaler.update()
+    return loss.detach(), logits.detach()

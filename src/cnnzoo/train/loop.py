@@ -1,0 +1,389 @@
+"""The training loop: plain functions ``train_one_epoch``, ``evaluate`` and ``fit`` over one :class:`RunState`.
+
+``fit`` runs epochs of :func:`cnnzoo.train.engine.train_step`, the lr set from :func:`lr_at` before every step,
+evaluates on the validation split after each epoch (and the EMA weights alongside), appends a line to
+``metrics.jsonl``, keeps ``best.pt`` (best validation top-1, the only model-selection signal: the test split is
+touched once, at the end, by :func:`cnnzoo.train.api.train`) and ``last.pt`` (everything needed to resume). A
+SIGINT/SIGTERM finishes the current step, writes ``last.pt`` at that exact batch and returns; a non-finite loss
+raises :class:`NonFiniteLoss` before the bad update, leaving the last good ``last.pt`` in place.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cnnzoo.data.bundle import DataBundle, generator
+from cnnzoo.errors import CnnzooError
+from cnnzoo.train import checkpoint
+from cnnzoo.train.config import TrainConfig
+from cnnzoo.train.engine import StepContext, lr_at, mix_batch, num_epochs, set_lr, total_steps, train_step
+
+_MIX_STREAM = 7  # generator stream tag for mixup/cutmix draws (distinct from the data layer's tags)
+
+
+class NonFiniteLoss(CnnzooError):
+    """The loss became NaN or infinite: the run stops, keeping the last good checkpoint."""
+
+    exit_code = 3
+
+
+@dataclass
+class Dist:
+    """Where this process sits in a DDP job (world_size 1 when not distributed)."""
+
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def all_reduce(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over ranks in place (a no-op for one process)."""
+        if self.world_size > 1:
+            import torch.distributed as tdist
+
+            tdist.all_reduce(t)
+        return t
+
+
+@dataclass
+class RunState:
+    """Everything a run carries between steps; ``last.pt`` is this, serialised."""
+
+    cfg: TrainConfig
+    data: DataBundle
+    model: nn.Module  # the plain module (what checkpoints store)
+    net: nn.Module  # what the step calls: the model, possibly DDP-wrapped and/or compiled
+    optimizer: torch.optim.Optimizer
+    ctx: StepContext
+    run_dir: Path | None = None
+    ema: nn.Module | None = None  # torch.optim.swa_utils.AveragedModel
+    dist: Dist = field(default_factory=Dist)
+    epoch: int = 0  # the epoch in progress (or next to start)
+    batch: int = 0  # the next batch of that epoch
+    step: int = 0  # optimizer steps done
+    sums: torch.Tensor | None = None  # this epoch so far, float64: [loss * n, correct, n, seconds]
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"val_top1": -1.0, "epoch": -1, "weights": "model"})
+    train_seconds: float = 0.0
+    log: Callable[[str], None] = print
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return len(self.data.train)
+
+    def meta(self) -> dict[str, Any]:
+        d = self.data
+        return {
+            "model": self.cfg.model, "num_classes": d.num_classes, "in_channels": d.in_channels, "data": d.name,
+            "classes": list(d.classes), "image_size": d.image_size, "mean": list(d.mean), "std": list(d.std),
+        }  # fmt: skip
+
+
+# --- stopping ------------------------------------------------------------------------------------------------------
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM (or a step budget); the loop stops cleanly after the current step."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.requested = False
+        self.stop_after = stop_after
+        self.reason = ""
+
+    def check(self, step: int, dist: Dist) -> bool:
+        if self.stop_after is not None and step >= self.stop_after and not self.requested:
+            self.requested, self.reason = True, f"stopped after step {step} (--stop-after)"
+        if dist.world_size > 1:  # every rank must stop at the same step
+            flag = dist.all_reduce(torch.tensor([float(self.requested)]))
+            self.requested = bool(flag.item() > 0)
+        return self.requested
+
+    def install(self) -> Callable[[], None]:
+        """Catch SIGINT/SIGTERM (main thread only); a second Ctrl-C aborts at once. Returns the uninstaller."""
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+
+        def handler(signum, frame):
+            if self.requested and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self.requested, self.reason = True, f"{signal.Signals(signum).name} received"
+
+        old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+# --- one epoch -----------------------------------------------------------------------------------------------------
+
+
+def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torch.Tensor], None] | None = None) -> bool:
+    """Train ``run.epoch`` from ``run.batch`` on; True if the epoch ended, False if stopped mid-way.
+
+    Running sums live on the device in float64 (no per-step host sync for the metrics) and are part of the
+    checkpoint, so an epoch resumed mid-way reports exactly what the uninterrupted epoch would.
+    """
+    cfg, data = run.cfg, run.data
+    spe, total = run.steps_per_epoch, total_steps(run.cfg, run.steps_per_epoch)
+    if run.sums is None:
+        run.sums = torch.zeros(4, dtype=torch.float64, device=run.ctx.device)
+    run.net.train()
+    mixing = cfg.mixup > 0 or cfg.cutmix > 0
+
+    def check_finite(loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss(
+                f"non-finite loss ({loss.item()}) at epoch {run.epoch + 1}, step {run.step + 1}; the last good "
+                f"checkpoint is kept ({run.run_dir / 'last.pt' if run.run_dir else 'none written'}); "
+                "try a lower --lr, --grad-clip or --precision fp32"
+            )
+
+    tick = time.perf_counter()
+    for images, labels in data.train.epoch(run.epoch, run.batch):
+        if run.step >= total:
+            break
+        set_lr(run.optimizer, lr_at(run.step, cfg, spe))
+        targets = labels
+        if mixing:
+            g = generator("cpu", cfg.seed, _MIX_STREAM, run.step)
+            images, targets = mix_batch(images, labels, cfg, data.num_classes, g)
+        loss, logits = train_step(run.net, run.optimizer, images, targets, run.ctx, check_finite=check_finite)
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        n = labels.shape[0]
+        correct = (logits.argmax(1) == labels).sum()
+        run.sums[:3] += torch.stack([loss.double() * n, correct.double(), torch.tensor(float(n), device=loss.device,
+                                                                                       dtype=torch.float64)])
+        run.step += 1
+        run.batch += 1
+        if progress is not None:
+            progress(run.batch, loss)
+        if run.batch < spe and run.step < total and stop.check(run.step, run.dist):
+            break
+    run.sums[3] += time.perf_counter() - tick
+    return run.batch >= spe or run.step >= total
+
+
+# --- evaluation ----------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader, ctx: StepContext, num_classes: int, *, dist: Dist | None = None,
+             confusion: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Loss (plain cross-entropy, no smoothing), top-1 and top-5 accuracy (fractions) over a whole split.
+
+    With ``confusion=True`` also the confusion matrix (rows: true class, columns: predicted) and per-class accuracy.
+    Sums are reduced over DDP ranks, so every rank returns the totals of the whole split.
+    """
+    dist = dist or Dist()
+    was_training = model.training
+    model.eval()
+    k = min(5, num_classes)
+    sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss * n, top1, top5, n
+    cm = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=ctx.device) if confusion else None
+    for images, labels in loader.epoch(0):
+        with ctx.autocast():
+            logits = model(images)
+        logits = logits.float()
+        top = logits.topk(k, dim=1).indices
+        hit = top == labels[:, None]
+        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(), hit[:, 0].sum().double(),
+                             hit.any(1).sum().double(), torch.tensor(float(len(labels)), device=sums.device,
+                                                                     dtype=torch.float64)])  # fmt: skip
+        if cm is not None:
+            cm += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes**2).view_as(cm).double()
+    dist.all_reduce(sums)
+    model.train(was_training)
+    n = sums[3].item()
+    if n == 0:
+        return {"loss": math.nan, "top1": math.nan, "top5": math.nan, "n": 0}
+    out = {"loss": sums[0].item() / n, "top1": sums[1].item() / n, "top5": sums[2].item() / n, "n": int(n)}
+    if cm is not None:
+        dist.all_reduce(cm)
+        per_class = (cm.diagonal() / cm.sum(1).clamp_min(1)).tolist()
+        out["confusion"] = cm.long().tolist()
+        out["per_class"] = per_class
+    return out
+
+
+# --- checkpoints of a run ------------------------------------------------------------------------------------------
+
+
+def state_dict(run: RunState) -> dict[str, Any]:
+    """The resumable state of ``run`` (only tensors and plain containers: loads with weights_only=True)."""
+    return {
+        "format": checkpoint.FORMAT,
+        "meta": run.meta(),
+        "config": run.cfg.to_dict(),
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scaler": run.ctx.scaler.state_dict(),
+        "ema": run.ema.state_dict() if run.ema is not None else None,
+        "position": {"epoch": run.epoch, "batch": run.batch, "step": run.step},
+        "sums": run.sums.cpu() if run.sums is not None else None,
+        "history": run.history,
+        "best": dict(run.best),
+        "train_seconds": run.train_seconds,
+        "rng": checkpoint.rng_state(),
+    }
+
+
+def load_state(run: RunState, ckpt: dict[str, Any]) -> None:
+    """Restore ``run`` from a ``last.pt`` dict (the inverse of :func:`state_dict`)."""
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.ctx.scaler.load_state_dict(ckpt["scaler"])
+    if run.ema is not None:
+        if ckpt["ema"] is None:
+            raise CnnzooError("the checkpoint has no EMA weights; resume without --ema or start a new run")
+        run.ema.load_state_dict(ckpt["ema"])
+    pos = ckpt["position"]
+    run.epoch, run.batch, run.step = pos["epoch"], pos["batch"], pos["step"]
+    run.sums = ckpt["sums"].to(run.ctx.device) if ckpt["sums"] is not None else None
+    run.history = list(ckpt["history"])
+    run.best = dict(ckpt["best"])
+    run.train_seconds = float(ckpt["train_seconds"])
+    checkpoint.set_rng_state(ckpt["rng"])
+
+
+def _save_best(run: RunState, weights: nn.Module, source: str) -> None:
+    best = {"format": checkpoint.FORMAT, "meta": run.meta(), "config": run.cfg.to_dict(),
+            "model": weights.state_dict(), "best": dict(run.best, weights=source)}  # fmt: skip
+    checkpoint.save_atomic(best, run.run_dir / "best.pt")
+
+
+def write_metrics(run: RunState) -> None:
+    """Rewrite ``metrics.jsonl`` from the history (so a resumed run's file matches its checkpoint exactly)."""
+    lines = "".join(json.dumps(r) + "\n" for r in run.history)
+    tmp = run.run_dir / "metrics.jsonl.tmp"
+    tmp.write_text(lines)
+    tmp.replace(run.run_dir / "metrics.jsonl")
+
+
+# --- the whole run -------------------------------------------------------------------------------------------------
+
+
+def _progress_bar(run: RunState, epoch_count: int):
+    """A rich progress bar for one epoch on a terminal (rank 0), else None."""
+    if not (run.dist.main and sys.stdout.isatty()):
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(f"epoch {run.epoch + 1}/{epoch_count}"), BarColumn(), MofNCompleteColumn(),
+                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)  # fmt: skip
+    return bar
+
+
+def fit(run: RunState, *, stop_after: int | None = None, writer=None) -> dict[str, Any]:
+    """Train until the configured length, or until stopped; returns ``{"interrupted": bool, "reason": str}``.
+
+    ``stop_after``: stop (exactly as on Ctrl-C) once this many steps are done in total: the test hook for
+    interrupt-and-resume, and a way to spend a fixed budget. Rank 0 writes the run directory.
+    """
+    cfg, spe = run.cfg, run.steps_per_epoch
+    if spe == 0:
+        raise CnnzooError(f"batch size {cfg.batch_size} is larger than the training split "
+                          f"({run.data.train.num_samples} images per rank): lower --batch-size")  # fmt: skip
+    epochs, total = num_epochs(cfg, spe), total_steps(cfg, spe)
+    writes = run.dist.main and run.run_dir is not None
+    stop = StopFlag(stop_after)
+    uninstall = stop.install()
+    try:
+        while run.epoch < epochs and run.step < total:
+            bar = _progress_bar(run, epochs)
+            if bar is not None:
+                task = bar.add_task("train", total=min(spe, total - run.step + run.batch), completed=run.batch, info="")
+                t0 = time.perf_counter()
+
+                def progress(b, loss, bar=bar, task=task, t0=t0, start=run.batch):
+                    rate = (b - start) * run.data.train.batch_size * run.dist.world_size / (time.perf_counter() - t0)
+                    bar.update(task, completed=b, info=f"loss {loss.item():.4f}  {rate:,.0f} img/s")
+
+                with bar:
+                    finished = train_one_epoch(run, stop, progress)
+            else:
+                finished = train_one_epoch(run, stop)
+            if not finished:
+                return _interrupted(run, stop, writes)
+            _end_epoch(run, writes, writer)
+            if run.epoch < epochs and run.step < total and stop.check(run.step, run.dist):
+                return _interrupted(run, stop, writes)
+    finally:
+        uninstall()
+    return {"interrupted": False, "reason": ""}
+
+
+def _end_epoch(run: RunState, writes: bool, writer) -> None:
+    """Validate, record the epoch's line, update best.pt, advance, write last.pt."""
+    cfg, spe = run.cfg, run.steps_per_epoch
+    sums = run.dist.all_reduce(run.sums.clone())
+    seconds = run.sums[3].item()  # this rank's wall time (ranks run in lock-step)
+    n = sums[2].item()
+    val = evaluate(run.model, run.data.val, run.ctx, run.data.num_classes, dist=run.dist)
+    record = {
+        "epoch": run.epoch + 1,
+        "step": run.step,
+        "lr": lr_at(run.step - 1, cfg, spe),
+        "train_loss": sums[0].item() / n,
+        "train_top1": sums[1].item() / n,
+        "val_loss": val["loss"],
+        "val_top1": val["top1"],
+        "val_top5": val["top5"],
+        "seconds": round(seconds, 3),
+        "images_per_s": round(n / seconds, 1) if seconds > 0 else None,
+    }
+    candidates = [(val["top1"], "model", run.model)]
+    if run.ema is not None:
+        ema_val = evaluate(run.ema.module, run.data.val, run.ctx, run.data.num_classes, dist=run.dist)
+        record.update(ema_val_loss=ema_val["loss"], ema_val_top1=ema_val["top1"], ema_val_top5=ema_val["top5"])
+        candidates.append((ema_val["top1"], "ema", run.ema.module))
+    run.history.append(record)
+    run.train_seconds += seconds
+    # Model selection on the validation split only; with no validation split the latest epoch is kept.
+    score, source, weights = max(candidates, key=lambda c: -1.0 if math.isnan(c[0]) else c[0])
+    improved = math.isnan(score) or score > run.best["val_top1"]
+    if improved:
+        run.best = {"val_top1": score, "epoch": run.epoch + 1, "weights": source}
+    run.epoch, run.batch, run.sums = run.epoch + 1, 0, None
+    if writes:
+        write_metrics(run)
+        if improved:
+            _save_best(run, weights, source)
+        checkpoint.save_atomic(state_dict(run), run.run_dir / "last.pt")
+        if writer is not None:
+            for key, value in record.items():
+                if key not in ("epoch", "step") and value is not None:
+                    writer.add_scalar(key, value, record["epoch"])
+    if run.dist.main:
+        ema = f"  ema_val_top1 {record['ema_val_top1']:.4f}" if run.ema is not None else ""
+        run.log(
+            f"epoch {record['epoch']:>3}  step {run.step:>6}  lr {record['lr']:.4g}  "
+            f"train_loss {record['train_loss']:.4f}  train_top1 {record['train_top1']:.4f}  "
+            f"val_loss {record['val_loss']:.4f}  val_top1 {record['val_top1']:.4f}{ema}  "
+            f"{seconds:.1f}s  {record['images_per_s'] or 0:,.0f} img/s"
+        )
+
+
+def _interrupted(run: RunState, stop: StopFlag, writes: bool) -> dict[str, Any]:
+    """Write last.pt at the exact batch reached and say how to resume."""
+    if writes:
+        checkpoint.save_atomic(state_dict(run), run.run_dir / "last.pt")
+        write_metrics(run)
+    if run.dist.main:
+        where = run.run_dir if run.run_dir is not None else "RUN_DIR"
+        run.log(f"{stop.reason or 'stopped'}: saved epoch {run.epoch + 1} batch {run.batch} (step {run.step}) to "
+                f"{where}/last.pt; resume with: cnnzoo train --resume {where}")  # fmt: skip
+    return {"interrupted": True, "reason": stop.reason}

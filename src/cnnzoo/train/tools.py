@@ -1,0 +1,100 @@
+"""What you do with a finished run: re-evaluate it, predict image files, export the model.
+
+Each rebuilds the model from the run's checkpoint (``best.pt`` by default; loaded with ``weights_only=True``) and
+its stored config, and the data or the preprocessing from the checkpoint's metadata (class names, normalisation),
+so a run directory is self-contained.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnzoo.errors import CnnzooError
+from cnnzoo.train.config import config_from_dict
+from cnnzoo.train.engine import resolve_device, step_context
+from cnnzoo.train.loop import Dist, evaluate
+from cnnzoo.train.run import load_bundle, load_run
+
+
+def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best", device: str = "auto") -> dict:
+    """Loss, top-1, top-5 (fractions) and per-class accuracy of a run's checkpoint on ``split``."""
+    ckpt, model = load_run(run_dir, which)
+    cfg = config_from_dict(ckpt["config"])
+    dev = resolve_device(device)
+    data = load_bundle(cfg, dev, Dist(), augment=False)
+    if data.num_classes != ckpt["meta"]["num_classes"]:
+        raise CnnzooError(f"{run_dir}: the data now has {data.num_classes} classes, the checkpoint "
+                          f"{ckpt['meta']['num_classes']}")  # fmt: skip
+    loader = {"test": data.test, "val": data.val, "train": data.train}[split]
+    if loader.num_samples == 0:
+        raise CnnzooError(f"{run_dir}: the run has no {split} split")
+    ctx = step_context(cfg, dev)
+    result = evaluate(model.to(dev), loader, ctx, data.num_classes, confusion=True)
+    result["per_class"] = dict(zip(data.classes, result["per_class"], strict=True))
+    result.pop("confusion")
+    return {"data": data.name, "split": split, "checkpoint": which, **result}
+
+
+def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best") -> list[dict]:
+    """For each image file: its ``top_k`` classes as ``(name, probability)`` pairs, most likely first."""
+    from cnnzoo.data import load_images
+
+    if top_k < 1:
+        raise CnnzooError(f"--top-k must be >= 1, got {top_k}")
+    ckpt, model = load_run(run_dir, which)
+    meta = ckpt["meta"]
+    x = load_images([str(p) for p in images], in_channels=meta["in_channels"], image_size=meta["image_size"],
+                    mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # fmt: skip
+    with torch.no_grad():
+        probs = model(x).float().softmax(1)
+    k = min(top_k, probs.shape[1])
+    top = probs.topk(k, dim=1)
+    classes = meta["classes"]
+    return [
+        {"image": str(path), "top": [(classes[i], p) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]}
+        for path, vals, idx in zip(images, top.values, top.indices, strict=True)
+    ]
+
+
+ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # export (torch.onnx dynamo exporter) and the check
+
+
+def export(run_dir: str | Path, *, fmt: str, output: str | Path | None = None, which: str = "best",
+           batch: int = 4) -> dict[str, Any]:  # fmt: skip
+    """Write the model as TorchScript (``torch.jit.trace``) or ONNX, then run the written file on a random batch
+    and compare with the eager model; a mismatch beyond 1e-4 (absolute, on logits) is an error."""
+    ckpt, model = load_run(run_dir, which)
+    meta = ckpt["meta"]
+    x = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"],
+                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    with torch.no_grad():
+        expected = model(x)
+    run_dir = Path(run_dir)
+    if fmt == "torchscript":
+        path = Path(output) if output else run_dir / "model.ts.pt"
+        with torch.no_grad():
+            traced = torch.jit.trace(model, x)
+        traced.save(str(path))
+        with torch.no_grad():
+            got = torch.jit.load(str(path))(x)
+    elif fmt == "onnx":
+        missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise CnnzooError(f"ONNX export needs the package(s) {', '.join(missing)}: pip install {' '.join(missing)}")
+        path = Path(output) if output else run_dir / "model.onnx"
+        import onnxruntime
+
+        torch.onnx.export(model, (x,), str(path), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})  # fmt: skip
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    else:
+        raise CnnzooError(f"unknown export format {fmt!r}: expected onnx or torchscript")
+    diff = (got.float() - expected.float()).abs().max().item()
+    if not diff <= 1e-4:
+        raise CnnzooError(f"exported model disagrees with the eager model (max |difference| {diff:.3g})")
+    return {"path": str(path), "format": fmt, "batch": batch, "max_abs_diff": diff}

@@ -1,0 +1,137 @@
+"""The trainer: config and recipes, the lr schedule, the optimizer, and end-to-end runs on digits (tiny, CPU)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import pytest
+import torch
+
+from cnnzoo.errors import CnnzooError
+from cnnzoo.models import create_model
+from cnnzoo.train.api import train
+from cnnzoo.train.config import TrainConfig, build_config, list_recipes, read_config, write_config
+from cnnzoo.train.engine import lr_at, make_optimizer, total_steps
+
+# A few steps of resnet20 on 96 digits images: 3 steps of 32 per epoch, 48 validation images.
+TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
+
+
+# --- config and recipes --------------------------------------------------------------------------------------------
+
+
+def test_recipes_listed_with_descriptions():
+    recipes = list_recipes()
+    for name in ("resnet-cifar-paper", "vgg-paper", "alexnet-paper", "googlenet-paper", "fast", "demo"):
+        assert recipes[name], name
+    for name in recipes:  # every shipped recipe resolves to a valid config
+        build_config("resnet20", recipe=name)
+
+
+def test_flags_override_recipe_and_per_model_table():
+    cfg = build_config("resnet20", recipe="resnet-cifar-paper")
+    assert (cfg.batch_size, cfg.momentum, cfg.weight_decay, cfg.iterations) == (128, 0.9, 1e-4, 64000)
+    assert cfg.milestone_steps == [32000, 48000] and cfg.warmup_steps == 0
+    cfg110 = build_config("resnet110", recipe="resnet-cifar-paper", lr=0.2)
+    assert (cfg110.warmup_steps, cfg110.warmup_lr, cfg110.lr) == (400, 0.01, 0.2)
+
+
+def test_bad_options_are_user_errors():
+    with pytest.raises(CnnzooError, match="unknown training option"):
+        build_config("resnet20", learning_rate=0.1)
+    with pytest.raises(CnnzooError, match="optimizer"):
+        build_config("resnet20", optimizer="adam")
+    with pytest.raises(CnnzooError, match="unknown recipe"):
+        build_config("resnet20", recipe="nope")
+    with pytest.raises(CnnzooError, match="must be a number"):
+        build_config("resnet20", lr="fast")
+
+
+def test_config_toml_round_trip(tmp_path):
+    cfg = build_config("resnet20", recipe="resnet-cifar-paper", dropout=None, label_smoothing=0.1)
+    write_config(cfg, tmp_path / "config.toml")
+    assert read_config(tmp_path / "config.toml") == cfg
+
+
+# --- schedule and optimizer ----------------------------------------------------------------------------------------
+
+
+def test_paper_schedule_resnet110():
+    cfg = build_config("resnet110", recipe="resnet-cifar-paper")
+    spe = 391  # 50,000 / 128 per epoch: the paper's milestones are in steps, independent of it
+    assert total_steps(cfg, spe) == 64000
+    assert lr_at(0, cfg, spe) == lr_at(399, cfg, spe) == 0.01  # warm-up at 0.01 for 400 iterations
+    assert lr_at(400, cfg, spe) == lr_at(31999, cfg, spe) == 0.1
+    assert lr_at(32000, cfg, spe) == pytest.approx(0.01) and lr_at(48000, cfg, spe) == pytest.approx(0.001)
+    assert lr_at(0, build_config("resnet56", recipe="resnet-cifar-paper"), spe) == 0.1  # no warm-up for others
+
+
+def test_schedules_shapes():
+    spe = 10
+    cos = TrainConfig(epochs=10, lr=1.0, schedule="cosine", warmup_epochs=1)
+    assert [lr_at(s, cos, spe) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])  # linear ramp to lr
+    assert lr_at(10, cos, spe) == pytest.approx(1.0) and lr_at(99, cos, spe) == pytest.approx(0.0, abs=1e-12)
+    one = TrainConfig(epochs=10, lr=1.0, schedule="onecycle", pct_start=0.3)
+    lrs = [lr_at(s, one, spe) for s in range(100)]
+    assert lrs[0] == pytest.approx(1 / 25) and max(lrs) == pytest.approx(1.0) and lrs.index(max(lrs)) == 30
+    assert lrs[-1] == pytest.approx(1 / 25 / 1e4)
+    step = TrainConfig(epochs=20, lr=0.01, schedule="step", step_size=8, gamma=0.96)  # GoogLeNet: -4% every 8 epochs
+    assert lr_at(79, step, spe) == 0.01 and lr_at(80, step, spe) == pytest.approx(0.0096)
+    lin = TrainConfig(epochs=1, lr=1.0, schedule="linear")
+    assert lr_at(0, lin, spe) == 1.0 and lr_at(9, lin, spe) == pytest.approx(0.0)
+
+
+def test_weight_decay_excludes_bn_and_bias():
+    model = create_model("resnet20", num_classes=10, in_channels=1)
+    opt = make_optimizer(model, TrainConfig(weight_decay=5e-4, nesterov=True), torch.device("cpu"))
+    decayed, free = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in free["params"])
+    assert len(free["params"]) == sum(1 for n, _ in model.named_parameters() if n.endswith((".bias", "bn1.weight",
+                                                                                          "bn2.weight")))  # fmt: skip
+    assert opt.defaults["nesterov"]
+    everything = make_optimizer(model, TrainConfig(wd_exclude_bn_bias=False, optimizer="adamw"), torch.device("cpu"))
+    assert len(everything.param_groups) == 1 and isinstance(everything, torch.optim.AdamW)
+
+
+# --- end to end ----------------------------------------------------------------------------------------------------
+
+
+def test_train_digits_writes_the_run_directory(tmp_path):
+    out = tmp_path / "run"
+    report = train("resnet20", "digits", out=out, epochs=2, quiet=True, ema=0.9, **TINY)
+    for name in ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "report.json", "confusion.png"):
+        assert (out / name).is_file(), name
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == [1, 2] and [r["step"] for r in lines] == [3, 6]
+    for r in lines:
+        for key in ("train_top1", "val_top1", "val_top5", "ema_val_top1"):
+            assert 0.0 <= r[key] <= 1.0
+        assert r["images_per_s"] > 0 and math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"])
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert report["test"]["n"] == 360 and len(report["test"]["per_class"]) == 10
+    assert 0.0 <= report["test"]["top1"] <= report["test"]["top5"] <= 1.0
+    assert report["best_epoch"] in (1, 2)
+    assert read_config(out / "config.toml").ema == 0.9
+    with pytest.raises(CnnzooError, match="already holds a run"):
+        train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
+
+
+def test_cli_flags_reach_the_config(tmp_path):
+    from cnnzoo.train import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(["train", "resnet20", "--recipe", "demo", "--lr", "0.3", "--no-wd-exclude-bn-bias",
+                              "--milestones", "2,4", "--out", str(tmp_path)])  # fmt: skip
+    assert (args.lr, args.wd_exclude_bn_bias, args.milestones, args.recipe) == (0.3, False, [2.0, 4.0], "demo")
+    assert not hasattr(args, "epochs")  # not given: the recipe's value stays
+
+
+def test_demo_recipe_learns_digits(tmp_path):
+    """The demo recipe, shortened to 3 epochs on all of digits, already beats chance by far."""
+    report = train("resnet20", "digits", recipe="demo", out=tmp_path / "demo", epochs=3, quiet=True, threads=2)
+    assert report["test"]["top1"] > 0.6
