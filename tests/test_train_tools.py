@@ -1,0 +1,103 @@
+"""After training: `cnnzoo eval`, `predict`, `export`, multi-seed runs, and the GoogLeNet-style auxiliary loss."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from cnnzoo.errors import CnnzooError
+from cnnzoo.train.api import train
+from cnnzoo.train.config import TrainConfig
+from cnnzoo.train.engine import compute_loss, make_optimizer, step_context, train_step
+from cnnzoo.train.tools import evaluate_run, export
+
+TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("home")
+        mp.setenv("CNNZOO_CACHE_DIR", str(home / "cache"))
+        mp.setenv("CNNZOO_DATA_DIR", str(home / "data"))
+        out = tmp_path_factory.mktemp("runs") / "r"
+        report = train("resnet20", "digits", out=out, epochs=2, quiet=True, **TINY)
+    return out, report
+
+
+def _cli(argv: list[str]) -> int:
+    from cnnzoo.train import cli
+
+    parser = argparse.ArgumentParser()
+    cli.register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+def test_eval_reproduces_the_report(run_dir, capsys):
+    out, report = run_dir
+    result = evaluate_run(out, split="test", device="cpu")
+    assert result["n"] == 360
+    for key in ("loss", "top1", "top5"):
+        assert result[key] == pytest.approx(report["test"][key], abs=1e-6)
+    assert result["per_class"] == pytest.approx(report["test"]["per_class"])
+    assert _cli(["eval", str(out), "--split", "val", "--device", "cpu", "--json"]) == 0
+    val = json.loads(capsys.readouterr().out)
+    assert val["n"] == 48 and val["split"] == "val"
+    with pytest.raises(CnnzooError, match="no such run directory"):
+        evaluate_run(out.parent / "missing")
+
+
+def test_export_torchscript_matches_eager(run_dir, tmp_path):
+    out, _ = run_dir
+    result = export(out, fmt="torchscript", output=tmp_path / "m.pt")
+    assert result["max_abs_diff"] <= 1e-4
+    scripted = torch.jit.load(str(tmp_path / "m.pt"))
+    assert scripted(torch.zeros(1, 1, 32, 32)).shape == (1, 10)
+
+
+@pytest.mark.skipif(all(importlib.util.find_spec(n) for n in ("onnx", "onnxscript", "onnxruntime")),
+                    reason="this test checks the message shown when the ONNX packages are missing")  # fmt: skip
+def test_export_onnx_without_packages_names_them(run_dir):
+    out, _ = run_dir
+    with pytest.raises(CnnzooError, match="pip install .*onnx"):
+        export(out, fmt="onnx")
+
+
+def test_seeds_report_mean_and_std(tmp_path):
+    summary = train("resnet20", "digits", out=tmp_path / "s", seeds=[0, 1], epochs=1, quiet=True, **TINY)
+    assert [r["seed"] for r in summary["runs"]] == [0, 1]
+    assert all((tmp_path / "s" / f"seed-{k}" / "report.json").is_file() for k in (0, 1))
+    values = [r["test"]["top1"] for r in summary["runs"]]
+    assert summary["test_top1"]["mean"] == pytest.approx(sum(values) / 2)
+    assert summary["test_top1"]["std"] == pytest.approx(abs(values[0] - values[1]) / 2**0.5)
+    assert json.loads((tmp_path / "s" / "seeds.json").read_text())["test_top1"] == summary["test_top1"]
+
+
+class _AuxNet(nn.Module):
+    """A stand-in with GoogLeNet's output contract: (logits, aux2, aux1) in training mode, logits in eval."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.main, self.aux = nn.Linear(4, 3), nn.Linear(4, 3)
+
+    def forward(self, x):
+        return (self.main(x), self.aux(x), self.aux(x)) if self.training else self.main(x)
+
+
+def test_auxiliary_losses_are_added_with_their_weight():
+    net, x, y = _AuxNet(), torch.randn(8, 4), torch.randint(0, 3, (8,))
+    ctx = step_context(TrainConfig(aux_weight=0.3, device="cpu"), torch.device("cpu"))
+    loss, logits = compute_loss(net(x), y, ctx)
+    ce = nn.functional.cross_entropy
+    assert loss.item() == pytest.approx((ce(net.main(x), y) + 2 * 0.3 * ce(net.aux(x), y)).item(), rel=1e-6)
+    before = net.main.weight.clone()
+    opt = make_optimizer(net, TrainConfig(lr=0.1), torch.device("cpu"))
+    step_loss, step_logits = train_step(net, opt, x, y, ctx)
+    assert step_loss.item() == pytest.approx(loss.item(), rel=1e-6) and step_logits.shape == (8, 3)
+    assert not torch.equal(before, net.main.weight)
