@@ -18,7 +18,7 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     loss_ax, acc_ax = fig.subplots(1, 2)
     loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
     loss_ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss (log scale)", title="Loss", yscale="log")
     acc_ax.plot(epochs, [100 * r["train_top1"] for r in history], "o-", label="train")
     acc_ax.plot(epochs, [100 * r["val_top1"] for r in history], "o-", label="validation")
     if history and "ema_val_top1" in history[0]:

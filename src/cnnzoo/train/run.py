@@ -118,6 +118,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume:
     seed_everything(cfg.seed)
     data = load_bundle(cfg, device, dist)
     model = build_model(cfg, data.num_classes, data.in_channels).to(device)
+    if cfg.sync_bn and device.type != "cuda":
+        raise CnnzooError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on the CPU)")
     if dist.world_size > 1 and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if use_channels_last(cfg, device):
