@@ -14,6 +14,9 @@ from typing import Any
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import build_config, config_from_dict, read_config
 
+# What may change when resuming: the length (the lr schedule follows it) and where/how fast it runs.
+RESUME_OVERRIDES = ("epochs", "iterations", "device", "threads", "compile")
+
 
 def train(
     model: str | None = None,
@@ -35,7 +38,7 @@ def train(
         recipe: a shipped recipe name (``cnnzoo recipes``) or a path to a ``.toml`` file.
         out: the run directory (default ``runs/<model>-<data>-<timestamp>``).
         resume: a run directory to continue from its ``last.pt`` (its ``config.toml`` is the config; any
-            ``overrides`` given are applied on top, e.g. more ``epochs``).
+            ``overrides`` may change only ``RESUME_OVERRIDES``, e.g. more ``epochs``).
         seeds: train once per seed into ``out/seed-<K>``; the result then holds every report and the mean and
             (sample) standard deviation of test top-1 and loss, also written to ``out/seeds.json``.
         stop_after: stop as on Ctrl-C once this many optimizer steps are done (resumable).
@@ -59,7 +62,11 @@ def train(
         stored = read_config(run_dir / "config.toml").to_dict()
         if model is not None and model != stored["model"]:
             raise CnnzooError(f"{run_dir} is a run of {stored['model']}, not {model}")
-        stored.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        fixed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDES and v != stored.get(k))
+        if fixed:
+            raise CnnzooError(f"cannot change {', '.join(fixed)} when resuming (only {', '.join(RESUME_OVERRIDES)})")
+        stored.update(given)
         cfg = config_from_dict(stored)
         return run_training(cfg, run_dir, resume=True, stop_after=stop_after, log=log)
     if model is None:

@@ -32,6 +32,7 @@ from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.engine import StepContext, lr_at, mix_batch, num_epochs, set_lr, total_steps, train_step
 
 _MIX_STREAM = 7  # generator stream tag for mixup/cutmix draws (distinct from the data layer's tags)
+_FINITE_EVERY = 50  # steps between NaN/inf checks on an accelerator
 
 
 class NonFiniteLoss(CnnzooError):
@@ -76,7 +77,9 @@ class RunState:
     epoch: int = 0  # the epoch in progress (or next to start)
     batch: int = 0  # the next batch of that epoch
     step: int = 0  # optimizer steps done
-    sums: torch.Tensor | None = None  # this epoch so far, float64: [loss * n, correct, n, seconds]
+    sums: torch.Tensor | None = None  # this epoch so far, on the device, float64: [sum of loss * n, correct]
+    seen: int = 0  # images trained on in this epoch so far (this rank)
+    epoch_seconds: float = 0.0  # time spent training this epoch so far
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_top1": -1.0, "epoch": -1, "weights": "model"})
     train_seconds: float = 0.0
@@ -133,47 +136,62 @@ class StopFlag:
 def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torch.Tensor], None] | None = None) -> bool:
     """Train ``run.epoch`` from ``run.batch`` on; True if the epoch ended, False if stopped mid-way.
 
-    Running sums live on the device in float64 (no per-step host sync for the metrics) and are part of the
-    checkpoint, so an epoch resumed mid-way reports exactly what the uninterrupted epoch would.
+    Running sums stay on the device in float64 (no per-step host sync for the metrics) and are part of the
+    checkpoint, so an epoch resumed mid-way reports exactly what the uninterrupted epoch would. The loss is checked
+    for NaN/inf before every backward on the CPU; on an accelerator the first bad step is recorded on the device
+    and checked every ``_FINITE_EVERY`` steps and before anything is saved (a per-step check would stall the GPU).
     """
     cfg, data = run.cfg, run.data
     spe, total = run.steps_per_epoch, total_steps(run.cfg, run.steps_per_epoch)
+    device = run.ctx.device
     if run.sums is None:
-        run.sums = torch.zeros(4, dtype=torch.float64, device=run.ctx.device)
+        run.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of loss * n, correct]
     run.net.train()
     mixing = cfg.mixup > 0 or cfg.cutmix > 0
+    bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, -1 = none
 
-    def check_finite(loss: torch.Tensor) -> None:
-        if not torch.isfinite(loss):
+    def record(loss: torch.Tensor) -> None:
+        bad.masked_fill_((bad < 0) & ~torch.isfinite(loss), run.step)
+
+    def check(loss: torch.Tensor | None = None) -> None:
+        if loss is not None:
+            record(loss)
+        step = int(bad.item())
+        if step >= 0:
+            last = run.run_dir / "last.pt" if run.run_dir else "none written"
             raise NonFiniteLoss(
-                f"non-finite loss ({loss.item()}) at epoch {run.epoch + 1}, step {run.step + 1}; the last good "
-                f"checkpoint is kept ({run.run_dir / 'last.pt' if run.run_dir else 'none written'}); "
-                "try a lower --lr, --grad-clip or --precision fp32"
+                f"non-finite loss at epoch {step // spe + 1}, step {step + 1}; stopped, keeping the last good "
+                f"checkpoint ({last}); try a lower --lr, --grad-clip or --precision fp32"
             )
 
+    per_step = check if device.type == "cpu" else record
     tick = time.perf_counter()
-    for images, labels in data.train.epoch(run.epoch, run.batch):
-        if run.step >= total:
-            break
-        set_lr(run.optimizer, lr_at(run.step, cfg, spe))
-        targets = labels
-        if mixing:
-            g = generator("cpu", cfg.seed, _MIX_STREAM, run.step)
-            images, targets = mix_batch(images, labels, cfg, data.num_classes, g)
-        loss, logits = train_step(run.net, run.optimizer, images, targets, run.ctx, check_finite=check_finite)
-        if run.ema is not None:
-            run.ema.update_parameters(run.model)
-        n = labels.shape[0]
-        correct = (logits.argmax(1) == labels).sum()
-        run.sums[:3] += torch.stack([loss.double() * n, correct.double(), torch.tensor(float(n), device=loss.device,
-                                                                                       dtype=torch.float64)])
-        run.step += 1
-        run.batch += 1
-        if progress is not None:
-            progress(run.batch, loss)
-        if run.batch < spe and run.step < total and stop.check(run.step, run.dist):
-            break
-    run.sums[3] += time.perf_counter() - tick
+    try:
+        for images, labels in data.train.epoch(run.epoch, run.batch):
+            if run.step >= total:
+                break
+            set_lr(run.optimizer, lr_at(run.step, cfg, spe))
+            targets = labels
+            if mixing:
+                g = generator("cpu", cfg.seed, _MIX_STREAM, run.step)
+                images, targets = mix_batch(images, labels, cfg, data.num_classes, g)
+            loss, logits = train_step(run.net, run.optimizer, images, targets, run.ctx, check_finite=per_step)
+            if run.ema is not None:
+                run.ema.update_parameters(run.model)
+            n = labels.shape[0]
+            run.sums += torch.stack([loss.double() * n, (logits.argmax(1) == labels).sum().double()])
+            run.seen += n
+            run.step += 1
+            run.batch += 1
+            if run.step % _FINITE_EVERY == 0:
+                check()
+            if progress is not None:
+                progress(run.batch, loss)
+            if run.batch < spe and run.step < total and stop.check(run.step, run.dist):
+                break
+        check()  # before the caller saves anything
+    finally:
+        run.epoch_seconds += time.perf_counter() - tick
     return run.batch >= spe or run.step >= total
 
 
@@ -234,6 +252,8 @@ def state_dict(run: RunState) -> dict[str, Any]:
         "ema": run.ema.state_dict() if run.ema is not None else None,
         "position": {"epoch": run.epoch, "batch": run.batch, "step": run.step},
         "sums": run.sums.cpu() if run.sums is not None else None,
+        "seen": run.seen,
+        "epoch_seconds": run.epoch_seconds,
         "history": run.history,
         "best": dict(run.best),
         "train_seconds": run.train_seconds,
@@ -253,6 +273,7 @@ def load_state(run: RunState, ckpt: dict[str, Any]) -> None:
     pos = ckpt["position"]
     run.epoch, run.batch, run.step = pos["epoch"], pos["batch"], pos["step"]
     run.sums = ckpt["sums"].to(run.ctx.device) if ckpt["sums"] is not None else None
+    run.seen, run.epoch_seconds = int(ckpt["seen"]), float(ckpt["epoch_seconds"])
     run.history = list(ckpt["history"])
     run.best = dict(ckpt["best"])
     run.train_seconds = float(ckpt["train_seconds"])
@@ -309,6 +330,9 @@ def fit(run: RunState, *, stop_after: int | None = None, writer=None) -> dict[st
                 t0 = time.perf_counter()
 
                 def progress(b, loss, bar=bar, task=task, t0=t0, start=run.batch):
+                    if b % 10 and b < spe:  # loss.item() waits for the device: refresh the numbers now and then
+                        bar.update(task, completed=b)
+                        return
                     rate = (b - start) * run.data.train.batch_size * run.dist.world_size / (time.perf_counter() - t0)
                     bar.update(task, completed=b, info=f"loss {loss.item():.4f}  {rate:,.0f} img/s")
 
@@ -329,8 +353,8 @@ def fit(run: RunState, *, stop_after: int | None = None, writer=None) -> dict[st
 def _end_epoch(run: RunState, writes: bool, writer) -> None:
     """Validate, record the epoch's line, update best.pt, advance, write last.pt."""
     cfg, spe = run.cfg, run.steps_per_epoch
-    sums = run.dist.all_reduce(run.sums.clone())
-    seconds = run.sums[3].item()  # this rank's wall time (ranks run in lock-step)
+    sums = run.dist.all_reduce(torch.cat([run.sums, run.sums.new_tensor([run.seen])]))
+    seconds = run.epoch_seconds  # this rank's wall time (ranks run in lock-step)
     n = sums[2].item()
     val = evaluate(run.model, run.data.val, run.ctx, run.data.num_classes, dist=run.dist)
     record = {
@@ -357,7 +381,7 @@ def _end_epoch(run: RunState, writes: bool, writer) -> None:
     improved = math.isnan(score) or score > run.best["val_top1"]
     if improved:
         run.best = {"val_top1": score, "epoch": run.epoch + 1, "weights": source}
-    run.epoch, run.batch, run.sums = run.epoch + 1, 0, None
+    run.epoch, run.batch, run.sums, run.seen, run.epoch_seconds = run.epoch + 1, 0, None, 0, 0.0
     if writes:
         write_metrics(run)
         if improved:
