@@ -135,3 +135,37 @@ def test_demo_recipe_learns_digits(tmp_path):
     """The demo recipe, shortened to 3 epochs on all of digits, already beats chance by far."""
     report = train("resnet20", "digits", recipe="demo", out=tmp_path / "demo", epochs=3, quiet=True, threads=2)
     assert report["test"]["top1"] > 0.6
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_step_under_autocast_on_cpu(precision):
+    from cnnzoo.train.engine import step_context, train_step
+
+    model = create_model("resnet20", num_classes=10, in_channels=1).to(memory_format=torch.channels_last)
+    cfg = TrainConfig(precision=precision, label_smoothing=0.1, grad_clip=1.0)
+    ctx = step_context(cfg, torch.device("cpu"))
+    assert ctx.precision == precision and ctx.scaler.is_enabled() == (precision == "fp16")
+    opt = make_optimizer(model, cfg, torch.device("cpu"))
+    x, y = torch.randn(4, 1, 32, 32).contiguous(memory_format=torch.channels_last), torch.arange(4)
+    before = model.fc.weight.clone()
+    loss, logits = train_step(model, opt, x, y, ctx)
+    assert torch.isfinite(loss) and logits.shape == (4, 10) and not torch.equal(before, model.fc.weight)
+
+
+def test_mixup_and_cutmix_targets():
+    from cnnzoo.data.bundle import generator
+    from cnnzoo.train.engine import mix_batch
+
+    x, y = torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 3, 4, 5])
+    for cfg in (TrainConfig(mixup=0.4), TrainConfig(cutmix=1.0)):
+        mixed, soft = mix_batch(x, y, cfg, 10, generator("cpu", 0, 1))
+        again, soft2 = mix_batch(x, y, cfg, 10, generator("cpu", 0, 1))
+        assert torch.equal(mixed, again) and torch.equal(soft, soft2)  # a pure function of the generator's seed
+        assert soft.sum(1) == pytest.approx(torch.ones(6)) and soft[:, 6:].sum() == 0
+        lam = soft[0, 0].item()  # sample 0 is paired with sample 5
+        assert soft[0, 5].item() == pytest.approx(1 - lam)
+        if cfg.cutmix:  # lambda is the exact area kept from the sample itself
+            kept = (mixed[0] == x[0]).float().mean().item()
+            assert kept == pytest.approx(lam)
+        else:
+            assert torch.allclose(mixed[0], lam * x[0] + (1 - lam) * x[5], atol=1e-6)

@@ -330,11 +330,13 @@ def fit(run: RunState, *, stop_after: int | None = None, writer=None) -> dict[st
                 t0 = time.perf_counter()
 
                 def progress(b, loss, bar=bar, task=task, t0=t0, start=run.batch):
-                    if b % 10 and b < spe:  # loss.item() waits for the device: refresh the numbers now and then
+                    if b % 10 and b < spe:  # reading the sums waits for the device: only now and then
                         bar.update(task, completed=b)
                         return
                     rate = (b - start) * run.data.train.batch_size * run.dist.world_size / (time.perf_counter() - t0)
-                    bar.update(task, completed=b, info=f"loss {loss.item():.4f}  {rate:,.0f} img/s")
+                    mean_loss, acc = (run.sums / max(run.seen, 1)).tolist()  # this epoch's running means
+                    info = f"loss {mean_loss:.4f}  acc {100 * acc:.1f}%  {rate:,.0f} img/s"
+                    bar.update(task, completed=b, info=info)
 
                 with bar:
                     finished = train_one_epoch(run, stop, progress)
