@@ -118,6 +118,8 @@ def test_train_digits_writes_the_run_directory(tmp_path):
     assert read_config(out / "config.toml").ema == 0.9
     with pytest.raises(CnnzooError, match="already holds a run"):
         train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
+    train("resnet20", "digits", out=out, epochs=1, quiet=True, overwrite=True, **TINY)
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # a fresh run, not the old one continued
 
 
 def test_cli_flags_reach_the_config(tmp_path):
@@ -169,3 +171,14 @@ def test_mixup_and_cutmix_targets():
             assert kept == pytest.approx(lam)
         else:
             assert torch.allclose(mixed[0], lam * x[0] + (1 - lam) * x[5], atol=1e-6)
+
+
+def test_setup_training_for_throughput_measurements():
+    from cnnzoo.train.engine import setup_training, train_step
+
+    cfg = build_config("resnet20", recipe="fast", device="cpu", channels_last=True)
+    net, opt, ctx = setup_training(create_model("resnet20", num_classes=10), cfg)
+    assert net.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert ctx.precision == "fp32" and ctx.label_smoothing == 0.1 and opt.defaults["nesterov"]
+    loss, _ = train_step(net, opt, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), ctx)
+    assert torch.isfinite(loss)

@@ -27,6 +27,7 @@ def train(
     resume: str | Path | None = None,
     seeds: list[int] | None = None,
     stop_after: int | None = None,
+    overwrite: bool = False,
     quiet: bool = False,
     **overrides: Any,
 ) -> dict[str, Any]:
@@ -42,6 +43,7 @@ def train(
         seeds: train once per seed into ``out/seed-<K>``; the result then holds every report and the mean and
             (sample) standard deviation of test top-1 and loss, also written to ``out/seeds.json``.
         stop_after: stop as on Ctrl-C once this many optimizer steps are done (resumable).
+        overwrite: replace a previous run's files in ``out`` (default: refuse, so no run is lost by accident).
         quiet: print nothing.
         **overrides: :class:`cnnzoo.train.config.TrainConfig` fields (``epochs=3, lr=0.05, ema=0.999, ...``),
             which win over the recipe.
@@ -73,7 +75,7 @@ def train(
         raise CnnzooError("name a model to train (`cnnzoo models` lists them), or --resume a run directory")
     cfg = build_config(model, data, recipe=recipe, **overrides)
     if not seeds:
-        return run_training(cfg, out, stop_after=stop_after, log=log)
+        return run_training(cfg, out, stop_after=stop_after, overwrite=overwrite, log=log)
     from dataclasses import replace
 
     root = Path(out) if out is not None else default_out(cfg)
@@ -82,7 +84,8 @@ def train(
         if seed < 0:
             raise CnnzooError(f"seeds must be >= 0, got {seed}")
         log(f"--- seed {seed} ---")
-        reports.append(run_training(replace(cfg, seed=seed), root / f"seed-{seed}", stop_after=stop_after, log=log))
+        reports.append(run_training(replace(cfg, seed=seed), root / f"seed-{seed}", stop_after=stop_after,
+                                    overwrite=overwrite, log=log))
         if reports[-1].get("interrupted"):
             return reports[-1]
     summary = summarize_seeds(seeds, reports)

@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="train once per seed into OUT/seed-K and report mean +- std")  # fmt: skip
     p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
                    help="stop (resumably, as on Ctrl-C) once this many steps are done")  # fmt: skip
+    p.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
     p.add_argument("--quiet", action="store_true", help="print nothing")
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
@@ -98,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS and hasattr(args, name)}
     result = train(args.model, args.data, recipe=args.recipe, out=args.out, resume=args.resume, seeds=args.seeds,
-                   stop_after=args.stop_after, quiet=args.quiet, **overrides)  # fmt: skip
+                   stop_after=args.stop_after, overwrite=args.overwrite, quiet=args.quiet, **overrides)  # fmt: skip
     return 0 if result is not None else 1
 
 

@@ -305,3 +305,21 @@ def train_step(
     ctx.scaler.step(optimizer)
     ctx.scaler.update()
     return loss.detach(), logits.detach()
+
+
+def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device | str | None = None
+                   ) -> tuple[nn.Module, torch.optim.Optimizer, StepContext]:  # fmt: skip
+    """The trainer's speed settings for ``model`` in one call (what ``cnnzoo compare`` times):
+
+    moves it to the device (``cfg.device`` when ``device`` is None), channels_last per :func:`use_channels_last`,
+    the optimizer of :func:`make_optimizer`, the autocast/scaler of :func:`step_context`, and ``torch.compile`` if
+    ``cfg.compile``. Returns ``(net, optimizer, ctx)``; call ``train_step(net, optimizer, images, labels, ctx)``.
+    """
+    device = resolve_device(cfg.device) if device is None else torch.device(device)
+    configure_backends(cfg, device)
+    model = model.to(device)
+    if use_channels_last(cfg, device):
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, cfg, device)
+    net = torch.compile(model) if cfg.compile else model
+    return net, optimizer, step_context(cfg, device)

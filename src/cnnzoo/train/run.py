@@ -103,17 +103,25 @@ def _open_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
+RUN_FILES = ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "report.json", "confusion.png")
+
+
 def run_training(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False,
-                 stop_after: int | None = None, log=print) -> dict[str, Any]:  # fmt: skip
+                 stop_after: int | None = None, overwrite: bool = False, log=print) -> dict[str, Any]:  # fmt: skip
     """Train ``cfg`` into ``run_dir`` (resuming from its ``last.pt`` if ``resume``); returns the report.
 
+    ``overwrite``: replace the run files (``RUN_FILES``) of a previous run in ``run_dir`` instead of refusing.
     An interrupted run returns ``{"interrupted": True, "run_dir": ..., "step": ...}`` with ``last.pt`` written.
     """
     dist, device = init_distributed(cfg)
     log = log if dist.main else (lambda *a, **k: None)
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
     if not resume and (run_dir / "last.pt").exists():
-        raise CnnzooError(f"{run_dir} already holds a run: resume it with --resume {run_dir} or choose another --out")
+        if not overwrite:
+            raise CnnzooError(f"{run_dir} already holds a run: --resume {run_dir}, --overwrite, or another --out")
+        if dist.main:
+            for name in RUN_FILES:
+                (run_dir / name).unlink(missing_ok=True)
     configure_backends(cfg, device)
     seed_everything(cfg.seed)
     data = load_bundle(cfg, device, dist)
