@@ -42,7 +42,10 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         elif kind.startswith("list"):
             group.add_argument(flag, type=_parse_list(int if "int" in kind else float), metavar="X,Y", **common)
         else:
-            group.add_argument(flag, type={"int": int, "float": float}.get(kind, str), metavar=kind.upper(), **common)
+            choices = f.metadata.get("choices")
+            metavar = "{" + ",".join(choices) + "}" if choices else kind.upper()
+            group.add_argument(flag, type={"int": int, "float": float}.get(kind, str), choices=choices, metavar=metavar,
+                               **common)  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -28,6 +28,7 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENTS = ("standard", "none")
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -49,7 +50,7 @@ class TrainConfig:
     in_channels: int | None = _f(None, "input channels (default: the dataset's)")
     val_size: float | None = _f(None, "validation images carved from train: count (>=1) or fraction (<1)")
     subset: int | None = _f(None, "train on only this many training images (quick experiments)")
-    augment: str = _f("standard", "training augmentation: standard (pad-crop + flip) | none")
+    augment: str = _f("standard", "training augmentation: standard (pad-crop + flip) | none", choices=AUGMENTS)
     cutout: int = _f(0, "cutout square side in pixels, 0 = off")
     # How long.
     epochs: int = _f(30, "epochs to train (ignored when --iterations > 0)")
@@ -57,7 +58,7 @@ class TrainConfig:
     batch_size: int = _f(128, "global batch size (split across DDP ranks)")
     eval_batch_size: int | None = _f(None, "evaluation batch size (default: 2 x batch size)")
     # Optimiser.
-    optimizer: str = _f("sgd", "sgd | adamw")
+    optimizer: str = _f("sgd", "sgd | adamw", choices=OPTIMIZERS)
     lr: float = _f(0.1, "peak learning rate")
     momentum: float = _f(0.9, "SGD momentum (AdamW: beta1)")
     nesterov: bool = _f(False, "Nesterov momentum (SGD)")
@@ -65,7 +66,7 @@ class TrainConfig:
     wd_exclude_bn_bias: bool = _f(True, "exempt BN and bias parameters (1-d tensors) from weight decay")
     grad_clip: float = _f(0.0, "clip the global gradient norm to this, 0 = off")
     # Learning-rate schedule: lr_at(step) in cnnzoo.train.engine.
-    schedule: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle")
+    schedule: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle", choices=SCHEDULES)
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
     warmup_steps: int = _f(0, "warm-up length in steps (wins over --warmup-epochs)")
     warmup_lr: float = _f(0.0, "constant lr during warm-up instead of a linear ramp from 0, 0 = ramp")
@@ -85,7 +86,7 @@ class TrainConfig:
     ema: float = _f(0.0, "EMA decay of the weights per step (e.g. 0.999), evaluated alongside, 0 = off")
     # Speed and reproducibility.
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
-    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16")
+    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16", choices=PRECISIONS)
     channels_last: bool | None = _f(None, "channels_last memory format (default: on for CUDA)")
     compile: bool = _f(False, "torch.compile the model")
     fused: bool | None = _f(None, "fused optimizer kernels (default: on for CUDA)")
@@ -103,6 +104,7 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"),
             (self.epochs >= 1 or self.iterations >= 1, "need epochs >= 1 or iterations >= 1"),
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
