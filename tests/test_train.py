@@ -182,3 +182,12 @@ def test_setup_training_for_throughput_measurements():
     assert ctx.precision == "fp32" and ctx.label_smoothing == 0.1 and opt.defaults["nesterov"]
     loss, _ = train_step(net, opt, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), ctx)
     assert torch.isfinite(loss)
+
+
+def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
+    report = train("resnet20", "digits", out=tmp_path / "r", epochs=2, subset=64, val_size=0, batch_size=32,
+                   device="cpu", threads=2, quiet=True)  # fmt: skip
+    assert report["best_epoch"] == 2 and report["best_val_top1"] is None and "no validation" in report["selection"]
+    rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["val_top1"] for r in rows] == [None, None]  # null in JSON, not NaN
+    assert (tmp_path / "r" / "curves.png").is_file()

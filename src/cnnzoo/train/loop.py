@@ -376,13 +376,14 @@ def _end_epoch(run: RunState, writes: bool, writer) -> None:
         ema_val = evaluate(run.ema.module, run.data.val, run.ctx, run.data.num_classes, dist=run.dist)
         record.update(ema_val_loss=ema_val["loss"], ema_val_top1=ema_val["top1"], ema_val_top5=ema_val["top5"])
         candidates.append((ema_val["top1"], "ema", run.ema.module))
+    record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}  # JSON has no NaN
     run.history.append(record)
     run.train_seconds += seconds
     # Model selection on the validation split only; with no validation split the latest epoch is kept.
     score, source, weights = max(candidates, key=lambda c: -1.0 if math.isnan(c[0]) else c[0])
-    improved = math.isnan(score) or score > run.best["val_top1"]
+    improved = math.isnan(score) or run.best["val_top1"] is None or score > run.best["val_top1"]
     if improved:
-        run.best = {"val_top1": score, "epoch": run.epoch + 1, "weights": source}
+        run.best = {"val_top1": None if math.isnan(score) else score, "epoch": run.epoch + 1, "weights": source}
     run.epoch, run.batch, run.sums, run.seen, run.epoch_seconds = run.epoch + 1, 0, None, 0, 0.0
     if writes:
         write_metrics(run)
@@ -394,13 +395,10 @@ def _end_epoch(run: RunState, writes: bool, writer) -> None:
                 if key not in ("epoch", "step") and value is not None:
                     writer.add_scalar(key, value, record["epoch"])
     if run.dist.main:
-        ema = f"  ema_val_top1 {record['ema_val_top1']:.4f}" if run.ema is not None else ""
-        run.log(
-            f"epoch {record['epoch']:>3}  step {run.step:>6}  lr {record['lr']:.4g}  "
-            f"train_loss {record['train_loss']:.4f}  train_top1 {record['train_top1']:.4f}  "
-            f"val_loss {record['val_loss']:.4f}  val_top1 {record['val_top1']:.4f}{ema}  "
-            f"{seconds:.1f}s  {record['images_per_s'] or 0:,.0f} img/s"
-        )
+        keys = ["train_loss", "train_top1", "val_loss", "val_top1"] + (["ema_val_top1"] if run.ema is not None else [])
+        values = "  ".join(f"{k} {record[k]:.4f}" for k in keys if record[k] is not None)
+        run.log(f"epoch {record['epoch']:>3}  step {run.step:>6}  lr {record['lr']:.4g}  {values}  {seconds:.1f}s  "
+                f"{record['images_per_s'] or 0:,.0f} img/s")  # fmt: skip
 
 
 def _interrupted(run: RunState, stop: StopFlag, writes: bool) -> dict[str, Any]:

@@ -6,6 +6,7 @@ Accuracies are fractions in the files and percent on the axes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -16,13 +17,18 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     epochs = [r["epoch"] for r in history]
     fig = Figure(figsize=(10, 4), layout="constrained")
     loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, [r["train_loss"] for r in history], "o-", label="train")
-    loss_ax.plot(epochs, [r["val_loss"] for r in history], "o-", label="validation")
+
+    def curve(ax, key: str, scale: float, style: str, label: str) -> None:
+        values = [r.get(key) for r in history]
+        if any(v is not None for v in values):  # no validation split: no validation curves
+            ax.plot(epochs, [math.nan if v is None else scale * v for v in values], style, label=label)
+
+    curve(loss_ax, "train_loss", 1, "o-", "train")
+    curve(loss_ax, "val_loss", 1, "o-", "validation")
     loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss (log scale)", title="Loss", yscale="log")
-    acc_ax.plot(epochs, [100 * r["train_top1"] for r in history], "o-", label="train")
-    acc_ax.plot(epochs, [100 * r["val_top1"] for r in history], "o-", label="validation")
-    if history and "ema_val_top1" in history[0]:
-        acc_ax.plot(epochs, [100 * r["ema_val_top1"] for r in history], "o--", label="validation (EMA)")
+    curve(acc_ax, "train_top1", 100, "o-", "train")
+    curve(acc_ax, "val_top1", 100, "o-", "validation")
+    curve(acc_ax, "ema_val_top1", 100, "o--", "validation (EMA)")
     acc_ax.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
