@@ -87,6 +87,24 @@ def configure_backends(cfg: TrainConfig, device: torch.device) -> None:
         torch.backends.cudnn.allow_tf32 = not cfg.deterministic
 
 
+@contextlib.contextmanager
+def backend_settings(cfg: TrainConfig, device: torch.device):
+    """:func:`configure_backends` for the duration of a run, then the process-wide flags as they were (so a
+    deterministic run inside a larger program, e.g. a test session, does not change what runs after it)."""
+    cuda = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.get_num_threads())  # fmt: skip
+    configure_backends(cfg, device)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2], saved[3]
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = cuda
+        if torch.get_num_threads() != saved[4]:
+            torch.set_num_threads(saved[4])
+
+
 def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
     """channels_last by default on CUDA (tensor-core convs want NHWC)."""
     return device.type == "cuda" if cfg.channels_last is None else cfg.channels_last

@@ -24,7 +24,7 @@ from cnnzoo.models import create_model
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig, config_from_dict, write_config
 from cnnzoo.train.engine import (
-    configure_backends,
+    backend_settings,
     make_ema,
     make_optimizer,
     resolve_device,
@@ -122,7 +122,13 @@ def run_training(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume:
         if dist.main:
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
-    configure_backends(cfg, device)
+    with backend_settings(cfg, device):
+        return _run(cfg, dist, device, run_dir, resume=resume, stop_after=stop_after, log=log)
+
+
+def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, resume: bool,
+         stop_after: int | None, log) -> dict[str, Any]:  # fmt: skip
+    """The body of :func:`run_training`, with the backend flags set."""
     seed_everything(cfg.seed)
     data = load_bundle(cfg, device, dist)
     model = build_model(cfg, data.num_classes, data.in_channels).to(device)
