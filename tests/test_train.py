@@ -191,3 +191,15 @@ def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] for r in rows] == [None, None]  # null in JSON, not NaN
     assert (tmp_path / "r" / "curves.png").is_file()
+
+
+def test_model_options_zero_init_residual_and_dropout():
+    from cnnzoo.train.run import build_model
+
+    model = build_model(TrainConfig(model="resnet20", zero_init_residual=True), 10, 1)
+    blocks = [m for m in model.modules() if hasattr(m, "shortcut")]
+    assert len(blocks) == 9 and all(torch.count_nonzero(b.bn2.weight) == 0 for b in blocks)  # resnet20: 3 x 3
+    with pytest.raises(CnnzooError, match="zero_init_residual"):
+        build_model(TrainConfig(model="plain20", zero_init_residual=True), 10, 1)
+    with pytest.raises(CnnzooError, match="no dropout layers"):
+        build_model(TrainConfig(model="resnet20", dropout=0.3), 10, 1)
