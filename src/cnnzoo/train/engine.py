@@ -206,6 +206,7 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set the learning rate of every parameter group (the schedule is :func:`lr_at`, not a torch scheduler)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
 
@@ -224,8 +225,8 @@ def mix_batch(images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, num_
               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Mixup or cutmix (one of the two, with equal chance, when both are on): (images, soft targets (N, K)).
 
-    The partner of sample i is sample N-1-i of the reversed batch (a fixed pairing, as timm's "flip" mode), the
-    mixing weight lambda ~ Beta(alpha, alpha); cutmix pastes a box of area (1 - lambda) and corrects lambda to the
+    Sample i is mixed with sample N-1-i (the batch reversed: timm's "flip" pairing, no extra permutation), with
+    weight lambda ~ Beta(alpha, alpha); cutmix pastes a box of area (1 - lambda) and corrects lambda to the
     box's exact area after clipping at the border. Label smoothing is applied later by the loss.
     """
     onehot = F.one_hot(labels, num_classes).to(images.dtype)
