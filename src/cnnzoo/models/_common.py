@@ -7,7 +7,9 @@ import torch
 from cnnzoo.errors import InputShapeError
 
 
-def check_input(x: torch.Tensor, *, name: str, in_channels: int, min_size: int = 1, exact_size: int | None = None) -> None:
+def check_input(
+    x: torch.Tensor, *, name: str, in_channels: int, min_size: int = 1, exact_size: int | None = None
+) -> None:
     """Raise :class:`InputShapeError` naming the expected shape unless ``x`` is (N, in_channels, H, W) that fits.
 
     ``exact_size``: the net has a fixed-size classifier (e.g. AlexNet's FC6 on 6x6x256) and needs H = W = exact_size.

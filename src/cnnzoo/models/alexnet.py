@@ -1,0 +1,133 @@
+"""AlexNet: ReLU, local response normalisation, overlapping pooling and dropout.
+
+Krizhevsky, Sutskever, Hinton, "ImageNet Classification with Deep Convolutional Neural Networks", NeurIPS 2012.
+(The one-tower variant torchvision follows: Krizhevsky, "One weird trick for parallelizing convolutional neural
+networks", 2014, arXiv:1404.5997.)
+
+The paper's network (section 3.5, Figure 2): five convs (96 11x11/4, 256 5x5, 384 3x3, 384 3x3, 256 3x3) and three
+FC layers (4096, 4096, classes); ReLU after every layer but the last (section 3.1); local response normalisation
+(k=2, n=5, alpha=1e-4, beta=0.75) after the ReLU of conv1 and conv2 (section 3.3); overlapping 3x3 max pooling with
+stride 2 after the LRNs and after conv5 (section 3.4); dropout 0.5 before FC6 and FC7's ReLU outputs are used,
+i.e. on the inputs of FC7 and FC8 (section 4.2).
+
+Deliberate departures from the paper:
+
+- ``alexnet_paper`` is one tower: the paper split conv2, conv4 and conv5 across two GPUs (each seeing half of the
+  previous layer's maps). Joined, the layer has all 96 (resp. 384) input maps, which is how the network is usually
+  drawn: 62,378,344 parameters at 1000 classes. Input 227x227: the paper's "224x224" does not give its own 55x55
+  conv1 map with an 11x11/4 conv and no padding; 227 does ((227 - 11) / 4 + 1 = 55). Initialisation as section 5:
+  weights N(0, 0.01), biases 1 in conv2, conv4, conv5 and the hidden FC layers, 0 elsewhere. Dropout sits before FC6
+  and FC7 (on their inputs), as in the Caffe reference and torchvision; the paper's words allow either reading.
+- ``alexnet`` is torchvision's layout (64-192-384-256-256 filters, no LRN, padding 2 in conv1, an adaptive average
+  pool to 6x6) so torchvision's state dicts load strictly; PyTorch's default initialisation, as torchvision.
+- ``alexnet_cifar`` (not in the paper) sizes the design for 32x32 images after Krizhevsky's own CIFAR-10 network
+  (cuda-convnet "layers-18pct": 5x5 convs, 3x3/2 overlapping max pools, LRN): AlexNet's five convs with 64-192-384-
+  256-256 filters (5x5 stride 1 for conv1 and conv2, 3x3 after), ReLU, LRN after conv1 and conv2, overlapping 3x3/2
+  pools in ceil mode (32-16-8-4, and 28-14-7-3 for MNIST-size inputs), an adaptive average pool to 4x4, dropout 0.5
+  and FC layers of 1024 (4096 would be 80% of the parameters for a 4x4 map).
+- ``in_channels`` replaces only the first conv's input channels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cnnzoo.models._common import check_input
+from cnnzoo.models.registry import register_model
+
+PAPER = "Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs (NeurIPS)"
+
+
+def lrn() -> nn.LocalResponseNorm:
+    """Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75 (PyTorch divides alpha by n, as Caffe does)."""
+    return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+
+
+def classifier(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """FC6, FC7 (ReLU, dropout on their inputs), FC8."""
+    return nn.Sequential(
+        nn.Dropout(p=dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),  # FC6
+        nn.Dropout(p=dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # FC7
+        nn.Linear(hidden, num_classes),  # FC8
+    )  # fmt: skip
+
+
+class AlexNet(nn.Module):
+    """``features`` (convs, pools, LRN), ``avgpool``, ``classifier``: the three variants differ only in their tables."""
+
+    def __init__(self, name: str, features: nn.Sequential, avgpool: nn.Module, classifier: nn.Sequential, *,
+                 in_channels: int, min_size: int = 1, exact_size: int | None = None) -> None:  # fmt: skip
+        super().__init__()
+        self.name, self.in_channels, self.min_size, self.exact_size = name, in_channels, min_size, exact_size
+        self.features, self.avgpool, self.classifier = features, avgpool, classifier
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, name=self.name, in_channels=self.in_channels, min_size=self.min_size,
+                    exact_size=self.exact_size)  # fmt: skip
+        x = self.avgpool(self.features(x))
+        return self.classifier(torch.flatten(x, 1))
+
+
+def _paper_init(model: AlexNet) -> None:
+    """Section 5: N(0, 0.01) weights; bias 1 in conv2, conv4, conv5, FC6, FC7 (ReLUs start with positive input)."""
+    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]  # conv1..5, FC6..8 in order
+    for i, m in enumerate(layers):
+        nn.init.normal_(m.weight, 0.0, 0.01)
+        nn.init.constant_(m.bias, 1.0 if i in (1, 3, 4, 5, 6) else 0.0)
+
+
+@register_model(family="alexnet", paper=PAPER)
+def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
+    """torchvision's AlexNet (one-tower, 64-192-384-256-256, no LRN); min input 63x63."""
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),
+    )  # fmt: skip
+    # 63 px is the smallest input whose last max pool still has a 1x1 output: 63 -> 15 -> 7 -> 3 -> 1.
+    return AlexNet("alexnet", features, nn.AdaptiveAvgPool2d((6, 6)), classifier(256 * 6 * 6, 4096, num_classes,
+                   dropout), in_channels=in_channels, min_size=63)  # fmt: skip
+
+
+@register_model(family="alexnet", paper=PAPER, input_size=(3, 227, 227))
+def alexnet_paper(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
+    """The paper's AlexNet as one tower (96-256-384-384-256, LRN, 3x3/2 pools), input 227x227."""
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, 96, kernel_size=11, stride=4), nn.ReLU(inplace=True), lrn(),  # 227 -> 55
+        nn.MaxPool2d(kernel_size=3, stride=2),  # 55 -> 27, overlapping (section 3.4)
+        nn.Conv2d(96, 256, kernel_size=5, padding=2), nn.ReLU(inplace=True), lrn(),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # 27 -> 13
+        nn.Conv2d(256, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2),  # 13 -> 6
+    )  # fmt: skip
+    # No adaptive pool: FC6 takes exactly the 6x6x256 map of a 227x227 image, as in the paper.
+    model = AlexNet("alexnet_paper", features, nn.Identity(), classifier(256 * 6 * 6, 4096, num_classes, dropout),
+                    in_channels=in_channels, exact_size=227)  # fmt: skip
+    _paper_init(model)
+    return model
+
+
+@register_model(family="alexnet", paper=PAPER, input_size=(3, 32, 32))
+def alexnet_cifar(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
+    """AlexNet sized for 32x32 (and 28x28) images; see the module docstring for the design and its source."""
+    features = nn.Sequential(
+        nn.Conv2d(in_channels, 64, kernel_size=5, padding=2), nn.ReLU(inplace=True), lrn(),
+        nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),  # 32 -> 16 (28 -> 14)
+        nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True), lrn(),
+        nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),  # 16 -> 8 (14 -> 7)
+        nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=3, stride=2, ceil_mode=True),  # 8 -> 4 (7 -> 3)
+    )  # fmt: skip
+    # With ceil-mode 3x3/2 pools, 8 px is the smallest image whose last pool is not empty (8 -> 4 -> 2 -> 1).
+    return AlexNet("alexnet_cifar", features, nn.AdaptiveAvgPool2d((4, 4)), classifier(256 * 4 * 4, 1024,
+                   num_classes, dropout), in_channels=in_channels, min_size=8)  # fmt: skip

@@ -1,0 +1,94 @@
+"""AlexNet, VGG and GoogLeNet: torchvision parity, the papers' parameter counts, auxiliary heads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+
+import cnnzoo
+from cnnzoo.errors import InputShapeError
+
+TORCHVISION_NAMES = ["alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
+                     "googlenet"]  # fmt: skip
+
+
+def _params(model: torch.nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", TORCHVISION_NAMES)
+def test_torchvision_state_dict_loads_strict_and_gives_identical_outputs(name):
+    torch.manual_seed(0)
+    ours = cnnzoo.create_model(name, num_classes=1000).eval()
+    theirs = getattr(torchvision.models, name)(weights=None, **({"init_weights": False} if name == "googlenet" else {}))
+    theirs.eval()
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict(ours.state_dict(), strict=True)
+    assert _params(ours) == _params(theirs)
+    x = torch.randn(1, 3, 64, 64)  # 64x64: the adaptive pools make it valid for both, at a fraction of 224's cost
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_alexnet_paper_has_the_papers_parameter_count_and_init():
+    model = cnnzoo.create_model("alexnet_paper", num_classes=1000)
+    assert _params(model) == 62_378_344
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [96, 256, 384, 384, 256]
+    assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in model.modules()) == 2
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert all(p.kernel_size == 3 and p.stride == 2 for p in pools) and len(pools) == 3  # overlapping pooling
+    biases = [float(m.bias.mean()) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert biases == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # section 5
+    assert model.eval()(torch.randn(1, 3, 227, 227)).shape == (1, 1000)
+    with pytest.raises(InputShapeError, match=r"alexnet_paper expects input of shape \(N, 3, 227, 227\)"):
+        model(torch.randn(1, 3, 224, 224))
+
+
+@pytest.mark.parametrize("name", ["googlenet", "googlenet_paper"])
+def test_googlenet_aux_heads_in_training_only(name):
+    torch.manual_seed(0)
+    model = cnnzoo.create_model(name, num_classes=10).train()
+    x = torch.randn(2, 3, 224, 224)
+    out = model(x)
+    assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
+    with torch.no_grad():
+        assert isinstance(model.eval()(x), torch.Tensor)
+    no_aux = cnnzoo.create_model(name, num_classes=10, aux_logits=False)
+    assert isinstance(no_aux.train()(x), torch.Tensor)
+    assert _params(no_aux) < _params(model)
+
+
+def test_googlenet_paper_is_the_paper_not_torchvision():
+    paper = cnnzoo.create_model("googlenet_paper", num_classes=1000)
+    tv = cnnzoo.create_model("googlenet", num_classes=1000)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in paper.modules())
+    assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in paper.modules()) == 2
+    assert paper.inception3a.branch3[1].conv.kernel_size == (5, 5)  # the paper's 5x5
+    assert tv.inception3a.branch3[1].conv.kernel_size == (3, 3)  # torchvision's known substitution
+    assert paper.dropout.p == 0.4 and paper.aux1.dropout.p == 0.7
+    assert isinstance(paper.aux1.pool, torch.nn.AvgPool2d) and paper.aux1.pool.kernel_size == 5
+    assert paper.aux1.pool.stride == 3
+
+
+@pytest.mark.parametrize("name", ["alexnet_cifar", "vgg16_cifar", "googlenet_cifar"])
+def test_cifar_nets_take_rgb_32_and_gray_28(name):
+    for c, size in ((3, 32), (1, 28)):
+        model = cnnzoo.create_model(name, num_classes=10, in_channels=c).eval()
+        with torch.no_grad():
+            assert model(torch.randn(2, c, size, size)).shape == (2, 10)
+
+
+def test_vgg_cfgs_are_table_1():
+    from cnnzoo.models.vgg import CFGS
+
+    weight_layers = {k: sum(v != "M" for v in cfg) + 3 for k, cfg in CFGS.items()}  # + 3 FC layers
+    assert weight_layers == {"A": 11, "B": 13, "D": 16, "E": 19}
+    assert all(cfg.count("M") == 5 for cfg in CFGS.values())
+
+
+def test_in_channels_changes_only_the_first_conv():
+    gray = cnnzoo.create_model("vgg11", num_classes=10, in_channels=1)
+    rgb = cnnzoo.create_model("vgg11", num_classes=10, in_channels=3)
+    assert _params(rgb) - _params(gray) == 64 * 2 * 9  # two fewer input channels of 64 3x3 filters

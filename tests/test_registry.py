@@ -1,0 +1,119 @@
+"""Registry-wide tests: every registered model, built by name, behaves the same way at its supported inputs."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+import torch
+
+import cnnzoo
+from cnnzoo.errors import CnnzooError, InputShapeError
+
+ALL = cnnzoo.list_models()
+SMALL = [n for n in ALL if cnnzoo.get_model_info(n).input_size[1] <= 32]
+# googlenet_cifar has no fixed-size layer and no pooling that can empty a map: every input size works.
+BOUNDED = [n for n in SMALL if n != "googlenet_cifar"]
+HEAVY = {"resnet1202"}  # 1202 layers: real forward/backward on 8x8 only, to stay fast on 2 cores
+
+
+EXACT = {"alexnet_paper", "googlenet_paper"}  # fixed-size classifiers: 227x227 and 224x224 only
+
+
+def _real_inputs(name: str) -> list[tuple[int, int, int]]:
+    """Shapes for a real forward/backward, kept cheap for 2 CPU cores: 1x28x28 (MNIST-size, 1 channel) for the small
+    nets, 3x64x64 for the ImageNet nets that accept it; the default shape of each is checked on the meta device."""
+    c, h, w = cnnzoo.get_model_info(name).input_size
+    if name in HEAVY:
+        return [(1, 8, 8)]
+    if h <= 32:
+        return [(1, 28, 28)]
+    return [(c, h, w)] if name in EXACT else [(c, 64, 64)]
+
+
+def test_registry_has_the_issue_names():
+    names = (
+        "alexnet vgg11 vgg13 vgg16 vgg19 vgg11_bn vgg13_bn vgg16_bn vgg19_bn googlenet resnet18 resnet34 resnet50 "
+        "resnet101 resnet152 alexnet_paper googlenet_paper plain18 plain34 alexnet_cifar vgg11_cifar vgg13_cifar "
+        "vgg16_cifar vgg19_cifar googlenet_cifar resnet18_cifar resnet34_cifar resnet50_cifar resnet20 resnet32 "
+        "resnet44 resnet56 resnet110 resnet1202 plain20 plain32 plain44 plain56 plain110"
+    )
+    expected = names.split()
+    assert sorted(expected) == sorted(set(expected))
+    missing = set(expected) - set(ALL)
+    assert not missing, f"not registered: {sorted(missing)}"
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_builder_is_keyword_only_with_num_classes(name):
+    params = inspect.signature(cnnzoo.get_model_info(name).builder).parameters
+    assert "num_classes" in params and params["num_classes"].kind is inspect.Parameter.KEYWORD_ONLY
+    assert all(p.kind in (p.KEYWORD_ONLY, p.VAR_KEYWORD) for p in params.values())
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_default_input_size_on_meta_device(name):
+    """Every model at its registered input size, in training and eval mode; shapes only, no memory or compute."""
+    c, h, w = cnnzoo.get_model_info(name).input_size
+    with torch.device("meta"):
+        model = cnnzoo.create_model(name, num_classes=7, in_channels=c)
+        if name not in HEAVY:  # 1202 layers of meta dispatch take ~10 s a pass: eval mode only
+            out = model.train()(torch.empty(2, c, h, w))
+            outputs = out if isinstance(out, tuple) else (out,)
+            assert all(o.shape == (2, 7) for o in outputs), name
+        assert model.eval()(torch.empty(2, c, h, w)).shape == (2, 7)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_backward_shapes(name):
+    for c, h, w in _real_inputs(name):
+        torch.manual_seed(0)
+        model = cnnzoo.create_model(name, num_classes=7, in_channels=c).train()
+        x = torch.randn(2, c, h, w)
+        out = model(x)
+        logits = out[0] if isinstance(out, tuple) else out
+        assert logits.shape == (2, 7), (name, (c, h, w))
+        loss = sum(o.float().square().mean() for o in (out if isinstance(out, tuple) else (out,)))
+        loss.backward()
+        no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        assert not no_grad, f"{name}: parameters without gradient: {no_grad[:5]}"
+        model.eval()
+        with torch.no_grad():
+            assert model(x).shape == (2, 7)  # eval: a plain tensor, auxiliary heads (if any) dropped
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_wrong_channels_is_a_clear_error(name):
+    c, h, w = cnnzoo.get_model_info(name).input_size
+    with torch.device("meta"):  # the check runs before any arithmetic, so meta tensors suffice
+        model = cnnzoo.create_model(name, num_classes=10).eval()
+        with pytest.raises(InputShapeError, match=rf"{name} expects input of shape \(N, {c},"):
+            model(torch.empty(1, c + 1, h, w))
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_too_small_input_is_a_clear_error(name):
+    model = cnnzoo.create_model(name, num_classes=10).eval()
+    with pytest.raises(InputShapeError, match="expects input of shape"):
+        model(torch.randn(1, 3, 2, 2))
+
+
+def test_plain_twins_have_no_shortcut():
+    for name in [n for n in ALL if n.startswith(("plain", "resnet"))]:
+        with torch.device("meta"):
+            model = cnnzoo.create_model(name, num_classes=10)
+        flags = [m.shortcut for m in model.modules() if isinstance(getattr(m, "shortcut", None), bool)]
+        if name.startswith("plain"):
+            assert flags and not any(flags), name
+            assert not any(n.endswith("downsample") for n, _ in model.named_modules()), name
+        elif name.startswith("resnet"):
+            assert flags and all(flags), name
+
+
+def test_unknown_model_suggests_close_names(capsys):
+    with pytest.raises(CnnzooError, match="did you mean .*resnet50"):
+        cnnzoo.create_model("resnet5O")
+    with pytest.raises(CnnzooError, match="num_classes must be >= 1"):
+        cnnzoo.create_model("resnet20", num_classes=0)
+    with pytest.raises(CnnzooError, match="unexpected keyword"):
+        cnnzoo.create_model("resnet20", no_such_option=1)
