@@ -5,6 +5,6 @@ docs/architecture.md, "Data". ``load_images`` preprocesses image files the way e
 """
 
 from cnnzoo.data.bundle import BatchLoader, DataBundle, DataError
-from cnnzoo.data.load import load_data
+from cnnzoo.data.load import load_data, load_images
 
-__all__ = ["BatchLoader", "DataBundle", "DataError", "load_data"]
+__all__ = ["BatchLoader", "DataBundle", "DataError", "load_data", "load_images"]

@@ -2,22 +2,44 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
 
 from cnnzoo.data.bundle import DataBundle, DataError, channel_stats, generator, to_channels
 from cnnzoo.data.device_loader import DeviceLoader, EmptyLoader
-from cnnzoo.data.sources import Decoded, load_digits
+from cnnzoo.data.folders import SMALL_MAX, Streamed, decode_file, load_folder
+from cnnzoo.data.sources import Decoded, load_cifar, load_digits, load_mnist
+from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD, StreamLoader, eval_transform
 
 NAMED = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
 AUGMENTS = ("standard", "none")
 _VAL_SPLIT = 2  # generator stream tag for the validation carve
 
 
-def decode(data: str, *, data_dir: str | None = None, strict: bool = False, download: bool | None = None) -> Decoded:
-    """Decode ``data`` (a name in ``NAMED`` or a folder path) to uint8 train and test splits."""
-    if data == "digits":
+def data_root(data_dir: str | os.PathLike | None = None) -> Path:
+    """Where named datasets live: ``data_dir``, else ``$CNNZOO_DATA_DIR``, else ``~/.cache/cnnzoo/data``."""
+    if data_dir:
+        return Path(data_dir).expanduser()
+    return Path(os.environ.get("CNNZOO_DATA_DIR") or Path.home() / ".cache" / "cnnzoo" / "data")
+
+
+def decode(
+    data: str | os.PathLike, *, data_dir: str | None = None, strict: bool = False, download: bool | None = None
+) -> Decoded | Streamed:
+    """Read ``data`` (a name in ``NAMED`` or an image folder path): uint8 tensors, or a file index if large."""
+    name = str(data)
+    if name == "digits":
         return load_digits()
-    raise DataError(f"unknown dataset {data!r}: expected one of {', '.join(NAMED)} or an image folder path")
+    if name in ("cifar10", "cifar100"):
+        return load_cifar(name, data_root(data_dir), download)
+    if name in ("mnist", "fashion-mnist"):
+        return load_mnist(name, data_root(data_dir), download)
+    if Path(name).expanduser().exists() or os.sep in name or name.startswith("."):
+        return load_folder(name, strict=strict)
+    raise DataError(f"unknown dataset {name!r}: expected one of {', '.join(NAMED)} or the path of an image folder")
 
 
 def carve(n: int, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,6 +71,7 @@ def load_data(
     rank: int = 0,
     world_size: int = 1,
     subset: int | None = None,
+    num_workers: int | None = None,
 ) -> DataBundle:
     """Load ``data`` (a dataset name or an image folder) as train/val/test loaders on ``device``.
 
@@ -57,6 +80,7 @@ def load_data(
     images (after the validation carve). ``augment``: ``"standard"`` = random crop with padding 4 (at 32 px) and,
     where flips keep the class, horizontal flip; ``"none"``. ``cutout``: side of the cutout square, 0 = off.
     ``download``: True fetches a missing named dataset; None/False never touch the network.
+    ``num_workers``: DataLoader workers for streamed (large-image) folders; default min(8, CPUs).
     """
     if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
         raise DataError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
@@ -66,7 +90,15 @@ def load_data(
         raise DataError(f"cutout must be >= 0, got {cutout}")
     if seed < 0:
         raise DataError(f"seed must be >= 0, got {seed}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} must be in [0, world_size={world_size})")
     decoded = decode(data, data_dir=data_dir, strict=strict, download=download)
+    if isinstance(decoded, Streamed):
+        return _stream_bundle(
+            decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
+            image_size=image_size or 224, in_channels=in_channels, val_size=val_size, seed=seed, rank=rank,
+            world_size=world_size, subset=subset, num_workers=num_workers,
+        )  # fmt: skip
     return _device_bundle(
         decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
         image_size=image_size, in_channels=in_channels, val_size=val_size, seed=seed, augment=augment or "none",
@@ -81,12 +113,7 @@ def _device_bundle(
     """Carve validation, convert channels, compute normalisation, and put the three splits on the device."""
     in_channels = in_channels or d.train_images.shape[1]
     train_x, test_x = to_channels(d.train_images, in_channels), to_channels(d.test_images, in_channels)
-    train_idx, val_idx = carve(len(train_x), d.default_val if val_size is None else val_size, seed)
-    if subset is not None:
-        if subset < 1:
-            raise DataError(f"subset must be >= 1, got {subset}")
-        keep = torch.randperm(len(train_idx), generator=generator("cpu", seed, _VAL_SPLIT + 1))[:subset]
-        train_idx = train_idx[keep.sort().values]
+    train_idx, val_idx = _train_val(len(train_x), d.default_val if val_size is None else val_size, seed, subset)
     mean, std = channel_stats(train_x[train_idx])  # of the images trained on, so validation stays unseen
     native = train_x.shape[-1]
     size = image_size or native
@@ -104,3 +131,70 @@ def _device_bundle(
     test = DeviceLoader(test_x, d.test_labels, batch_size=eval_batch_size, **common)
     info = dict(d.info, train=len(train_idx), val=len(val_idx), test=len(test_x))
     return DataBundle(d.name, list(d.classes), in_channels, size, mean, std, train, val, test, info)
+
+
+def _train_val(n: int, val_size: int | float, seed: int, subset: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    train_idx, val_idx = carve(n, val_size, seed)
+    if subset is not None:
+        if subset < 1:
+            raise DataError(f"subset must be >= 1, got {subset}")
+        keep = torch.randperm(len(train_idx), generator=generator("cpu", seed, _VAL_SPLIT + 1))[:subset]
+        train_idx = train_idx[keep.sort().values]
+    return train_idx, val_idx
+
+
+def _stream_bundle(
+    d: Streamed, *, batch_size, eval_batch_size, device, image_size, in_channels, val_size, seed, rank, world_size,
+    subset, num_workers,
+) -> DataBundle:  # fmt: skip
+    """Loaders that decode a large-image folder each epoch; ImageNet's normalisation (no pass over the data)."""
+    in_channels = in_channels or d.in_channels
+    if in_channels not in (1, 3):
+        raise DataError(f"in_channels must be 1 or 3 for image folders, got {in_channels}")
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.449,), (0.226,))
+    train_idx, val_idx = _train_val(len(d.train_files), d.default_val if val_size is None else val_size, seed, subset)
+    common = dict(image_size=image_size, channels=in_channels, mean=mean, std=std, device=device, rank=rank,
+                  world_size=world_size, num_workers=num_workers)  # fmt: skip
+
+    def split(idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
+        return [d.train_files[i] for i in idx.tolist()], d.train_labels[idx]
+
+    train = StreamLoader(*split(train_idx), batch_size=batch_size, train=True, seed=seed, **common)
+    val = StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common) if len(val_idx) else EmptyLoader(
+        eval_batch_size
+    )
+    test = StreamLoader(d.test_files, d.test_labels, batch_size=eval_batch_size, **common)
+    info = dict(d.info, train=len(train_idx), val=len(val_idx), test=len(d.test_files), streamed=True)
+    return DataBundle(d.name, list(d.classes), in_channels, image_size, mean, std, train, val, test, info)
+
+
+def load_images(
+    paths: list[str | os.PathLike],
+    *,
+    in_channels: int,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> torch.Tensor:
+    """Image files preprocessed the way evaluation sees them: float32 ``(N, C, image_size, image_size)``, CPU.
+
+    Small inputs (``image_size <= 64``, the device-resident datasets) are resized to image_size x image_size as a
+    whole (bilinear, antialiased); larger ones get the streamed folders' eval transform (resize the short side to
+    image_size * 256 / 224, centre crop). A missing or non-image path is a :class:`DataError`.
+    """
+    if not paths:
+        raise DataError("no image files given")
+    out = []
+    for path in paths:
+        if not Path(path).is_file():
+            raise DataError(f"{path}: no such file (expected an image file)")
+        x = to_channels(decode_file(path, 1 if in_channels == 1 else 3)[None], in_channels)[0]
+        if image_size > SMALL_MAX:
+            x = eval_transform(image_size)(x)
+        elif x.shape[1:] != (image_size, image_size):
+            x = F.interpolate(x[None].float(), size=(image_size, image_size), mode="bilinear", antialias=True,
+                              align_corners=False)[0].round().clamp(0, 255)  # fmt: skip
+        out.append(x.float())
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return ((torch.stack(out) / 255.0 - mean_t) / std_t).contiguous(memory_format=torch.channels_last)

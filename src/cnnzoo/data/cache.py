@@ -1,0 +1,90 @@
+"""The decoded-data cache: one file per image folder under ``$CNNZOO_CACHE_DIR`` (default ``~/.cache/cnnzoo``).
+
+Decoding 60,000 JPEGs takes a while on a small machine; the result (uint8 tensors plus the folder's index) is saved
+so the second run starts in seconds. Each file stores a header (``format``, ``version``, ``key``) next to the
+payload; ``key`` is a hash of the source's content as the file system describes it (every file's relative path,
+size and mtime, plus the decode options), so adding, removing, replacing or touching a file gives a different key.
+A file with another version or key, or one that is truncated or unreadable, is rebuilt, never used (a log line says
+why). Writes are atomic (temporary file, fsync, ``os.replace``), so an interrupted run leaves the old file or none.
+Loading uses ``torch.load(weights_only=True)``: a cache file cannot run code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("cnnzoo.data")
+
+FORMAT = "cnnzoo-decoded"
+VERSION = 1  # bump when the payload layout or the decoding changes
+
+
+def cache_dir() -> Path:
+    """``$CNNZOO_CACHE_DIR`` or ``~/.cache/cnnzoo``."""
+    return Path(os.environ.get("CNNZOO_CACHE_DIR") or Path.home() / ".cache" / "cnnzoo")
+
+
+def content_key(entries: list[tuple[str, int, int]], *extra: object) -> str:
+    """sha256 over the sorted (relative path, size, mtime_ns) entries, the cache version and ``extra`` options."""
+    h = hashlib.sha256(f"{FORMAT} v{VERSION} {extra!r}\n".encode())
+    for rel, size, mtime in sorted(entries):
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+    return h.hexdigest()
+
+
+def cache_path(source: Path, kind: str) -> Path:
+    """One cache file per source folder (the folder's absolute path names it; its content keys what is inside)."""
+    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+    return cache_dir() / kind / f"{source.resolve().name}-{where}.pt"
+
+
+def load_or_build(path: Path, key: str, build: Callable[[], dict]) -> dict:
+    """The payload stored at ``path`` for ``key``; when absent, stale, truncated or of another version, ``build()``
+    it and store it atomically. A cache that cannot be written (read-only disk) only costs a log line."""
+    payload = _read(path, key)
+    if payload is not None:
+        return payload
+    payload = build()
+    try:
+        _write_atomic(path, {"format": FORMAT, "version": VERSION, "key": key, "payload": payload})
+    except OSError as e:
+        log.warning("could not write the decoded cache %s (%s); continuing without it", path, e)
+    return payload
+
+
+def _read(path: Path, key: str) -> dict | None:
+    if not path.exists():
+        return None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, garbage, unpickling refused: all mean "rebuild"
+        log.info("decoded cache %s is unreadable (%s: %s); rebuilding", path, type(e).__name__, e)
+        return None
+    if not isinstance(obj, dict) or obj.get("format") != FORMAT or obj.get("version") != VERSION:
+        log.info("decoded cache %s is from another version; rebuilding", path)
+        return None
+    if obj.get("key") != key:
+        log.info("decoded cache %s is stale (the source changed); rebuilding", path)
+        return None
+    return obj["payload"]
+
+
+def _write_atomic(path: Path, obj: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

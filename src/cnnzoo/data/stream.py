@@ -1,0 +1,131 @@
+"""The streaming path for image folders too large to hold decoded (ImageNet-style): a DataLoader with workers.
+
+Training: ``RandomResizedCrop(image_size)`` (scale 0.08-1, aspect 3/4-4/3, Szegedy et al. 2015's crop, as
+torchvision's ImageNet recipe) and a horizontal flip; evaluation: ``Resize(image_size * 256 / 224)`` then
+``CenterCrop(image_size)`` (the 256 -> 224 single-crop test of Krizhevsky et al. 2012, Simonyan & Zisserman 2015).
+The transforms (torchvision.transforms.v2) run in worker processes on uint8 tensors; normalisation and the
+channels_last layout happen on the device, batched. Batches come through pinned memory on CUDA.
+
+Determinism: the order of an epoch is a permutation seeded by ``(seed, epoch)``, sharded over ranks like the
+device-resident loader, and each sample carries its own seed ``(seed, epoch, rank)`` + position, with which the
+worker seeds torch before transforming it, so the augmentation does not depend on which worker gets which sample,
+and ``epoch(e, start_batch)`` starts at that batch without decoding the ones before it.
+
+Departure: a file found corrupt while streaming (the index only reads headers; decoding a million images to check
+them up front would take hours) is replaced by the next file of the split, with a log line naming it.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from cnnzoo.data.bundle import DataError, generator, mix_seed
+from cnnzoo.data.folders import decode_file
+
+log = logging.getLogger("cnnzoo.data")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, used for streamed folders
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_PERMUTATION, _AUGMENT = 0, 1
+
+
+def eval_transform(image_size: int) -> v2.Transform:
+    """Resize the short side to image_size * 256 / 224, then take the centre image_size x image_size crop."""
+    return v2.Compose([v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)])
+
+
+def train_transform(image_size: int) -> v2.Transform:
+    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
+
+
+class _Files(Dataset):
+    """Items are ``(index, sample_seed)``; returns the transformed uint8 image and its label."""
+
+    def __init__(self, files: list[str], labels: torch.Tensor, channels: int, transform: v2.Transform) -> None:
+        self.files, self.labels, self.channels, self.transform = files, labels, channels, transform
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        index, sample_seed = item
+        for attempt in range(len(self.files)):
+            i = (index + attempt) % len(self.files)
+            try:
+                image = decode_file(self.files[i], self.channels)
+                break
+            except DataError as e:
+                log.warning("skipping %s while streaming: %s", self.files[i], e)
+        else:
+            raise DataError("no readable image in the split")
+        torch.manual_seed(sample_seed)  # the worker's RNG, reseeded per sample: augmentation independent of workers
+        return self.transform(image), self.labels[i]
+
+
+class StreamLoader:
+    """A split of image files decoded per epoch by DataLoader workers; the same interface as ``DeviceLoader``."""
+
+    def __init__(
+        self,
+        files: list[str],
+        labels: torch.Tensor,
+        *,
+        batch_size: int,
+        image_size: int,
+        channels: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        device: torch.device | str = "cpu",
+        train: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        num_workers: int | None = None,
+    ) -> None:
+        self.device = torch.device(device)
+        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.rank, self.world_size = rank, world_size
+        self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
+        transform = train_transform(image_size) if train else eval_transform(image_size)
+        self.dataset = _Files(files, labels, channels, transform)
+        n = len(files)
+        if train:
+            self.num_samples = n // world_size
+        else:
+            self._start = rank * n // world_size
+            self.num_samples = (rank + 1) * n // world_size - self._start
+        std_t = torch.tensor(std, dtype=torch.float32).expand(channels)
+        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
+        self._shift = (-torch.tensor(mean).expand(channels) / std_t).view(1, -1, 1, 1).to(self.device)
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self, epoch: int) -> torch.Tensor:
+        """This rank's sample indices for ``epoch``, in the order they are served."""
+        if not self.train:
+            return torch.arange(self._start, self._start + self.num_samples)
+        perm = torch.randperm(len(self.dataset), generator=generator("cpu", self.seed, _PERMUTATION, epoch))
+        return perm[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
+        base = mix_seed(self.seed, _AUGMENT, epoch, self.rank) >> 1  # leaves room for + position below 2**63
+        order = self.indices(epoch).tolist()[: len(self) * self.batch_size]
+        items = [(i, base + pos) for pos, i in enumerate(order)][start_batch * self.batch_size :]
+        loader = DataLoader(
+            self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda", persistent_workers=False,
+        )  # fmt: skip
+        for images, labels in loader:
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            yield images.float() * self._scale + self._shift, labels.to(self.device, non_blocking=True)
