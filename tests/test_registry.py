@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import cnnzoo
+from cnnzoo.cli import main
 from cnnzoo.errors import CnnzooError, InputShapeError
 
 ALL = cnnzoo.list_models()
@@ -117,3 +118,13 @@ def test_unknown_model_suggests_close_names(capsys):
         cnnzoo.create_model("resnet20", num_classes=0)
     with pytest.raises(CnnzooError, match="unexpected keyword"):
         cnnzoo.create_model("resnet20", no_such_option=1)
+def test_cli_bad_model_is_one_line_exit_2(capsys):
+    assert main(["summary", "resnet5O"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: unknown model 'resnet5O'") and "\n" not in err and "Traceback" not in err
+
+
+def test_cli_wrong_input_shape_is_one_line_exit_2(capsys):
+    assert main(["summary", "resnet20", "--input", "1x32x32"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "resnet20 expects input of shape (N, 3," in err and "\n" not in err
