@@ -101,3 +101,18 @@ def test_auxiliary_losses_are_added_with_their_weight():
     step_loss, step_logits = train_step(net, opt, x, y, ctx)
     assert step_loss.item() == pytest.approx(loss.item(), rel=1e-6) and step_logits.shape == (8, 3)
     assert not torch.equal(before, net.main.weight)
+
+
+def test_real_googlenet_auxiliary_heads_enter_the_loss():
+    from cnnzoo.models import create_model
+
+    torch.manual_seed(0)
+    net = create_model("googlenet", num_classes=10, in_channels=1).train()
+    x, y = torch.randn(2, 1, 64, 64), torch.tensor([3, 7])
+    out = net(x)
+    assert isinstance(out, tuple) and len(out) == 3  # (logits, aux2, aux1) in training mode
+    ctx = step_context(TrainConfig(aux_weight=0.3, device="cpu"), torch.device("cpu"))
+    loss, logits = compute_loss(out, y, ctx)
+    ce = nn.functional.cross_entropy
+    expected = ce(out[0], y) + 0.3 * (ce(out[1], y) + ce(out[2], y))
+    assert torch.equal(logits, out[0]) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
