@@ -45,6 +45,8 @@ class TrainConfig:
     # What to train on.
     model: str = _f("resnet20", "registered model name")
     data: str = _f("digits", "dataset name or image folder")
+    data_dir: str | None = _f(None, "where named datasets live (default $CNNZOO_DATA_DIR or ~/.cache/cnnzoo/data)")
+    download: bool = _f(False, "download a missing named dataset with torchvision (needs the network)")
     recipe: str | None = _f(None, "recipe the config was built from (informational)")
     image_size: int | None = _f(None, "input side in pixels (default: the dataset's)")
     in_channels: int | None = _f(None, "input channels (default: the dataset's)")

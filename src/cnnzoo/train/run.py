@@ -87,7 +87,8 @@ def load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, *, augment: 
         val_size = int(val_size)  # a count of images, not a fraction
     per_rank = cfg.batch_size // dist.world_size
     return load_data(
-        cfg.data, batch_size=per_rank, eval_batch_size=cfg.eval_batch_size or 2 * per_rank, device=device,
+        cfg.data, data_dir=cfg.data_dir, download=cfg.download or None, batch_size=per_rank,
+        eval_batch_size=cfg.eval_batch_size or 2 * per_rank, device=device,
         image_size=cfg.image_size, in_channels=cfg.in_channels, val_size=val_size, seed=cfg.seed,
         augment=cfg.augment if augment else "none", cutout=cfg.cutout, rank=dist.rank, world_size=dist.world_size,
         subset=cfg.subset,
