@@ -43,7 +43,8 @@ def test_gradients_command_writes_csv_and_png(tmp_path):
 
 
 def test_degradation_and_depth_write_their_files_and_reuse_runs(tmp_path):
-    rows = run_degradation([20], data="digits", recipe="demo", seeds=[0], out=tmp_path, overrides=TINY)
+    # jobs=2: the two runs train in two spawned processes (the GPU path), then are read back as finished runs.
+    rows = run_degradation([20], data="digits", recipe="demo", seeds=[0], out=tmp_path, overrides=TINY, jobs=2)
     assert [r["model"] for r in rows] == ["plain20", "resnet20"]
     assert rows[1]["paper_test_error"] == 8.75 and rows[0]["paper_test_error"] is None
     assert all(0 <= r["test_error"] <= 100 for r in rows)

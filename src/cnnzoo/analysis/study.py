@@ -68,6 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--batch-size", type=int, default=None)
         p.add_argument("--subset", type=int, default=None, help="train on this many images (quick looks)")
         p.add_argument("--device", default=None)
+        p.add_argument("--jobs", type=int, default=1, help="train this many runs at once (e.g. 4-8 on one GPU)")
         p.add_argument("--out", default=f"runs/study-{name}")
         p.set_defaults(func=cmd_degradation if name == "degradation" else cmd_depth)
 
@@ -241,15 +242,35 @@ def _overrides(args: argparse.Namespace) -> dict:
 
 
 def train_or_reuse(model: str, data: str, run_dir: Path, *, recipe: str, seed: int, data_dir: str | None,
-                   overrides: dict) -> dict:  # fmt: skip
+                   overrides: dict, quiet: bool = False) -> dict:  # fmt: skip
     """A finished run (report.json) is reused, an unfinished one (last.pt) resumed, else trained from scratch."""
     from cnnzoo.train.api import train
 
     if (run_dir / "report.json").exists():
         return json.loads((run_dir / "report.json").read_text())
     if (run_dir / "last.pt").exists():
-        return train(resume=run_dir)
-    return train(model, data, recipe=recipe, out=run_dir, seed=seed, data_dir=data_dir, **overrides)
+        return train(resume=run_dir, quiet=quiet)
+    return train(model, data, recipe=recipe, out=run_dir, seed=seed, data_dir=data_dir, quiet=quiet, **overrides)
+
+
+def _train_task(task: tuple) -> None:
+    model, data, run_dir, kw = task
+    train_or_reuse(model, data, run_dir, quiet=True, **kw)
+
+
+def train_in_parallel(tasks: list[tuple[str, Path, int]], *, jobs: int, data: str, recipe: str,
+                      data_dir: str | None, overrides: dict) -> None:  # fmt: skip
+    """Train ``(model, run_dir, seed)`` tasks in ``jobs`` spawned processes (several small nets share one GPU well:
+    at batch 128 each is bound by per-step launch overhead, not by the GPU). Sequential when ``jobs`` is 1."""
+    if jobs <= 1:
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    kw = {"recipe": recipe, "data_dir": data_dir, "overrides": overrides}
+    todo = [(m, data, d, dict(kw, seed=s)) for m, d, s in tasks if not (d / "report.json").exists()]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        list(pool.map(_train_task, todo))
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -261,10 +282,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_degradation(depths: list[int], *, data: str, recipe: str, seeds: list[int], out: str | Path,
-                    data_dir: str | None = None, overrides: dict | None = None) -> list[dict]:  # fmt: skip
+                    data_dir: str | None = None, overrides: dict | None = None, jobs: int = 1
+                    ) -> list[dict]:  # fmt: skip
     """Train plain and residual nets of each depth; write degradation.csv, .md and .png (Figure 6 style)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    tasks = [(f"{k}{d}", out / f"{k}{d}" / f"seed-{s}", s) for k in ("plain", "resnet") for d in depths for s in seeds]
+    train_in_parallel(tasks, jobs=jobs, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides or {})
     rows = []
     for kind in ("plain", "resnet"):
         for d in depths:
@@ -326,13 +350,18 @@ def _plot_degradation(out: Path, depths: list[int], seed: int, path: Path, data:
 
 
 def run_depth(depths: list[int], *, family: str, data: str, recipe: str, seeds: list[int], out: str | Path,
-              data_dir: str | None = None, overrides: dict | None = None) -> list[dict]:  # fmt: skip
-    """Accuracy, training time and parameters against depth; writes depth.csv and depth.png."""
+              data_dir: str | None = None, overrides: dict | None = None, jobs: int = 1) -> list[dict]:  # fmt: skip
+    """Accuracy, training time and parameters against depth; writes depth.csv and depth.png.
+
+    With ``jobs`` > 1 the runs share the device, so their training times are not comparable: use 1 for the chart.
+    """
     from cnnzoo.analysis.profile import profile_model
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prefix = "resnet" if family == "resnet_cifar" else "plain"
+    tasks = [(f"{prefix}{d}", out / f"{prefix}{d}" / f"seed-{s}", s) for d in depths for s in seeds]
+    train_in_parallel(tasks, jobs=jobs, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides or {})
     rows = []
     for d in depths:
         name = f"{prefix}{d}"
@@ -386,7 +415,7 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 def cmd_degradation(args: argparse.Namespace) -> int:
     depths = _depths(args.depths, PLAIN_DEPTHS, "degradation (plain and residual)")
     rows = run_degradation(depths, data=args.data, recipe=args.recipe, seeds=_seeds(args.seeds), out=args.out,
-                           data_dir=args.data_dir, overrides=_overrides(args))  # fmt: skip
+                           data_dir=args.data_dir, overrides=_overrides(args), jobs=args.jobs)  # fmt: skip
     print(Path(args.out, "degradation.md").read_text())
     print(f"wrote {len(rows)} rows to {Path(args.out) / 'degradation.csv'} and degradation.png")
     return 0
@@ -396,7 +425,7 @@ def cmd_depth(args: argparse.Namespace) -> int:
     allowed = RESNET_DEPTHS if args.family == "resnet_cifar" else PLAIN_DEPTHS
     rows = run_depth(_depths(args.depths, allowed, args.family), family=args.family, data=args.data,
                      recipe=args.recipe, seeds=_seeds(args.seeds), out=args.out, data_dir=args.data_dir,
-                     overrides=_overrides(args))  # fmt: skip
+                     overrides=_overrides(args), jobs=args.jobs)  # fmt: skip
     for r in rows:
         print(f"{r['model']:>10}: test top-1 {r['test_top1']:.2f}%  {r['train_seconds']:.1f} s  {r['params']:,} params")
     print(f"wrote {Path(args.out) / 'depth.csv'} and depth.png")
