@@ -17,18 +17,37 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def _torchvision_twin(name: str, ours: torch.nn.Module) -> torch.nn.Module:
+    """torchvision's model of the same name, built on the meta device (no init cost) and given our weights."""
+    with torch.device("meta"):
+        kwargs = {} if name == "alexnet" else {"init_weights": False}  # init is skipped on meta anyway; no warning
+        theirs = getattr(torchvision.models, name)(weights=None, **kwargs)
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    theirs.load_state_dict(ours.state_dict(), strict=True, assign=True)
+    return theirs
+
+
 @pytest.mark.parametrize("name", TORCHVISION_NAMES)
 def test_torchvision_state_dict_loads_strict_and_gives_identical_outputs(name):
-    torch.manual_seed(0)
     ours = cnnzoo.create_model(name, num_classes=1000).eval()
-    theirs = getattr(torchvision.models, name)(weights=None, **({"init_weights": False} if name == "googlenet" else {}))
-    theirs.eval()
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
-    theirs.load_state_dict(ours.state_dict(), strict=True)
+    theirs = _torchvision_twin(name, ours).eval()
     assert _params(ours) == _params(theirs)
     x = torch.randn(1, 3, 64, 64)  # 64x64: the adaptive pools make it valid for both, at a fraction of 224's cost
     with torch.no_grad():
         torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_googlenet_training_outputs_match_torchvision_including_aux_heads():
+    ours = cnnzoo.create_model("googlenet", num_classes=1000).train()
+    theirs = _torchvision_twin("googlenet", ours).train()
+    x = torch.randn(2, 3, 64, 64)
+    torch.manual_seed(1)  # same seed, same order of dropout draws -> same masks
+    a = ours(x)
+    torch.manual_seed(1)
+    b = theirs(x)
+    assert len(a) == len(b) == 3
+    for mine, tv in zip(a, b, strict=True):  # (logits, aux2, aux1), in torchvision's order
+        torch.testing.assert_close(mine, tv, rtol=0, atol=0)
 
 
 def test_alexnet_paper_has_the_papers_parameter_count_and_init():
@@ -39,7 +58,8 @@ def test_alexnet_paper_has_the_papers_parameter_count_and_init():
     assert sum(isinstance(m, torch.nn.LocalResponseNorm) for m in model.modules()) == 2
     pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
     assert all(p.kernel_size == 3 and p.stride == 2 for p in pools) and len(pools) == 3  # overlapping pooling
-    biases = [float(m.bias.mean()) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    biases = [float(m.bias.detach().mean()) for m in layers]
     assert biases == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # section 5
     assert model.eval()(torch.randn(1, 3, 227, 227)).shape == (1, 1000)
     with pytest.raises(InputShapeError, match=r"alexnet_paper expects input of shape \(N, 3, 227, 227\)"):
@@ -89,6 +109,22 @@ def test_vgg_cfgs_are_table_1():
 
 
 def test_in_channels_changes_only_the_first_conv():
-    gray = cnnzoo.create_model("vgg11", num_classes=10, in_channels=1)
-    rgb = cnnzoo.create_model("vgg11", num_classes=10, in_channels=3)
+    with torch.device("meta"):  # parameter counts need no memory
+        gray = cnnzoo.create_model("vgg11", num_classes=10, in_channels=1)
+        rgb = cnnzoo.create_model("vgg11", num_classes=10, in_channels=3)
+        gnet = cnnzoo.create_model("googlenet", num_classes=10, in_channels=1)
     assert _params(rgb) - _params(gray) == 64 * 2 * 9  # two fewer input channels of 64 3x3 filters
+    assert gnet.conv1.conv.in_channels == 1 and gnet.conv2.conv.in_channels == 64
+
+
+# The smallest square input each net accepts (its last pool still has an output) and the error one pixel below.
+MIN_SIZES = {"alexnet": 63, "vgg11": 32, "vgg19_bn": 32, "vgg11_cifar": 17, "alexnet_cifar": 8, "googlenet": 15}
+
+
+@pytest.mark.parametrize(("name", "size"), MIN_SIZES.items())
+def test_min_size_is_exact(name, size):
+    with torch.device("meta"):  # shapes only: the check and the layers' shape rules, no arithmetic
+        model = cnnzoo.create_model(name, num_classes=10).eval()
+        assert model(torch.empty(1, 3, size, size)).shape == (1, 10)
+        with pytest.raises(InputShapeError, match=rf"{name} expects input of shape \(N, 3, H, W\) with H, W >= {size}"):
+            model(torch.empty(1, 3, size - 1, size))

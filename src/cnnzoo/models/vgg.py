@@ -71,7 +71,9 @@ class VGG(nn.Module):
         self.name, self.in_channels = name, in_channels
         self.features = make_layers(cfg, in_channels=in_channels, batch_norm=batch_norm, ceil_mode=cifar)
         if cifar:
-            self.min_size = 17  # a 2x2 pool needs 2 px even in ceil mode: the fifth pool's input ceil(H/16) >= 2
+            # PyTorch's ceil-mode pools accept even 1 px, but below 17 px the fifth pool's input, ceil(H / 16), is a
+            # single pixel with nothing left to pool: 17 is the smallest size at which all five pools do their job.
+            self.min_size = 17
             self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
             self.classifier = nn.Linear(512, num_classes)
         else:
