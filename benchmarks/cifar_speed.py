@@ -149,8 +149,8 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--subset", type=int, default=None, help="train on this many training images (CPU runs)")
-    p.add_argument("--recipe", default="baseline",
-                   help="cnnzoo side: 'baseline' (the baseline's hyperparameters) or a recipe name")
+    p.add_argument("--recipes", default="baseline",
+                   help="cnnzoo side, comma-separated: 'baseline' (the baseline's hyperparameters) and/or recipe names")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cnnzoo-speed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -167,14 +167,18 @@ def main() -> None:
         # The baseline reads the very images cnnzoo trains on: the same bundle, kept on the CPU for PIL.
         bundle = load_data(data, batch_size=128, device="cpu", seed=args.seed, subset=args.subset)
         base = run_baseline(name, bundle, epochs=args.epochs, device=device, seed=args.seed)
-        ours = run_cnnzoo(name, data, epochs=args.epochs, device=device, seed=args.seed, subset=args.subset,
-                          recipe=args.recipe, out=args.workdir / "runs" / f"{name}-{int(time.time())}")  # fmt: skip
-        b, o = mean_after_first(base["epoch_seconds"]), mean_after_first(ours["epoch_seconds"])
-        row = {"model": name, "baseline_s_per_epoch": b, "cnnzoo_s_per_epoch": o, "speedup": b / o,
-               "baseline_test_top1": base["test_top1"], "cnnzoo_test_top1": ours["test_top1"]}  # fmt: skip
-        results.append(row)
-        print(f"{name:16s} baseline {b:8.2f} s/epoch  top1 {100 * base['test_top1']:5.2f}% | cnnzoo {o:8.2f} s/epoch "
-              f"top1 {100 * ours['test_top1']:5.2f}% | speed-up x{b / o:.2f}", flush=True)  # fmt: skip
+        b = mean_after_first(base["epoch_seconds"])
+        print(f"{name:16s} baseline (standard pipeline) {b:8.2f} s/epoch  test top-1 {100 * base['test_top1']:5.2f}%",
+              flush=True)  # fmt: skip
+        for recipe in args.recipes.split(","):
+            ours = run_cnnzoo(name, data, epochs=args.epochs, device=device, seed=args.seed, subset=args.subset,
+                              recipe=recipe, out=args.workdir / "runs" / f"{name}-{recipe}-{int(time.time())}")
+            o = mean_after_first(ours["epoch_seconds"])
+            results.append({"model": name, "cnnzoo_recipe": recipe, "baseline_s_per_epoch": b,
+                            "cnnzoo_s_per_epoch": o, "speedup": b / o, "baseline_test_top1": base["test_top1"],
+                            "cnnzoo_test_top1": ours["test_top1"]})  # fmt: skip
+            print(f"{name:16s} cnnzoo ({recipe:>8s})          {o:8.2f} s/epoch  test top-1 "
+                  f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "device": str(device), "epochs": args.epochs,
                                          "subset": args.subset, "results": results}, indent=2))  # fmt: skip

@@ -7,8 +7,6 @@ __version__ = "0.1.0"
 __all__ = ["CnnzooError", "create_model", "get_model_info", "list_models", "register_model", "train", "__version__"]
 
 
-def train(*args, **kwargs):
-    """Train a model; see :func:`cnnzoo.train.api.train` (imported lazily to keep ``import cnnzoo`` light)."""
-    from cnnzoo.train.api import train as _train
-
-    return _train(*args, **kwargs)
+# The public function wins the attribute over the subpackage of the same name (importing any cnnzoo.train.*
+# module would otherwise rebind ``cnnzoo.train`` to the package); cnnzoo.train.api is cheap to import.
+from cnnzoo.train.api import train  # noqa: E402
