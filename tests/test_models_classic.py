@@ -61,6 +61,8 @@ def test_alexnet_paper_has_the_papers_parameter_count_and_init():
     layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     biases = [float(m.bias.detach().mean()) for m in layers]
     assert biases == [0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0]  # section 5
+    kinds = [type(m).__name__ for m in model.classifier]  # section 4.2: dropout on the outputs of FC6 and FC7
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
     assert model.eval()(torch.randn(1, 3, 227, 227)).shape == (1, 1000)
     with pytest.raises(InputShapeError, match=r"alexnet_paper expects input of shape \(N, 3, 227, 227\)"):
         model(torch.randn(1, 3, 224, 224))

@@ -7,8 +7,8 @@ networks", 2014, arXiv:1404.5997.)
 The paper's network (section 3.5, Figure 2): five convs (96 11x11/4, 256 5x5, 384 3x3, 384 3x3, 256 3x3) and three
 FC layers (4096, 4096, classes); ReLU after every layer but the last (section 3.1); local response normalisation
 (k=2, n=5, alpha=1e-4, beta=0.75) after the ReLU of conv1 and conv2 (section 3.3); overlapping 3x3 max pooling with
-stride 2 after the LRNs and after conv5 (section 3.4); dropout 0.5 before FC6 and FC7's ReLU outputs are used,
-i.e. on the inputs of FC7 and FC8 (section 4.2).
+stride 2 after the LRNs and after conv5 (section 3.4); dropout 0.5 on the outputs of FC6 and FC7, i.e. on the
+inputs of FC7 and FC8 (section 4.2).
 
 Deliberate departures from the paper:
 
@@ -16,10 +16,12 @@ Deliberate departures from the paper:
   previous layer's maps). Joined, the layer has all 96 (resp. 384) input maps, which is how the network is usually
   drawn: 62,378,344 parameters at 1000 classes. Input 227x227: the paper's "224x224" does not give its own 55x55
   conv1 map with an 11x11/4 conv and no padding; 227 does ((227 - 11) / 4 + 1 = 55). Initialisation as section 5:
-  weights N(0, 0.01), biases 1 in conv2, conv4, conv5 and the hidden FC layers, 0 elsewhere. Dropout sits before FC6
-  and FC7 (on their inputs), as in the Caffe reference and torchvision; the paper's words allow either reading.
+  weights N(0, 0.01), biases 1 in conv2, conv4, conv5 and the hidden FC layers, 0 elsewhere. Dropout on the outputs
+  of FC6 and FC7 (section 4.2; the BVLC Caffe reference's order). No PCA colour augmentation, no 10-crop test: those
+  are data and evaluation choices, not part of the model.
 - ``alexnet`` is torchvision's layout (64-192-384-256-256 filters, no LRN, padding 2 in conv1, an adaptive average
-  pool to 6x6) so torchvision's state dicts load strictly; PyTorch's default initialisation, as torchvision.
+  pool to 6x6, dropout before FC6 and FC7 rather than after) so torchvision's state dicts load strictly; PyTorch's
+  default initialisation, as torchvision.
 - ``alexnet_cifar`` (not in the paper) sizes the design for 32x32 images after Krizhevsky's own CIFAR-10 network
   (cuda-convnet "layers-18pct": 5x5 convs, 3x3/2 overlapping max pools, LRN): AlexNet's five convs with 64-192-384-
   256-256 filters (5x5 stride 1 for conv1 and conv2, 3x3 after), ReLU, LRN after conv1 and conv2, overlapping 3x3/2
@@ -44,11 +46,23 @@ def lrn() -> nn.LocalResponseNorm:
     return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
 
 
-def classifier(in_features: int, hidden: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """FC6, FC7 (ReLU, dropout on their inputs), FC8."""
+def classifier(in_features: int, hidden: int, num_classes: int, dropout: float, *, torchvision: bool = False
+               ) -> nn.Sequential:  # fmt: skip
+    """FC6, FC7 (ReLU + dropout each), FC8.
+
+    The paper (section 4.2) drops out the outputs of FC6 and FC7, as the BVLC Caffe reference does (fc6, relu6,
+    drop6, fc7, relu7, drop7, fc8). torchvision moves each dropout before its layer (on the inputs of FC6 and FC7);
+    ``torchvision=True`` keeps that order so that its state dicts (classifier.1/.4/.6) load.
+    """
+    if torchvision:
+        return nn.Sequential(
+            nn.Dropout(p=dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),  # FC6
+            nn.Dropout(p=dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # FC7
+            nn.Linear(hidden, num_classes),  # FC8
+        )  # fmt: skip
     return nn.Sequential(
-        nn.Dropout(p=dropout), nn.Linear(in_features, hidden), nn.ReLU(inplace=True),  # FC6
-        nn.Dropout(p=dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True),  # FC7
+        nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Dropout(p=dropout),  # FC6
+        nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Dropout(p=dropout),  # FC7
         nn.Linear(hidden, num_classes),  # FC8
     )  # fmt: skip
 
@@ -92,7 +106,7 @@ def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0
     )  # fmt: skip
     # 63 px is the smallest input whose last max pool still has a 1x1 output: 63 -> 15 -> 7 -> 3 -> 1.
     return AlexNet("alexnet", features, nn.AdaptiveAvgPool2d((6, 6)), classifier(256 * 6 * 6, 4096, num_classes,
-                   dropout), in_channels=in_channels, min_size=63)  # fmt: skip
+                   dropout, torchvision=True), in_channels=in_channels, min_size=63)  # fmt: skip
 
 
 @register_model(family="alexnet", paper=PAPER, input_size=(3, 227, 227))
