@@ -24,8 +24,10 @@ Deliberate departures from the paper:
   auxiliary pool 5x5/3, dropout 0.4. The paper trained with DistBelief and does not give the initialisation; we use
   the BVLC reproduction's Xavier weights and bias 0.2. Input 224x224 exactly (the auxiliary FC layers take 4x4x128).
 - ``googlenet_cifar`` (not in the paper) is the common CIFAR adaptation (kuangliu/pytorch-cifar): the stem becomes
-  one 3x3 conv with 192 filters and no early pooling, the same Inception table with batch norm and real 5x5 convs,
-  3x3/2 max pools after 3b and 4e (32 -> 16 -> 8), global average pool, linear. No auxiliary heads by default
+  one 3x3 conv with 192 filters and no early pooling, the same Inception table with batch norm, 3x3/2 max pools
+  (padding 1) after 3b and 4e (32 -> 16 -> 8; 28 -> 14 -> 7), global average pool, linear, no dropout by default.
+  One difference from kuangliu's code: it builds the "5x5" branch as two stacked 3x3 convs; we keep the table's
+  single 5x5 conv, so the three variants share one Inception class. No auxiliary heads by default
   (``aux_logits=True`` adds torchvision's adaptive ones): at 32x32 the net is shallow enough to train without them.
 - ``in_channels`` replaces only the first conv's input channels; ``transform_input`` (torchvision's conversion of
   ImageNet-normalised input to the [-1, 1] scaling of Google's weights) is kept, off by default.
