@@ -17,10 +17,10 @@ def _params(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _torchvision_twin(name: str, ours: torch.nn.Module) -> torch.nn.Module:
+def _torchvision_twin(name: str, ours: torch.nn.Module, **kwargs) -> torch.nn.Module:
     """torchvision's model of the same name, built on the meta device (no init cost) and given our weights."""
     with torch.device("meta"):
-        kwargs = {} if name == "alexnet" else {"init_weights": False}  # init is skipped on meta anyway; no warning
+        kwargs |= {} if name == "alexnet" else {"init_weights": False}  # init is skipped on meta anyway; no warning
         theirs = getattr(torchvision.models, name)(weights=None, **kwargs)
     assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
     theirs.load_state_dict(ours.state_dict(), strict=True, assign=True)
@@ -49,6 +49,16 @@ def test_googlenet_training_outputs_match_torchvision_including_aux_heads():
     for mine, tv in zip(a, b, strict=True):  # (logits, aux2, aux1), in torchvision's order
         torch.testing.assert_close(mine, tv, rtol=0, atol=0)
 
+
+def test_googlenet_transform_input_matches_torchvision():
+    ours = cnnzoo.create_model("googlenet", num_classes=10, transform_input=True, aux_logits=False).eval()
+    theirs = _torchvision_twin("googlenet", ours, num_classes=10, transform_input=True, aux_logits=False).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+        plain = cnnzoo.create_model("googlenet", num_classes=10, aux_logits=False).eval()
+        plain.load_state_dict(ours.state_dict())
+        assert not torch.equal(plain(x), ours(x))  # the option does something
 
 def test_alexnet_paper_has_the_papers_parameter_count_and_init():
     model = cnnzoo.create_model("alexnet_paper", num_classes=1000)
