@@ -29,4 +29,4 @@ $PY -m cnnzoo study gradients plain56 resnet56 plain110 resnet110 --data $DATA -
 # overhead at batch 128, not by the GPU).
 $PY -m cnnzoo study degradation --depths 20,32,44,56 --data $DATA --recipe resnet-cifar-paper --epochs "$E_DEG" \
     --jobs 8 --out "$OUT/degradation" 2>&1 | tee "$OUT/degradation.log"
-find "$OUT" -name "*.pt" -delete  # checkpoints stay behind; the metrics, reports and figures come back
+find "$OUT" -name "*.pt" -delete  # checkpoints stay behind; bring the rest back as one archive (see docs/benchmarks.md)
