@@ -17,6 +17,7 @@ COMMAND_MODULES = {
     "cnnzoo.analysis.inspect": "models, summary",
     "cnnzoo.data.cli": "data",
     "cnnzoo.train.cli": "train, eval, predict, export, recipes",
+    "cnnzoo.analysis.compare": "compare",
     "cnnzoo.analysis.study": "study",
 }
 

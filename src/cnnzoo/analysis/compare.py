@@ -1,0 +1,354 @@
+"""``cnnzoo compare``: the overview of the classic nets, measured on this machine, as a table and a chart.
+
+For each model: parameters and MACs (FlopCounterMode, multiply-accumulates per image); peak memory of inference and
+of one training step at the batch size; inference latency at batch 1 (median after warm-up) and throughput at the
+batch size; training throughput (forward + backward + optimizer step, the trainer's own ``setup_training`` /
+``train_step`` with its device defaults: bf16 + channels_last on CUDA, fp32 on the CPU); and accuracy, measured
+(from ``--runs`` run directories, with their dataset) or the published ImageNet top-1 of torchvision's weights for the
+architecture (marked "published"). Architectures torchvision also implements are timed side by side with
+torchvision's model, interleaved, and reported as a speed ratio cnnzoo / torchvision (1.0 = as fast).
+
+Memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) above the model's own weights; on the CPU
+the growth of the process's peak resident set (``ru_maxrss``). ``ru_maxrss`` never goes down, so every model is
+measured in a fresh spawned process, inference before training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from cnnzoo.analysis.profile import parse_input, profile_model
+from cnnzoo.errors import CnnzooError
+
+DEFAULT_224 = ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152"]
+DEFAULT_32 = ["alexnet_cifar", "vgg16_cifar", "googlenet_cifar", "resnet18_cifar", "resnet20", "resnet56"]
+TORCHVISION = {"alexnet", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"} | {
+    f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")
+}
+COLUMNS = ["model", "input", "batch_size", "params", "macs", "latency_ms", "infer_img_s", "train_img_s",
+           "infer_mem_mb", "train_mem_mb", "vs_torchvision_latency", "vs_torchvision_train", "accuracy",
+           "accuracy_source", "note"]  # fmt: skip
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``compare`` subcommand."""
+    p = sub.add_parser("compare", help="params, MACs, memory, speed and accuracy side by side; table + chart")
+    p.add_argument("models", nargs="*", help=f"default: {' '.join(DEFAULT_224)} (or the CIFAR nets at 3x32x32)")
+    p.add_argument("--input", default="3x224x224", help="input shape CxHxW (default 3x224x224)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 8 on the CPU")
+    p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (after warm-up)")
+    p.add_argument("--runs", nargs="*", default=[], help="run directories whose test accuracy to show")
+    p.add_argument("--no-torchvision", action="store_true", help="skip the side-by-side torchvision timing")
+    p.add_argument("--out", default="runs/compare")
+    p.set_defaults(func=cmd_compare)
+
+
+# --- measurement (runs in a fresh process per model) --------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _peak_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
+def _median_seconds(fn, repeats: int, device: torch.device) -> float:
+    times = []
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device):
+    """Closures for one inference at batch 1, one at ``batch``, and one training step at ``batch``."""
+    from cnnzoo.train.config import build_config
+    from cnnzoo.train.engine import setup_training, train_step
+
+    cfg = build_config(recipe="fast", device=str(device))
+    net, optimizer, ctx = setup_training(model, cfg, device)
+    memory = torch.channels_last if next(net.parameters()).is_contiguous(memory_format=torch.channels_last) \
+        else torch.contiguous_format  # fmt: skip
+    x1 = torch.randn(1, *shape, device=device).contiguous(memory_format=memory)
+    xb = torch.randn(batch, *shape, device=device).contiguous(memory_format=memory)
+    yb = torch.randint(0, 10, (batch,), device=device)
+
+    def infer(x):
+        def run():
+            net.eval()
+            with torch.no_grad(), ctx.autocast():
+                net(x)
+
+        return run
+
+    def step():
+        net.train()
+        train_step(net, optimizer, xb, yb, ctx)
+
+    return infer(x1), infer(xb), step
+
+
+def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str, repeats: int,
+            vs_torchvision: bool) -> dict:  # fmt: skip
+    """All timings and memory of one model (call in a fresh process for honest CPU memory figures)."""
+    from cnnzoo.models import create_model
+
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    row: dict = {"note": ""}
+    model = create_model(name, num_classes=10).to(device)
+    base = _peak_mb(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device) / 2**20
+    one, many, step = _timers(model, shape, batch, device)
+    for fn in (one, many):  # warm-up (and cudnn autotuning)
+        fn()
+    row["latency_ms"] = 1000 * _median_seconds(one, repeats, device)
+    row["infer_img_s"] = batch / _median_seconds(many, max(2, repeats // 2), device)
+    row["infer_mem_mb"] = _peak_mb(device) - base
+    step()
+    step()
+    row["train_img_s"] = batch / _median_seconds(step, max(2, repeats // 2), device)
+    row["train_mem_mb"] = _peak_mb(device) - base
+    if vs_torchvision and name in TORCHVISION:
+        row.update(_versus_torchvision(name, model, shape, batch, device, repeats))
+    return row
+
+
+def _versus_torchvision(name, ours, shape, batch, device, repeats) -> dict:
+    """Latency and training speed of torchvision's same architecture, timed interleaved with ours (same settings).
+
+    Ratios are cnnzoo speed / torchvision speed = torchvision time / cnnzoo time.
+    """
+    import torchvision
+
+    kw = {"init_weights": True} if name == "googlenet" else {}
+    theirs = getattr(torchvision.models, name)(weights=None, num_classes=10, **kw).to(device)
+    mine, tv = _timers(ours, shape, batch, device), _timers(theirs, shape, batch, device)
+    for fn in (*mine, *tv):
+        fn()
+    lat = {"ours": [], "tv": []}
+    trn = {"ours": [], "tv": []}
+    for _ in range(max(3, repeats)):  # interleave so both see the same machine load
+        lat["ours"].append(_median_seconds(mine[0], 1, device))
+        lat["tv"].append(_median_seconds(tv[0], 1, device))
+    for _ in range(max(2, repeats // 2)):
+        trn["ours"].append(_median_seconds(mine[2], 1, device))
+        trn["tv"].append(_median_seconds(tv[2], 1, device))
+    med = statistics.median
+    return {"vs_torchvision_latency": med(lat["tv"]) / med(lat["ours"]),
+            "vs_torchvision_train": med(trn["tv"]) / med(trn["ours"])}  # fmt: skip
+
+
+def _measure_in_child(args: tuple) -> dict:
+    name, shape, batch, device, repeats, vs_tv = args
+    try:
+        return measure(name, shape, batch, device, repeats, vs_tv)
+    except torch.OutOfMemoryError:
+        return {"oom": True}
+    except CnnzooError as e:  # e.g. an input size the net cannot take
+        return {"error": str(e)}
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower():
+            return {"oom": True}
+        return {"error": str(e).splitlines()[0]}
+
+
+def _measure_fresh(name, shape, batch, device, repeats, vs_tv) -> dict:
+    """``measure`` in a fresh spawned process; an OOM at ``batch`` is retried at half the batch size."""
+    ctx = multiprocessing.get_context("spawn")
+    while True:
+        with ctx.Pool(1, maxtasksperchild=1) as pool:
+            row = pool.apply(_measure_in_child, ((name, shape, batch, device, repeats, vs_tv),))
+        if not row.get("oom"):
+            return dict(row, batch_size=batch)
+        if batch == 1:
+            return {"error": "out of memory at batch size 1", "batch_size": 1}
+        batch //= 2
+        print(f"  {name}: out of memory, retrying at batch size {batch}", flush=True)
+
+
+# --- accuracy ------------------------------------------------------------------------------------------------------
+
+
+def published_top1(name: str) -> float | None:
+    """ImageNet top-1 (fraction) of torchvision's IMAGENET1K_V1 weights for this architecture; None if none.
+
+    Read from the weights' metadata, no download. ``*_cifar`` and ``*_paper`` variants share no weights: None.
+    """
+    if name not in TORCHVISION:
+        return None
+    from torchvision.models import get_model_weights
+
+    try:
+        weights = get_model_weights(name)["IMAGENET1K_V1"]
+    except (KeyError, ValueError):
+        return None
+    return weights.meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100
+
+
+def runs_accuracy(run_dirs: list[str]) -> dict[str, tuple[float, str]]:
+    """{model: (test top-1, dataset)} from run directories' report.json (the last one wins for a model)."""
+    found = {}
+    for run in run_dirs:
+        path = Path(run) / "report.json"
+        if not path.exists():
+            raise CnnzooError(f"{run}: no report.json (not a finished cnnzoo run directory)")
+        report = json.loads(path.read_text())
+        found[report["model"]] = (report["test"]["top1"], Path(str(report["data"])).name)
+    return found
+
+
+# --- the command ---------------------------------------------------------------------------------------------------
+
+
+def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device: str, batch_size: int,
+                repeats: int, runs: list[str], vs_torchvision: bool, out: str | Path) -> list[dict]:  # fmt: skip
+    """Measure ``models``; write compare.csv/json/md and overview.png into ``out``; return the rows."""
+    from cnnzoo.models import get_model_info
+
+    for name in models:
+        get_model_info(name)  # unknown names fail before any measuring
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CnnzooError("--device cuda: no CUDA device here (use --device cpu)")
+    measured = runs_accuracy(runs)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, name in enumerate(models, 1):
+        print(f"[{i}/{len(models)}] {name} at {'x'.join(map(str, input_shape))} on {device} ...", flush=True)
+        row = {"model": name, "input": "x".join(map(str, input_shape)), "note": ""}
+        try:
+            prof = profile_model(name, num_classes=10, input_shape=input_shape)
+            row.update(params=prof["params"], macs=prof["macs"])
+            result = _measure_fresh(name, input_shape, batch_size, device, repeats, vs_torchvision)
+        except CnnzooError as e:  # the net cannot take this input (e.g. alexnet_paper needs 227x227)
+            row.update(params=profile_model(name, num_classes=10)["params"])
+            result = {"error": str(e), "batch_size": batch_size}
+        if "error" in result:
+            row.update(batch_size=result["batch_size"], note=f"cannot run: {result['error']}", macs=None)
+        else:
+            row.update(result)
+            if result["batch_size"] != batch_size:
+                row["note"] = f"out of memory at batch {batch_size}; measured at {result['batch_size']}"
+        if name in measured:
+            row.update(accuracy=measured[name][0], accuracy_source=f"measured on {measured[name][1]}")
+        elif (top1 := published_top1(name)) is not None:
+            row.update(accuracy=top1, accuracy_source="published ImageNet top-1 (torchvision weights)")
+        rows.append({c: row.get(c) for c in COLUMNS})
+    _write(rows, out, device)
+    return rows
+
+
+def _write(rows: list[dict], out: Path, device: str) -> None:
+    with open(out / "compare.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"device": device, "torch": torch.__version__, "columns": COLUMNS,
+            "units": {"macs": "multiply-accumulates per image", "latency_ms": "median ms at batch 1",
+                      "infer_img_s": "images/s", "train_img_s": "images/s, forward+backward+SGD step",
+                      "infer_mem_mb": "MiB above the weights", "train_mem_mb": "MiB above the weights",
+                      "accuracy": "fraction",
+                      "vs_torchvision_latency": "cnnzoo speed / torchvision speed"}}  # fmt: skip
+    (out / "compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [f"Measured on {device}, torch {torch.__version__}. MACs = multiply-accumulates per image.", "",
+             "| model | params | GMACs | latency (ms, batch 1) | inference img/s | training img/s | inference MiB | "
+             "training MiB | speed vs torchvision (latency / train) | top-1 | source | note |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append("| " + " | ".join(_cells(r)) + " |")
+    (out / "compare.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "overview.png", device)
+
+
+def _fmt(v, spec: str) -> str:
+    return "" if v is None else format(v, spec)
+
+
+def _cells(r: dict) -> list[str]:
+    vs = ""
+    if r["vs_torchvision_latency"] is not None:
+        vs = f"{r['vs_torchvision_latency']:.2f} / {r['vs_torchvision_train']:.2f}"
+    return [r["model"], f"{r['params']:,}", _fmt(r["macs"] and r["macs"] / 1e9, ".3f"), _fmt(r["latency_ms"], ".2f"),
+            _fmt(r["infer_img_s"], ",.0f"), _fmt(r["train_img_s"], ",.0f"), _fmt(r["infer_mem_mb"], ",.0f"),
+            _fmt(r["train_mem_mb"], ",.0f"), vs, _fmt(r["accuracy"] and 100 * r["accuracy"], ".2f"),
+            r["accuracy_source"] or "", r["note"] or ""]  # fmt: skip
+
+
+def _plot(rows: list[dict], path: Path, device: str) -> None:
+    """Accuracy against GMACs (area ~ parameters) and accuracy against measured training throughput."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(13, 5.2), layout="constrained")
+    ax_macs, ax_speed = fig.subplots(1, 2)
+    biggest = max((r["params"] for r in rows), default=1)
+    for i, r in enumerate(rows):
+        if r["accuracy"] is None or r["macs"] is None:
+            continue
+        acc, size = 100 * r["accuracy"], 60 + 1500 * r["params"] / biggest
+        marker = "o" if (r["accuracy_source"] or "").startswith("measured") else "s"
+        for ax, x in ((ax_macs, r["macs"] / 1e9), (ax_speed, r["train_img_s"])):
+            if x:
+                ax.scatter(x, acc, s=size, color=f"C{i}", alpha=0.55, marker=marker, edgecolors="k")
+                ax.annotate(f"{r['model']}\n{r['params'] / 1e6:.1f}M params", (x, acc), fontsize=8,
+                            ha="center", va="bottom", xytext=(0, 8), textcoords="offset points")  # fmt: skip
+    sources = sorted({r["accuracy_source"] for r in rows if r["accuracy_source"]})
+    ax_macs.set(xlabel="GMACs per image (multiply-accumulates, log scale)", xscale="log", ylabel="top-1 accuracy (%)",
+                title="Accuracy vs computation (point area = parameters)")  # fmt: skip
+    ax_speed.set(xlabel=f"training throughput on {device} (images/s, log scale)", xscale="log",
+                 ylabel="top-1 accuracy (%)", title="Accuracy vs measured training speed")  # fmt: skip
+    for ax in (ax_macs, ax_speed):
+        ax.grid(alpha=0.3, which="both")
+        ax.margins(0.15)
+    note = "; ".join(sources) if sources else "no accuracy known: pass --runs RUN_DIR"
+    fig.suptitle(f"The classic CNNs: accuracy ({note}; squares = published, circles = measured)", fontsize=10)
+    fig.savefig(path, dpi=90)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Measure, print the table, write the files."""
+    from rich.console import Console
+    from rich.table import Table
+
+    shape = parse_input(args.input)
+    models = args.models or (DEFAULT_32 if shape[1] <= 32 else DEFAULT_224)
+    batch = args.batch_size or (64 if args.device.startswith("cuda") else 8)
+    if batch < 1 or args.repeats < 1:
+        raise CnnzooError("--batch-size and --repeats must be >= 1")
+    rows = run_compare(models, input_shape=shape, device=args.device, batch_size=batch, repeats=args.repeats,
+                       runs=args.runs, vs_torchvision=not args.no_torchvision, out=args.out)  # fmt: skip
+    table = Table(title=f"cnnzoo compare at {args.input} on {args.device}, batch {batch} "
+                        "(MACs = multiply-accumulates; speed vs torchvision = cnnzoo / torchvision)")  # fmt: skip
+    for col in ("model", "params", "GMACs", "latency ms", "infer img/s", "train img/s", "infer MiB", "train MiB",
+                "vs torchvision", "top-1 %", "source", "note"):  # fmt: skip
+        table.add_column(col, justify="left" if col in ("model", "source", "note") else "right", no_wrap=col != "note")
+    for r in rows:
+        table.add_row(*_cells(r))
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=220)  # files and pipes: one row per model rather than wrapped columns
+    console.print(table)
+    print(f"wrote {Path(args.out) / 'compare.csv'}, compare.json, compare.md, overview.png ({len(rows)} rows)")
+    return 0
