@@ -14,7 +14,7 @@ $(BIN)/cnnzoo: pyproject.toml
 venv: $(BIN)/cnnzoo
 
 demo: venv
-	$(BIN)/cnnzoo train resnet20 --data digits --recipe demo --out runs/demo
+	$(BIN)/cnnzoo train resnet20 --data digits --recipe demo --out runs/demo --overwrite
 
 test: venv
 	$(BIN)/python -m pytest -q
