@@ -200,11 +200,11 @@ def _plot_gradients(rows: list[dict], models: list[str], path: Path, data: str) 
         top.set(yscale="log", xlabel="conv layer (1 = next to the input)", ylabel="||dL/dW|| (log scale)",
                 title=f"Gradient reaching each conv layer, {phase}")  # fmt: skip
         bottom.set(yscale="log", xlabel="block (1 = next to the input)", ylabel="||dL/dx|| into the block (log)",
-                   title=f"Gradient into each block: through the branch vs the shortcut, {phase}")  # fmt: skip
+                   title=f"Into each block: via branch vs shortcut, {phase}")  # fmt: skip
         for ax in (top, bottom):
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-    fig.suptitle(f"Vanishing gradients: plain (dashed) vs residual (solid) nets, one real batch of {data}")
+    fig.suptitle(f"Gradient norms through depth: plain (dashed) vs residual (solid) nets, one real batch of {data}")
     fig.savefig(path, dpi=90)
 
 
