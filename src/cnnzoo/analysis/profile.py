@@ -41,8 +41,8 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
-    """Multiply-accumulates of one forward pass of one ``(C, H, W)`` image in eval mode (FlopCounterMode / 2)."""
+def _counted_forward(model: nn.Module, input_shape: tuple[int, int, int]) -> FlopCounterMode:
+    """One eval-mode forward pass of one ``(C, H, W)`` image under FlopCounterMode; the model's mode is restored."""
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -51,7 +51,12 @@ def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
             model(torch.zeros(1, *input_shape, device=_device_of(model)))
     finally:
         model.train(was_training)
-    return counter.get_total_flops() // 2
+    return counter
+
+
+def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
+    """Multiply-accumulates of one forward pass of one ``(C, H, W)`` image in eval mode (FlopCounterMode / 2)."""
+    return _counted_forward(model, input_shape).get_total_flops() // 2
 
 
 @dataclass
@@ -86,14 +91,9 @@ def layer_summary(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[
         return record
 
     handles = [m.register_forward_hook(hook(name)) for name, m in leaves.items()]
-    was_training = model.training
-    model.eval()
-    counter = FlopCounterMode(display=False)
     try:
-        with counter, torch.no_grad():
-            model(torch.zeros(1, *input_shape, device=_device_of(model)))
+        counter = _counted_forward(model, input_shape)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
     per_module = counter.get_flop_counts()

@@ -14,16 +14,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from cnnzoo.atomic import save_atomic
+
 log = logging.getLogger("cnnzoo.data")
 
 FORMAT = "cnnzoo-decoded"
-VERSION = 1  # bump when the payload layout or the decoding changes
+VERSION = 2  # bump when the payload layout or the decoding changes (2: 16-bit PNGs rescaled, WebP as grey)
 
 
 def cache_dir() -> Path:
@@ -53,7 +54,7 @@ def load_or_build(path: Path, key: str, build: Callable[[], dict]) -> dict:
         return payload
     payload = build()
     try:
-        _write_atomic(path, {"format": FORMAT, "version": VERSION, "key": key, "payload": payload})
+        save_atomic({"format": FORMAT, "version": VERSION, "key": key, "payload": payload}, path)
     except OSError as e:
         log.warning("could not write the decoded cache %s (%s); continuing without it", path, e)
     return payload
@@ -74,17 +75,3 @@ def _read(path: Path, key: str) -> dict | None:
         log.info("decoded cache %s is stale (the source changed); rebuilding", path)
         return None
     return obj["payload"]
-
-
-def _write_atomic(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

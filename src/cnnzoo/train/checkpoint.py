@@ -10,42 +10,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import os
 import pickle
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cnnzoo.atomic import save_atomic  # noqa: F401  (re-exported: the trainer writes checkpoints with it)
 from cnnzoo.errors import CnnzooError
 
 FORMAT = 1  # bump when the layout below changes
-
-
-def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """``torch.save(obj, path)`` so that ``path`` always holds a complete checkpoint."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable (not possible on every platform / filesystem)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
 
 def load(path: str | Path, *, model: str | None = None, num_classes: int | None = None,
