@@ -60,6 +60,7 @@ def test_googlenet_transform_input_matches_torchvision():
         plain.load_state_dict(ours.state_dict())
         assert not torch.equal(plain(x), ours(x))  # the option does something
 
+
 def test_alexnet_paper_has_the_papers_parameter_count_and_init():
     model = cnnzoo.create_model("alexnet_paper", num_classes=1000)
     assert _params(model) == 62_378_344
@@ -80,15 +81,17 @@ def test_alexnet_paper_has_the_papers_parameter_count_and_init():
 
 @pytest.mark.parametrize("name", ["googlenet", "googlenet_paper"])
 def test_googlenet_aux_heads_in_training_only(name):
-    torch.manual_seed(0)
-    model = cnnzoo.create_model(name, num_classes=10).train()
-    x = torch.randn(2, 3, 224, 224)
-    out = model(x)
-    assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
-    with torch.no_grad():
+    """Shapes on the meta device (the real arithmetic of the heads is checked against torchvision above and in the
+    registry-wide forward/backward test)."""
+    with torch.device("meta"):
+        model = cnnzoo.create_model(name, num_classes=10).train()
+        x = torch.empty(2, 3, 224, 224)
+        out = model(x)
+        assert isinstance(out, tuple) and len(out) == 3 and all(o.shape == (2, 10) for o in out)
         assert isinstance(model.eval()(x), torch.Tensor)
-    no_aux = cnnzoo.create_model(name, num_classes=10, aux_logits=False)
-    assert isinstance(no_aux.train()(x), torch.Tensor)
+        no_aux = cnnzoo.create_model(name, num_classes=10, aux_logits=False)
+        for mode in (True, False):
+            assert isinstance(no_aux.train(mode)(x), torch.Tensor)
     assert _params(no_aux) < _params(model)
 
 
@@ -104,12 +107,38 @@ def test_googlenet_paper_is_the_paper_not_torchvision():
     assert paper.aux1.pool.stride == 3
 
 
-@pytest.mark.parametrize("name", ["alexnet_cifar", "vgg16_cifar", "googlenet_cifar"])
-def test_cifar_nets_take_rgb_32_and_gray_28(name):
-    for c, size in ((3, 32), (1, 28)):
-        model = cnnzoo.create_model(name, num_classes=10, in_channels=c).eval()
-        with torch.no_grad():
-            assert model(torch.randn(2, c, size, size)).shape == (2, 10)
+CIFAR_NAMES = ["alexnet_cifar", "vgg11_cifar", "vgg13_cifar", "vgg16_cifar", "vgg19_cifar", "googlenet_cifar"]
+
+
+@pytest.mark.parametrize("name", CIFAR_NAMES)
+def test_cifar_nets_train_on_rgb_32_and_take_gray_28(name):
+    """CIFAR shape (3x32x32): 10 logits and a backward pass that reaches every parameter; MNIST shape (1x28x28) in
+    eval mode (its backward pass is in the registry-wide test)."""
+    model = cnnzoo.create_model(name, num_classes=10).train()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)  # no auxiliary heads by default
+    out.square().mean().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"{name}: no gradient for {missing[:5]}"
+    gray = cnnzoo.create_model(name, num_classes=10, in_channels=1).eval()
+    with torch.no_grad():
+        assert gray(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+def test_googlenet_cifar_optional_aux_heads():
+    with torch.device("meta"):  # shapes only
+        model = cnnzoo.create_model("googlenet_cifar", num_classes=10, aux_logits=True).train()
+        out = model(torch.empty(2, 3, 32, 32))
+        assert isinstance(out, tuple) and [o.shape for o in out] == [(2, 10)] * 3
+        assert model.eval()(torch.empty(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_googlenet_paper_needs_224():
+    """The paper's auxiliary heads (avg pool 5x5/3 then FC on 4x4x128) fix the input at 224x224."""
+    with torch.device("meta"):
+        model = cnnzoo.create_model("googlenet_paper", num_classes=10).eval()
+        with pytest.raises(InputShapeError, match=r"googlenet_paper expects input of shape \(N, 3, 224, 224\)"):
+            model(torch.empty(1, 3, 256, 256))
 
 
 def test_vgg_cfgs_are_table_1():
