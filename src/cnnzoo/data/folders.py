@@ -31,11 +31,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from rich.console import Console
 from rich.progress import Progress
+from torchvision.transforms import v2
 
-from cnnzoo.data.bundle import DataError
+from cnnzoo.data.bundle import DataError, to_channels
 from cnnzoo.data.cache import cache_path, content_key, load_or_build
 from cnnzoo.data.sources import Decoded
 
@@ -118,13 +119,19 @@ def decode_file(path: str | Path, channels: int) -> torch.Tensor:
         data = Path(path).read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     try:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
             warnings.simplefilter("ignore", DeprecationWarning)
-            mode = ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB
-            return decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+            # libwebp cannot decode to grey (torchvision then warns and returns RGB): read RGB, convert below.
+            mode = ImageReadMode.GRAY if channels == 1 and not webp else ImageReadMode.RGB
+            x = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
     except (RuntimeError, ValueError):
         pass  # not a format torchvision.io reads (BMP), or corrupt: let PIL decide
+    else:
+        if x.dtype != torch.uint8:  # 16-bit PNGs decode to uint16: rescale 0..65535 -> 0..255
+            x = v2.functional.to_dtype(x, torch.uint8, scale=True)
+        return to_channels(x[None], channels)[0]
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.format not in PIL_FORMATS:
@@ -134,8 +141,10 @@ def decode_file(path: str | Path, channels: int) -> torch.Tensor:
             return x.view(im.height, im.width, channels).permute(2, 0, 1).contiguous()
     except DataError:
         raise
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not an image (unrecognised content; JPEG, PNG, BMP, WebP are read)") from None
     except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError, ...)
-        raise DataError(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
+        raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
 
 
 def _split_dirs(root: Path) -> tuple[Path, Path | None]:
@@ -182,16 +191,18 @@ def _list_split(split_dir: Path, root: Path, expected: list[str] | None):
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], str]:
-    """(width, height) and PIL mode from the file's header; raises DataError for non-images."""
+    """(width, height) and PIL mode from the file's header; raises DataError (the reason a skip reports) if unusable."""
     try:
         with Image.open(path) as im:
             if im.format not in PIL_FORMATS:
-                raise DataError(f"{im.format} is not a supported format")
+                raise DataError(f"unsupported format ({im.format}; JPEG, PNG, BMP, WebP are read)")
             return im.size, im.mode
     except DataError:
         raise
-    except Exception as e:
-        raise DataError(f"{type(e).__name__}") from None
+    except UnidentifiedImageError:
+        raise DataError("not an image (unrecognised content)") from None
+    except Exception as e:  # a header cut short, a broken chunk: PIL raises OSError, SyntaxError, ValueError, ...
+        raise DataError(f"truncated or corrupt ({type(e).__name__}: {e})") from None
 
 
 def _parallel(fn, items: list, what: str) -> list:
@@ -223,7 +234,7 @@ def _build(root: Path, classes: list[str], train: list[tuple[str, int]], test: l
     """Probe every file's header; decode small images into tensors. The payload stored in the cache."""
     entries = [("train", rel, label) for rel, label in train] + [("test", rel, label) for rel, label in test]
     probes = _parallel(_try(lambda e: _probe(root / e[1])), entries, f"reading {root.name} headers")
-    skipped = [(e[1], f"corrupt or unsupported ({p})") for e, p in zip(entries, probes, strict=True)
+    skipped = [(e[1], str(p)) for e, p in zip(entries, probes, strict=True)
                if isinstance(p, DataError)]  # fmt: skip
     good = [(e, p) for e, p in zip(entries, probes, strict=True) if not isinstance(p, DataError)]
     sizes = Counter(f"{w}x{h}" for _, ((w, h), _) in good)
@@ -235,9 +246,12 @@ def _build(root: Path, classes: list[str], train: list[tuple[str, int]], test: l
         (w, h), _ = Counter(size for _, (size, _) in good).most_common(1)[0]
         decoded = _parallel(_try(lambda e: _decode_small(root / e[0][1], channels, h, w)), good,
                             f"decoding {root.name}")  # fmt: skip
-        skipped += [(e[1], f"corrupt ({str(x).split(': ', 1)[-1]})") for (e, _), x in zip(good, decoded, strict=True)
+        skipped += [(e[1], str(x).removeprefix(f"{root / e[1]}: ")) for (e, _), x in zip(good, decoded, strict=True)
                     if isinstance(x, DataError)]  # fmt: skip
         good_x = [(e, x) for (e, _), x in zip(good, decoded, strict=True) if not isinstance(x, DataError)]
+        kept = [probe for (_, probe), x in zip(good, decoded, strict=True) if not isinstance(x, DataError)]
+        payload["sizes"] = dict(Counter(f"{w}x{h}" for (w, h), _ in kept))  # what `cnnzoo data` reports: used files
+        payload["modes"] = dict(Counter(mode for _, mode in kept))
         for split in ("train", "test"):
             xs = [x for e, x in good_x if e[0] == split]
             payload[f"{split}_images"] = torch.stack(xs) if xs else torch.empty(0, channels, h, w, dtype=torch.uint8)

@@ -115,7 +115,7 @@ def _device_bundle(
     train_x, test_x = to_channels(d.train_images, in_channels), to_channels(d.test_images, in_channels)
     train_idx, val_idx = _train_val(len(train_x), d.default_val if val_size is None else val_size, seed, subset)
     mean, std = channel_stats(train_x[train_idx])  # of the images trained on, so validation stays unseen
-    native = train_x.shape[-1]
+    native = max(train_x.shape[-2:])  # non-square images are stretched to native x native (the nets want squares)
     size = image_size or native
     common = dict(mean=mean, std=std, device=device, image_size=size, rank=rank, world_size=world_size)
     standard = augment == "standard"

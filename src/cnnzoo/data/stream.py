@@ -33,7 +33,7 @@ log = logging.getLogger("cnnzoo.data")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, used for streamed folders
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_PERMUTATION, _AUGMENT = 0, 1
+_PERMUTATION, _AUGMENT, _WORKERS = 0, 1, 2
 
 
 def eval_transform(image_size: int) -> v2.Transform:
@@ -65,8 +65,11 @@ class _Files(Dataset):
                 log.warning("skipping %s while streaming: %s", self.files[i], e)
         else:
             raise DataError("no readable image in the split")
-        torch.manual_seed(sample_seed)  # the worker's RNG, reseeded per sample: augmentation independent of workers
-        return self.transform(image), self.labels[i]
+        # The transforms draw from torch's global RNG: seed it per sample, so the augmentation does not depend on
+        # which worker gets which sample; fork_rng restores it after, for num_workers=0 runs in the trainer's process.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            return self.transform(image), self.labels[i]
 
 
 class StreamLoader:
@@ -125,6 +128,7 @@ class StreamLoader:
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
+            generator=generator("cpu", self.seed, _WORKERS, epoch),  # else DataLoader draws from the global RNG
         )  # fmt: skip
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
