@@ -79,6 +79,16 @@ def test_alexnet_paper_has_the_papers_parameter_count_and_init():
         model(torch.randn(1, 3, 224, 224))
 
 
+def test_alexnet_lrn_is_the_papers_equation():
+    """Section 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta, k=2, n=5, alpha=1e-4, beta=0.75."""
+    from cnnzoo.models.alexnet import lrn
+
+    a = 30 * torch.randn(2, 8, 3, 3)  # large activations, where alpha matters
+    sq = torch.nn.functional.pad(a.square(), (0, 0, 0, 0, 2, 2))  # zero maps beyond the edges
+    window = sum(sq[:, j : j + 8] for j in range(5))
+    torch.testing.assert_close(lrn()(a), a / (2 + 1e-4 * window) ** 0.75)
+
+
 @pytest.mark.parametrize("name", ["googlenet", "googlenet_paper"])
 def test_googlenet_aux_heads_in_training_only(name):
     """Shapes on the meta device (the real arithmetic of the heads is checked against torchvision above and in the

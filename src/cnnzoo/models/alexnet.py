@@ -15,10 +15,12 @@ Deliberate departures from the paper:
 - ``alexnet_paper`` is one tower: the paper split conv2, conv4 and conv5 across two GPUs (each seeing half of the
   previous layer's maps). Joined, the layer has all 96 (resp. 384) input maps, which is how the network is usually
   drawn: 62,378,344 parameters at 1000 classes. Input 227x227: the paper's "224x224" does not give its own 55x55
-  conv1 map with an 11x11/4 conv and no padding; 227 does ((227 - 11) / 4 + 1 = 55). Initialisation as section 5:
-  weights N(0, 0.01), biases 1 in conv2, conv4, conv5 and the hidden FC layers, 0 elsewhere. Dropout on the outputs
-  of FC6 and FC7 (section 4.2; the BVLC Caffe reference's order). No PCA colour augmentation, no 10-crop test: those
-  are data and evaluation choices, not part of the model.
+  conv1 map with an 11x11/4 conv and no padding; 227 does ((227 - 11) / 4 + 1 = 55). LRN follows the paper's
+  equation (alpha = 1e-4 multiplies the sum of squares); the BVLC Caffe reference's alpha = 1e-4 is divided by
+  n = 5, a 5 times weaker normalisation. Initialisation as section 5: weights N(0, 0.01), biases 1 in conv2, conv4,
+  conv5 and the hidden FC layers, 0 elsewhere. Dropout on the outputs of FC6 and FC7 (section 4.2; the BVLC Caffe
+  reference's order). No PCA colour augmentation, no 10-crop test: those are data and evaluation choices, not part
+  of the model.
 - ``alexnet`` is torchvision's layout (64-192-384-256-256 filters, no LRN, padding 2 in conv1, an adaptive average
   pool to 6x6, dropout before FC6 and FC7 rather than after) so torchvision's state dicts load strictly; PyTorch's
   default initialisation, as torchvision.
@@ -41,9 +43,13 @@ from cnnzoo.models.registry import register_model
 PAPER = "Krizhevsky, Sutskever & Hinton 2012, ImageNet Classification with Deep CNNs (NeurIPS)"
 
 
-def lrn() -> nn.LocalResponseNorm:
-    """Section 3.3: k = 2, n = 5, alpha = 1e-4, beta = 0.75 (PyTorch divides alpha by n, as Caffe does)."""
-    return nn.LocalResponseNorm(size=5, alpha=1e-4, beta=0.75, k=2.0)
+def lrn(size: int = 5, alpha: float = 1e-4, beta: float = 0.75, k: float = 2.0) -> nn.LocalResponseNorm:
+    """Section 3.3: b = a / (k + alpha * sum of a^2 over n = 5 adjacent maps)^beta, k = 2, alpha = 1e-4, beta = 0.75.
+
+    PyTorch (like Caffe) divides its ``alpha`` by n, so the paper's alpha is passed as n * alpha; passing 1e-4
+    as-is (as the BVLC Caffe reference does) would make the normalisation 5 times weaker than the paper's equation.
+    """
+    return nn.LocalResponseNorm(size=size, alpha=size * alpha, beta=beta, k=k)
 
 
 def classifier(in_features: int, hidden: int, num_classes: int, dropout: float, *, torchvision: bool = False
