@@ -11,7 +11,7 @@ one uint8 tensor on the device (CIFAR-10's 50,000 images are 150 MiB) and each b
    ``RandomCrop(32, padding=4)`` pads (He et al. 2016, section 4.2: "4 pixels are padded on each side, and a
    32x32 crop is randomly sampled from the padded image or its horizontal flip"; the paper does not say zero or
    reflect; zero is the fb.resnet.torch / torchvision convention);
-3. uint8 -> float32, normalisation fused into one multiply-add;
+3. uint8 -> float32 and normalisation fused into one multiply-add (``torch.addcmul``);
 4. optional cutout (DeVries & Taylor 2017, arXiv:1708.04552): a square of side ``cutout`` centred anywhere in the
    image (so it may hang over the edge) set to 0 after normalisation, i.e. to the dataset mean, as their code does.
 
@@ -69,13 +69,18 @@ class DeviceLoader:
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} out of range for world_size {world_size}")
         self.device = torch.device(device)
-        self.images = images.to(self.device).permute(0, 2, 3, 1).contiguous()  # (N, H, W, C)
-        self.labels = labels.to(self.device, torch.int64)
         self.batch_size = int(batch_size)
         self.train, self.seed = train, int(seed)
         self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
         self.rank, self.world_size = rank, world_size
-        _, h, w, c = self.images.shape
+        _, c, h, w = images.shape
+        # Stored NHWC and, for a training split, already zero-padded by ``pad`` on each side (CIFAR: 40x40, 1.56x the
+        # memory): a random crop is then a plain gather, with no masks or clamping per batch. ``images`` is the
+        # unpadded view.
+        p = self.pad
+        self._padded = F.pad(images.to(self.device).permute(0, 2, 3, 1), (0, 0, p, p, p, p)).contiguous()
+        self.images = self._padded[:, p : p + h, p : p + w]  # (N, H, W, C)
+        self.labels = labels.to(self.device, torch.int64)
         self.image_size = image_size or h
         self._resize = self.image_size != h or self.image_size != w
         # (x / 255 - mean) / std  ==  x * scale + shift, applied to the last (channel) dim of NHWC batches.
@@ -122,8 +127,8 @@ class DeviceLoader:
             g = generator(self.device, self.seed, _AUGMENT, epoch, self.rank, b)
             x = self._augment(idx, g)
         else:
-            x = self.images[idx].float()
-        x = x * self._scale + self._shift  # normalise, still (B, H, W, C)
+            x = self.images[idx]
+        x = torch.addcmul(self._shift, x, self._scale)  # uint8 -> float32 and normalise in one op, (B, H, W, C)
         if self.train and self.cutout:
             x.masked_fill_(self._cutout_mask(x.shape[0], g).unsqueeze(-1), 0.0)
         x = x.permute(0, 3, 1, 2)  # (B, C, H, W) view with channels_last strides
@@ -132,18 +137,19 @@ class DeviceLoader:
         return x.contiguous(memory_format=torch.channels_last)
 
     def _augment(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Random crop with zero padding ``pad`` and random horizontal flip, as one batched gather."""
-        bsz, (h, w), p = idx.shape[0], self.images.shape[1:3], self.pad
-        dy = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device) - p  # shift in [-p, p]
-        dx = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device) - p
-        rows = self._rows + dy  # (B, H): source row of each output row
+        """Random crop of the zero-padded images and random horizontal flip, as one batched gather (uint8 out)."""
+        bsz, (hp, wp, c), p = idx.shape[0], self._padded.shape[1:], self.pad
+        dy = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device)  # crop offset in the padded image
+        dx = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device)
+        rows = self._rows + dy  # (B, H): padded row of each output row
         cols = self._cols + dx  # (B, W)
         if self.flip:
             flipped = torch.rand((bsz, 1), generator=g, device=self.device) < 0.5
             cols = torch.where(flipped, cols.flip(1), cols)
-        inside = ((rows >= 0) & (rows < h)).unsqueeze(2) & ((cols >= 0) & (cols < w)).unsqueeze(1)  # (B, H, W)
-        x = self.images[idx[:, None, None], rows.clamp(0, h - 1)[:, :, None], cols.clamp(0, w - 1)[:, None, :]]
-        return x.float() * inside.unsqueeze(-1)  # padding reads as 0 (black)
+        # One index_select of whole pixels (C bytes each) by flat position (n * Hp + row) * Wp + col: 2-3x faster on
+        # the CPU than advanced indexing with three index tensors, and a single kernel on a GPU.
+        flat = ((idx[:, None] * hp + rows)[:, :, None] * wp + cols[:, None, :]).view(-1)
+        return self._padded.view(-1, c).index_select(0, flat).view(bsz, rows.shape[1], cols.shape[1], c)
 
     def _cutout_mask(self, bsz: int, g: torch.Generator) -> torch.Tensor:
         """(B, H, W) bool: a ``cutout`` x ``cutout`` square per image, centre uniform over the image."""
