@@ -113,6 +113,16 @@ def test_missing_cifar_says_which_files_where_and_how(tmp_path, capsys, monkeypa
     _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path)], "cifar10 not found", str(where))
 
 
+def test_download_failure_offline_is_one_line(tmp_path, capsys, monkeypatch):
+    # --download goes through torchvision's own download-and-md5 code; offline, that fails: one line, no traceback.
+    def offline(self):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr("torchvision.datasets.CIFAR10.download", offline)
+    _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path), "--download"],
+                   f"could not download cifar10 into {tmp_path}", "name resolution")  # fmt: skip
+
+
 def test_truncated_cifar_batch_is_a_clear_error(tmp_path, capsys):
     folder, _ = _write_cifar(tmp_path)
     blob = (folder / "data_batch_3").read_bytes()
