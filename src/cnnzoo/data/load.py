@@ -75,6 +75,8 @@ def load_data(
 ) -> DataBundle:
     """Load ``data`` (a dataset name or an image folder) as train/val/test loaders on ``device``.
 
+    ``image_size``: the side of the (square) batches; None = the data's own (the longer side of non-square small
+    images, which are stretched to a square) or 224 for streamed folders. ``in_channels``: None = the data's own.
     ``val_size``: images carved from the training split for validation (an int, or a fraction in [0, 1)); None
     means 5,000 for CIFAR and 10% otherwise; 0 gives an empty ``val``. ``subset``: keep only this many training
     images (after the validation carve). ``augment``: ``"standard"`` = random crop with padding 4 (at 32 px) and,
