@@ -13,6 +13,17 @@ error, so it is not overfitting), while the same nets with shortcuts get better 
   The per-epoch curve is the *validation* error (held out from train): the test split is measured once per run, at
   the end, by the trainer. Runs already finished in the output folder are reused, unfinished ones resumed.
 - ``study depth``: accuracy, training time and parameters against depth, one chart.
+
+Every figure and table names its data through ``--label`` (e.g. "CIFAR-10 (JPEG q75)"); the plotting and table
+functions take the rows of the CSVs written here, so a figure can be redrawn from its CSV alone.
+
+Deliberate departures from the paper:
+- The degradation curves plot *validation* error per epoch where Figure 6 plots test error per iteration: the test
+  split is looked at once, at the end (He et al. tuned on a 45k/5k split too, then reported test).
+- ``study gradients`` trains with SGD at lr 0.1 (momentum 0.9, weight decay 1e-4, no warm-up, no schedule), the
+  start of the paper's recipe; gradients are measured in train mode (BN on batch statistics, as during training).
+- The paper shows no gradient norms; it argues (section 4.1) that with BN plain nets' gradients do not vanish at
+  initialisation. The study measures this instead of assuming it: see :func:`decay_ratio`.
 """
 
 from __future__ import annotations
@@ -34,6 +45,8 @@ from cnnzoo.errors import CnnzooError
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 PLAIN_DEPTHS = (20, 32, 44, 56, 110)
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 1202)
+PAPER_ITERATIONS = 64_000  # section 4.2: lr 0.1, divided by 10 at 32k and 48k, stop at 64k (batch 128)
+LABEL_HELP = "how to name the data in titles and tables, e.g. 'CIFAR-10 (JPEG q75)' (default: --data)"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--label", default=None, help=LABEL_HELP)
     p.add_argument("--out", default="runs/study-gradients")
     p.set_defaults(func=cmd_gradients)
 
@@ -69,6 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--subset", type=int, default=None, help="train on this many images (quick looks)")
         p.add_argument("--device", default=None)
         p.add_argument("--jobs", type=int, default=1, help="train this many runs at once (e.g. 4-8 on one GPU)")
+        p.add_argument("--label", default=None, help=LABEL_HELP)
         p.add_argument("--out", default=f"runs/study-{name}")
         p.set_defaults(func=cmd_degradation if name == "degradation" else cmd_depth)
 
@@ -141,12 +156,14 @@ def decay_ratio(rows: list[dict], kind: str = "conv") -> float:
 
 
 def run_gradients(models: list[str], *, data: str = "digits", data_dir: str | None = None, steps: int = 100,
-                  batch_size: int = 128, device: str = "cpu", seed: int = 0, out: str | Path = "runs/study-gradients"
-                  ) -> list[dict]:  # fmt: skip
+                  batch_size: int = 128, device: str = "cpu", seed: int = 0, out: str | Path = "runs/study-gradients",
+                  label: str | None = None) -> list[dict]:  # fmt: skip
     """Measure every model at initialisation and after ``steps`` SGD steps; write gradients.csv and .png."""
     from cnnzoo.data import load_data
     from cnnzoo.models import create_model
 
+    if steps < 0 or batch_size < 1:
+        raise CnnzooError(f"--steps must be >= 0 and --batch-size >= 1, got {steps} and {batch_size}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     bundle = load_data(data, data_dir=data_dir, batch_size=batch_size, device=device, seed=seed)
@@ -174,13 +191,17 @@ def run_gradients(models: list[str], *, data: str = "digits", data_dir: str | No
                 epoch += 1
             rows += [dict(r, model=name, phase=f"after {steps} steps") for r in gradient_norms(model, probe_x, probe_y)]
     _write_csv(out / "gradients.csv", rows, ["model", "phase", "kind", "index", "layer", "norm"])
-    _plot_gradients(rows, models, out / "gradients.png", data)
+    plot_gradients(rows, out / "gradients.png", label or data)
     return rows
 
 
-def _plot_gradients(rows: list[dict], models: list[str], path: Path, data: str) -> None:
+def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
+    """Per-layer gradient norms on a log scale, one column per phase; ``rows`` as in gradients.csv (numbers may be
+    strings, so a figure can be redrawn from the CSV alone)."""
     from matplotlib.figure import Figure
 
+    rows = [dict(r, index=int(r["index"]), norm=float(r["norm"])) for r in rows]
+    models = list(dict.fromkeys(r["model"] for r in rows))
     phases = list(dict.fromkeys(r["phase"] for r in rows))
     fig = Figure(figsize=(6 * len(phases), 8), layout="constrained")
     axes = fig.subplots(2, len(phases), squeeze=False)
@@ -195,16 +216,18 @@ def _plot_gradients(rows: list[dict], models: list[str], path: Path, data: str) 
                 pts = [r for r in rows if r["model"] == m and r["phase"] == phase and r["kind"] == kind]
                 if kind == "shortcut" and m.startswith("plain"):
                     continue  # no shortcut: nothing flows there
-                bottom.plot([r["index"] for r in pts], [r["norm"] for r in pts], style, marker=marker, markersize=3,
+                bottom.plot([r["index"] for r in pts], [r["norm"] for r in pts], ":" if kind == "shortcut" else style,
+                            marker=marker, markersize=3,
                             color=colors[m], label=f"{m}: via {kind}")  # fmt: skip
         top.set(yscale="log", xlabel="conv layer (1 = next to the input)", ylabel="||dL/dW|| (log scale)",
-                title=f"Gradient reaching each conv layer, {phase}")  # fmt: skip
+                title=f"Weight gradient of each conv, {phase}")  # fmt: skip
         bottom.set(yscale="log", xlabel="block (1 = next to the input)", ylabel="||dL/dx|| into the block (log)",
-                   title=f"Into each block: via branch vs shortcut, {phase}")  # fmt: skip
+                   title=f"Into each block: branch vs shortcut, {phase}")  # fmt: skip
         for ax in (top, bottom):
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
-    fig.suptitle(f"Gradient norms through depth: plain (dashed) vs residual (solid) nets, one real batch of {data}")
+    fig.suptitle(f"Gradient norms through depth, one real batch of {label}: plain nets dashed, residual nets solid "
+                 "(their shortcut's share dotted)")  # fmt: skip
     fig.savefig(path, dpi=90)
 
 
@@ -224,9 +247,12 @@ def _depths(text: str, allowed: tuple[int, ...], what: str) -> list[int]:
 
 def _seeds(text: str) -> list[int]:
     try:
-        return [int(s) for s in str(text).split(",") if s.strip()]
+        seeds = [int(s) for s in str(text).split(",") if s.strip()]
     except ValueError:
-        raise CnnzooError(f"--seeds must be comma-separated integers, got {text!r}") from None
+        seeds = []
+    if not seeds:
+        raise CnnzooError(f"--seeds must be comma-separated integers, got {text!r}")
+    return seeds
 
 
 def _overrides(args: argparse.Namespace) -> dict:
@@ -282,75 +308,126 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def run_degradation(depths: list[int], *, data: str, recipe: str, seeds: list[int], out: str | Path,
-                    data_dir: str | None = None, overrides: dict | None = None, jobs: int = 1
-                    ) -> list[dict]:  # fmt: skip
-    """Train plain and residual nets of each depth; write degradation.csv, .md and .png (Figure 6 style)."""
+                    data_dir: str | None = None, overrides: dict | None = None, jobs: int = 1,
+                    label: str | None = None) -> list[dict]:  # fmt: skip
+    """Train plain and residual nets of each depth (every seed); write degradation.csv (final errors),
+    degradation_curves.csv (per epoch), degradation.md (beside Table 6) and degradation.png (Figure 6 style)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    overrides = overrides or {}
     tasks = [(f"{k}{d}", out / f"{k}{d}" / f"seed-{s}", s) for k in ("plain", "resnet") for d in depths for s in seeds]
-    train_in_parallel(tasks, jobs=jobs, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides or {})
-    rows = []
+    train_in_parallel(tasks, jobs=jobs, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides)
+    rows, curves = [], []
     for kind in ("plain", "resnet"):
         for d in depths:
             reports = [train_or_reuse(f"{kind}{d}", data, out / f"{kind}{d}" / f"seed-{s}", recipe=recipe, seed=s,
-                                      data_dir=data_dir, overrides=overrides or {}) for s in seeds]  # fmt: skip
+                                      data_dir=data_dir, overrides=overrides) for s in seeds]  # fmt: skip
             if any(r.get("interrupted") for r in reports):
                 raise CnnzooError(f"{kind}{d} was interrupted; run the same command again to resume")
-            hist = _history(out / f"{kind}{d}" / f"seed-{seeds[0]}")
+            hists = [_history(out / f"{kind}{d}" / f"seed-{s}") for s in seeds]
+            curves += [{"model": f"{kind}{d}", "kind": kind, "depth": d, "seed": s, "epoch": r["epoch"],
+                        "step": r["step"], "train_error": 100 * (1 - r["train_top1"]),
+                        "val_error": None if r.get("val_top1") is None else 100 * (1 - r["val_top1"])}
+                       for s, hist in zip(seeds, hists, strict=True) for r in hist]  # fmt: skip
             test_err, test_std = _mean_std([100 * (1 - r["test"]["top1"]) for r in reports])
-            train_err = 100 * (1 - hist[-1]["train_top1"])
+            train_err, _ = _mean_std([100 * (1 - h[-1]["train_top1"]) for h in hists])
             rows.append({"model": f"{kind}{d}", "kind": kind, "depth": d, "seeds": len(seeds),
                          "final_train_error": train_err, "test_error": test_err, "test_error_std": test_std,
                          "paper_test_error": PAPER_TABLE6.get(d) if kind == "resnet" else None,
-                         "steps": hist[-1]["step"]})  # fmt: skip
+                         "steps": hists[0][-1]["step"]})  # fmt: skip
     _write_csv(out / "degradation.csv", rows, list(rows[0]))
-    _write_degradation_md(out / "degradation.md", rows, data, recipe, seeds, overrides or {})
-    _plot_degradation(out, depths, seeds[0], out / "degradation.png", data)
+    _write_csv(out / "degradation_curves.csv", curves, list(curves[0]))
+    write_degradation_md(out / "degradation.md", rows, label=label or data, recipe=recipe, seeds=seeds,
+                         overrides=overrides)  # fmt: skip
+    plot_degradation(curves, out / "degradation.png", label or data)
     return rows
 
 
-def _write_degradation_md(path: Path, rows: list[dict], data: str, recipe: str, seeds: list[int], overrides: dict):
-    shortened = {k: v for k, v in overrides.items() if k in ("epochs", "iterations")}
+def _num(value: object) -> float | None:
+    """A number from a row built here or read back from a CSV (where None became '')."""
+    return None if value in (None, "") else float(value)
+
+
+def _mean_or_nan(values: list[float | None]) -> float:
+    present = [v for v in values if v is not None]  # a run without a validation split has no val_error
+    return statistics.fmean(present) if present else math.nan
+
+
+def _schedule(overrides: dict, steps: int) -> str:
+    """The schedule in words, for the table: full, or shortened (and how far) with its learning-rate steps."""
+    if not (overrides.get("epochs") or overrides.get("iterations")):
+        return f"the recipe's full schedule ({steps:,} iterations)"
+    length = f"{overrides['epochs']} epochs = " if overrides.get("epochs") else ""
+    text = f"**shortened** to {length}{steps:,} iterations ({100 * steps / PAPER_ITERATIONS:.3g} % of the paper's 64k)"
+    if overrides.get("milestones"):  # _overrides puts them at 50 % and 75 %, as the paper's 32k and 48k of 64k
+        text += f", learning rate divided by 10 at epochs {', '.join(f'{m:g}' for m in overrides['milestones'])}"
+    elif overrides.get("milestone_steps"):
+        text += f", learning rate divided by 10 at iterations {', '.join(map(str, overrides['milestone_steps']))}"
+    return text
+
+
+def write_degradation_md(path: str | Path, rows: list[dict], *, label: str, recipe: str, seeds: list[int],
+                         overrides: dict) -> None:  # fmt: skip
+    """The final errors as a Markdown table with the paper's Table 6 beside them (``rows`` as in degradation.csv)."""
     lines = [
-        f"# Degradation study on {data}",
+        f"# Degradation study on {label}",
         "",
-        f"Recipe `{recipe}`" + (f", shortened: {shortened}" if shortened else " (full schedule)") +
-        f"; seeds {seeds}. Test error measured once per run at the end (best checkpoint on validation).",
-        "The paper's figures (He et al. 2016, Table 6) are CIFAR-10 test errors at 64k iterations; it gives the plain "
-        "nets only as curves (Figure 6: plain-20..56 error rises with depth).",
+        f"Recipe `{recipe}`, {_schedule(overrides, int(_num(rows[0]['steps'])))}; seed(s) {', '.join(map(str, seeds))}"
+        f"{' (mean ± std)' if len(seeds) > 1 else ''}. Training error: the last epoch's, on augmented batches. "
+        "Test error: measured once per run, at the end, with the weights of the best validation epoch (the "
+        "per-epoch curves in degradation.png are validation error, on images held out from the training split).",
+        "",
+        "The paper's figures (He et al. 2016, Table 6) are CIFAR-10 test errors after 64k iterations (ResNet-110: "
+        "6.43 best of 5 runs, 6.61 ± 0.16 mean). The paper gives the plain nets only as curves (Figure 6 left: "
+        "training and test error rise from plain-20 to plain-56; plain-110, above 60 %, is not plotted).",
         "",
         "| model | final training error (%) | test error (%) | paper, Table 6 (%) |",
         "|---|---:|---:|---:|",
     ]  # fmt: skip
     for r in rows:
-        spread = f" ± {r['test_error_std']:.2f}" if r["seeds"] > 1 else ""
-        paper = f"{r['paper_test_error']:.2f}" if r["paper_test_error"] is not None else "—"
-        lines.append(f"| {r['model']} | {r['final_train_error']:.2f} | {r['test_error']:.2f}{spread} | {paper} |")
-    path.write_text("\n".join(lines) + "\n")
+        std = _num(r["test_error_std"]) or 0.0
+        spread = f" ± {std:.2f}" if int(r["seeds"]) > 1 else ""
+        paper = _num(r["paper_test_error"])
+        lines.append(f"| {r['model']} | {_num(r['final_train_error']):.2f} | {_num(r['test_error']):.2f}{spread} | "
+                     f"{'—' if paper is None else f'{paper:.2f}'} |")  # fmt: skip
+    Path(path).write_text("\n".join(lines) + "\n")
 
 
-def _plot_degradation(out: Path, depths: list[int], seed: int, path: Path, data: str) -> None:
+def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
+    """He et al. Figure 6 in style: plain nets left, ResNets right, one colour per depth, training error dashed,
+    validation error bold, against iterations; the mean over seeds. ``curves`` as in degradation_curves.csv."""
     from matplotlib.figure import Figure
 
+    by_model: dict[tuple[str, int], dict[int, list[dict]]] = {}
+    for r in curves:
+        by_model.setdefault((r["kind"], int(r["depth"])), {}).setdefault(int(r["step"]), []).append(r)
+    depths = sorted({d for _, d in by_model})
+    n_seeds = max(len(rs) for per_step in by_model.values() for rs in per_step.values())
     fig = Figure(figsize=(12, 4.5), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     for ax, kind, title in zip(axes, ("plain", "resnet"), ("plain networks", "ResNets"), strict=True):
         for i, d in enumerate(depths):
-            hist = _history(out / f"{kind}{d}" / f"seed-{seed}")
-            steps = [r["step"] for r in hist]
-            ax.plot(steps, [100 * (1 - r["train_top1"]) for r in hist], "--", color=f"C{i}", linewidth=1)
-            val = [math.nan if r.get("val_top1") is None else 100 * (1 - r["val_top1"]) for r in hist]
-            ax.plot(steps, val, "-", color=f"C{i}", linewidth=2.2, label=f"{kind}-{d}")
-        ax.set(title=f"{title} on {data}", xlabel="iterations", ylabel="error (%)")
+            per_step = by_model.get((kind, d))
+            if per_step is None:
+                continue
+            steps = sorted(per_step)
+            mean = {key: [_mean_or_nan([_num(r[key]) for r in per_step[s]]) for s in steps]
+                    for key in ("train_error", "val_error")}  # fmt: skip
+            ax.plot(steps, mean["train_error"], "--", color=f"C{i}", linewidth=1)
+            ax.plot(steps, mean["val_error"], "-", color=f"C{i}", linewidth=2.2, label=f"{kind}-{d}")
+        ax.set(title=f"{title} on {label}", xlabel="iterations", ylabel="error (%)")
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Degradation (He et al. 2016, Fig. 6 style): dashed = training error, bold = validation error "
-                 "(held out from train; test reported once, see degradation.md)", fontsize=10)  # fmt: skip
+    seeds = f"; mean of {n_seeds} seeds" if n_seeds > 1 else ""
+    fig.suptitle("Degradation (He et al. 2016, Fig. 6 style): dashed = training error, bold = validation error\n"
+                 f"(validation: held out from the training split; test error reported once, in degradation.md){seeds}",
+                 fontsize=10)  # fmt: skip
     fig.savefig(path, dpi=90)
 
 
 def run_depth(depths: list[int], *, family: str, data: str, recipe: str, seeds: list[int], out: str | Path,
-              data_dir: str | None = None, overrides: dict | None = None, jobs: int = 1) -> list[dict]:  # fmt: skip
+              data_dir: str | None = None, overrides: dict | None = None, jobs: int = 1,
+              label: str | None = None) -> list[dict]:  # fmt: skip
     """Accuracy, training time and parameters against depth; writes depth.csv and depth.png.
 
     With ``jobs`` > 1 the runs share the device, so their training times are not comparable: use 1 for the chart.
@@ -379,14 +456,14 @@ def run_depth(depths: list[int], *, family: str, data: str, recipe: str, seeds: 
     ax_acc, ax_time, ax_params = fig.subplots(1, 3)
     xs = [r["depth"] for r in rows]
     ax_acc.errorbar(xs, [r["test_top1"] for r in rows], yerr=[r["test_top1_std"] for r in rows], marker="o")
-    ax_acc.set(xlabel="depth (layers)", ylabel="test top-1 (%)", title=f"Accuracy on {data}")
+    ax_acc.set(xlabel="depth (layers)", ylabel="test top-1 (%)", title=f"Accuracy on {label or data}")
     ax_time.plot(xs, [r["train_seconds"] for r in rows], marker="o", color="C1")
     ax_time.set(xlabel="depth (layers)", ylabel="training time (s)", title="Training time (this machine)")
     ax_params.plot(xs, [r["params"] / 1e6 for r in rows], marker="o", color="C2")
     ax_params.set(xlabel="depth (layers)", ylabel="parameters (millions)", title="Parameters")
     for ax in (ax_acc, ax_time, ax_params):
         ax.grid(alpha=0.3)
-    fig.suptitle(f"How deep to go: {prefix} nets on {data}, recipe {recipe}, {len(seeds)} seed(s)")
+    fig.suptitle(f"How deep to go: {prefix} nets on {label or data}, recipe {recipe}, {len(seeds)} seed(s)")
     fig.savefig(out / "depth.png", dpi=90)
     return rows
 
@@ -403,7 +480,8 @@ def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
 
 def cmd_gradients(args: argparse.Namespace) -> int:
     rows = run_gradients(args.models, data=args.data, data_dir=args.data_dir, steps=args.steps,
-                         batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out)  # fmt: skip
+                         batch_size=args.batch_size, device=args.device, seed=args.seed, out=args.out,
+                         label=args.label)  # fmt: skip
     for phase in dict.fromkeys(r["phase"] for r in rows):
         for m in args.models:
             sel = [r for r in rows if r["model"] == m and r["phase"] == phase]
@@ -415,7 +493,8 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 def cmd_degradation(args: argparse.Namespace) -> int:
     depths = _depths(args.depths, PLAIN_DEPTHS, "degradation (plain and residual)")
     rows = run_degradation(depths, data=args.data, recipe=args.recipe, seeds=_seeds(args.seeds), out=args.out,
-                           data_dir=args.data_dir, overrides=_overrides(args), jobs=args.jobs)  # fmt: skip
+                           data_dir=args.data_dir, overrides=_overrides(args), jobs=args.jobs,
+                           label=args.label)  # fmt: skip
     print(Path(args.out, "degradation.md").read_text())
     print(f"wrote {len(rows)} rows to {Path(args.out) / 'degradation.csv'} and degradation.png")
     return 0
@@ -425,7 +504,7 @@ def cmd_depth(args: argparse.Namespace) -> int:
     allowed = RESNET_DEPTHS if args.family == "resnet_cifar" else PLAIN_DEPTHS
     rows = run_depth(_depths(args.depths, allowed, args.family), family=args.family, data=args.data,
                      recipe=args.recipe, seeds=_seeds(args.seeds), out=args.out, data_dir=args.data_dir,
-                     overrides=_overrides(args), jobs=args.jobs)  # fmt: skip
+                     overrides=_overrides(args), jobs=args.jobs, label=args.label)  # fmt: skip
     for r in rows:
         print(f"{r['model']:>10}: test top-1 {r['test_top1']:.2f}%  {r['train_seconds']:.1f} s  {r['params']:,} params")
     print(f"wrote {Path(args.out) / 'depth.csv'} and depth.png")
