@@ -14,6 +14,7 @@ from cnnzoo.analysis.study import (
     run_degradation,
     run_depth,
     run_gradients,
+    suggest_depth,
 )
 from cnnzoo.cli import main
 from cnnzoo.data import load_data
@@ -78,6 +79,15 @@ def test_degradation_and_depth_write_their_files_and_reuse_runs(tmp_path):
     assert report.stat().st_mtime_ns == stamp
     assert depth[0]["params"] == 269_722 and depth[0]["test_top1"] == 100 - rows[1]["test_error"]
     assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_suggested_depth_is_the_shallowest_within_tolerance_of_the_best():
+    rows = [{"model": f"resnet{d}", "depth": d, "test_top1": acc, "test_top1_std": std}
+            for d, acc, std in ((20, 91.0, 0.1), (32, 92.3, 0.1), (44, 92.6, 0.1), (56, 92.7, 0.2))]  # fmt: skip
+    assert suggest_depth(rows, 0.5)["model"] == "resnet32"  # 92.3 >= 92.7 - 0.5; 91.0 is not
+    assert suggest_depth(rows, 2.0)["model"] == "resnet20"
+    rows[-1]["test_top1_std"] = 1.8  # a noisy best widens the margin to its spread
+    assert suggest_depth(rows, 0.5)["model"] == "resnet20"
 
 
 def test_bad_arguments_are_a_clear_error(capsys):

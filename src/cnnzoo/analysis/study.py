@@ -46,6 +46,7 @@ PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
 PLAIN_DEPTHS = (20, 32, 44, 56, 110)
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 1202)
 PAPER_ITERATIONS = 64_000  # section 4.2: lr 0.1, divided by 10 at 32k and 48k, stop at 64k (batch 128)
+DEPTH_TOLERANCE = 0.5  # accuracy points: what `study depth` treats as no better (see suggest_depth)
 LABEL_HELP = "how to name the data in titles and tables, e.g. 'CIFAR-10 (JPEG q75)' (default: --data)"
 
 
@@ -285,11 +286,12 @@ def _train_task(task: tuple) -> None:
 
 
 def train_in_parallel(tasks: list[tuple[str, Path, int]], *, jobs: int, data: str, recipe: str,
-                      data_dir: str | None, overrides: dict) -> None:  # fmt: skip
+                      data_dir: str | None, overrides: dict) -> int:  # fmt: skip
     """Train ``(model, run_dir, seed)`` tasks in ``jobs`` spawned processes (several small nets share one GPU well:
-    at batch 128 each is bound by per-step launch overhead, not by the GPU). Sequential when ``jobs`` is 1."""
+    at batch 128 each is bound by per-step launch overhead, not by the GPU); returns how many it trained. Nothing
+    (0) when ``jobs`` is 1: the caller trains them one after the other."""
     if jobs <= 1:
-        return
+        return 0
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -297,6 +299,7 @@ def train_in_parallel(tasks: list[tuple[str, Path, int]], *, jobs: int, data: st
     todo = [(m, data, d, dict(kw, seed=s)) for m, d, s in tasks if not (d / "report.json").exists()]
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
         list(pool.map(_train_task, todo))
+    return len(todo)
 
 
 def _history(run_dir: Path) -> list[dict]:
@@ -428,9 +431,9 @@ def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
 def run_depth(depths: list[int], *, family: str, data: str, recipe: str, seeds: list[int], out: str | Path,
               data_dir: str | None = None, overrides: dict | None = None, jobs: int = 1,
               label: str | None = None) -> list[dict]:  # fmt: skip
-    """Accuracy, training time and parameters against depth; writes depth.csv and depth.png.
-
-    With ``jobs`` > 1 the runs share the device, so their training times are not comparable: use 1 for the chart.
+    """Accuracy, training time and parameters against depth; writes depth.csv and depth.png, marking the
+    :func:`suggest_depth` answer. With ``jobs`` > 1 the runs share the device, so their training times are not
+    comparable (the chart says so): use 1 for a time axis that means something.
     """
     from cnnzoo.analysis.profile import profile_model
 
@@ -438,7 +441,8 @@ def run_depth(depths: list[int], *, family: str, data: str, recipe: str, seeds: 
     out.mkdir(parents=True, exist_ok=True)
     prefix = "resnet" if family == "resnet_cifar" else "plain"
     tasks = [(f"{prefix}{d}", out / f"{prefix}{d}" / f"seed-{s}", s) for d in depths for s in seeds]
-    train_in_parallel(tasks, jobs=jobs, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides or {})
+    parallel = train_in_parallel(tasks, jobs=jobs, data=data, recipe=recipe, data_dir=data_dir,
+                                 overrides=overrides or {})  # fmt: skip
     rows = []
     for d in depths:
         name = f"{prefix}{d}"
@@ -450,22 +454,38 @@ def run_depth(depths: list[int], *, family: str, data: str, recipe: str, seeds: 
         rows.append({"model": name, "depth": d, "params": prof["params"], "macs": prof["macs"],
                      "test_top1": acc, "test_top1_std": acc_std, "train_seconds": secs})  # fmt: skip
     _write_csv(out / "depth.csv", rows, list(rows[0]))
+    pick = suggest_depth(rows, DEPTH_TOLERANCE)
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(12, 4), layout="constrained")
     ax_acc, ax_time, ax_params = fig.subplots(1, 3)
     xs = [r["depth"] for r in rows]
     ax_acc.errorbar(xs, [r["test_top1"] for r in rows], yerr=[r["test_top1_std"] for r in rows], marker="o")
+    ax_acc.plot([pick["depth"]], [pick["test_top1"]], "*", color="C3", markersize=16,
+                label=f"suggested: {pick['model']}")  # fmt: skip
+    ax_acc.legend()
     ax_acc.set(xlabel="depth (layers)", ylabel="test top-1 (%)", title=f"Accuracy on {label or data}")
     ax_time.plot(xs, [r["train_seconds"] for r in rows], marker="o", color="C1")
-    ax_time.set(xlabel="depth (layers)", ylabel="training time (s)", title="Training time (this machine)")
+    shared = f"\n({min(jobs, parallel)} runs sharing the device: not comparable)" if parallel > 1 else ""
+    ax_time.set(xlabel="depth (layers)", ylabel="training time (s)", title=f"Training time (this machine){shared}")
     ax_params.plot(xs, [r["params"] / 1e6 for r in rows], marker="o", color="C2")
     ax_params.set(xlabel="depth (layers)", ylabel="parameters (millions)", title="Parameters")
     for ax in (ax_acc, ax_time, ax_params):
         ax.grid(alpha=0.3)
-    fig.suptitle(f"How deep to go: {prefix} nets on {label or data}, recipe {recipe}, {len(seeds)} seed(s)")
+    family_name = "ResNets" if prefix == "resnet" else "plain nets"
+    fig.suptitle(f"How deep to go: {family_name} on {label or data}, recipe {recipe}, {len(seeds)} seed(s). "
+                 f"Suggested: {pick['model']}, the shallowest within {DEPTH_TOLERANCE:g} points of the best")
     fig.savefig(out / "depth.png", dpi=90)
     return rows
+
+
+def suggest_depth(rows: list[dict], tolerance: float = 0.5) -> dict:
+    """The answer to "how many layers?": the shallowest row whose test top-1 is within ``tolerance`` points (or
+    the best row's seed spread, if larger) of the best; a deeper net then costs time and parameters for nothing
+    this data and budget can measure."""
+    best = max(rows, key=lambda r: r["test_top1"])
+    margin = max(tolerance, best.get("test_top1_std") or 0.0)
+    return min((r for r in rows if r["test_top1"] >= best["test_top1"] - margin), key=lambda r: r["depth"])
 
 
 def _write_csv(path: Path, rows: list[dict], fields: list[str]) -> None:
@@ -507,5 +527,7 @@ def cmd_depth(args: argparse.Namespace) -> int:
                      overrides=_overrides(args), jobs=args.jobs, label=args.label)  # fmt: skip
     for r in rows:
         print(f"{r['model']:>10}: test top-1 {r['test_top1']:.2f}%  {r['train_seconds']:.1f} s  {r['params']:,} params")
+    pick = suggest_depth(rows, DEPTH_TOLERANCE)
+    print(f"suggested: {pick['model']}, the shallowest within {DEPTH_TOLERANCE:g} points of the best test top-1")
     print(f"wrote {Path(args.out) / 'depth.csv'} and depth.png")
     return 0
