@@ -79,6 +79,14 @@ def test_degradation_and_depth_write_their_files_and_reuse_runs(tmp_path):
     assert report.stat().st_mtime_ns == stamp
     assert depth[0]["params"] == 269_722 and depth[0]["test_top1"] == 100 - rows[1]["test_error"]
     assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
+    # An unfinished run (checkpoint, no report) is resumed, not retrained: same epochs, same test error.
+    plain = tmp_path / "plain20" / "seed-0"
+    history = (plain / "metrics.jsonl").read_text()  # with its wall-clock seconds: a retrained run would differ
+    (plain / "report.json").unlink()
+    again = run_degradation([20], data="digits", recipe="demo", seeds=[0], out=tmp_path, overrides=TINY)
+    assert (plain / "report.json").exists() and report.stat().st_mtime_ns == stamp
+    assert (plain / "metrics.jsonl").read_text() == history and '"seconds"' in history
+    assert again[0]["test_error"] == rows[0]["test_error"]
 
 
 def test_suggested_depth_is_the_shallowest_within_tolerance_of_the_best():
