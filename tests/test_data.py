@@ -408,14 +408,9 @@ def test_load_images_preprocesses_like_evaluation(tmp_path, capsys):
 # --- The real CIFAR-10 (JPEG q75) folder, when ../shared/data has it ------------------------------------------------
 
 
-def test_real_cifar10_jpeg_folder(cifar10_jpeg_dir, tmp_path):
+def test_real_cifar10_jpeg_folder(cifar10_jpeg_slice):
     # A slice of the real files (20 per class for training, 5 for test): the real JPEG decode, in seconds.
-    root = tmp_path / "cifar10-jpeg"
-    for split, n in (("train", 20), ("test", 5)):
-        for cls in sorted((cifar10_jpeg_dir / split).iterdir()):
-            (root / split / cls.name).mkdir(parents=True)
-            for f in sorted(cls.iterdir())[:n]:
-                shutil.copy(f, root / split / cls.name / f.name)
+    root = cifar10_jpeg_slice
     b = load_data(str(root), batch_size=16, val_size=20, seed=0)
     assert b.classes == CIFAR10_CLASSES  # sorted folder names are CIFAR-10's label order
     assert (b.in_channels, b.image_size) == (3, 32) and b.info["sizes"] == {"32x32": 250}

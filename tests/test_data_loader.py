@@ -98,9 +98,13 @@ def test_cutout_zeroes_a_square_to_the_mean():
 def test_ddp_shards_are_disjoint_and_equal(world_size):
     shards = [_loader(n=50, rank=r, world_size=world_size) for r in range(world_size)]
     seen = [s.indices(4) for s in shards]
-    assert len({len(s) for s in seen}) == 1 and len(seen[0]) == 50 // world_size
+    assert len({len(s) for s in seen}) == 1 and len(seen[0]) == len(shards[0]) * 4 == (50 // world_size) // 4 * 4
     union = torch.cat(seen)
     assert len(set(union.tolist())) == len(union)  # disjoint
+    # Interleaved: the ranks' batch b together are exactly one process's batch b at world_size times the batch size.
+    single = _loader(n=50, batch_size=4 * world_size).indices(4)
+    steps = torch.stack([s.view(-1, 4) for s in seen], 1).reshape(-1)
+    assert torch.equal(steps, single)
     evals = [_loader(n=50, train=False, rank=r, world_size=world_size) for r in range(world_size)]
     covered = torch.cat([torch.cat([y for _, y in e.epoch(0)]) for e in evals])
     assert len(covered) == 50 and sum(e.num_samples for e in evals) == 50

@@ -27,9 +27,9 @@ def ddp_test_mlp(*, num_classes=10, in_channels=1):
 from cnnzoo.train.api import train
 train(sys.argv[1], "digits", out=sys.argv[2], quiet=True, **json.loads(sys.argv[3]))
 """
-# One step per epoch: the global batch (64) is the whole 64-image training subset, so 1 and 2 processes see the
-# same images per step (the data layer shards each epoch's permutation into contiguous per-rank slices).
-OPTS = dict(subset=64, val_size=40, batch_size=64, eval_batch_size=32, epochs=3, augment="none", device="cpu",
+# Two steps per epoch of global batch 32: each rank serves its half of every global batch (the data layer interleaves
+# the shards), so 1 and 2 processes see the same images per step.
+OPTS = dict(subset=64, val_size=40, batch_size=32, eval_batch_size=32, epochs=3, augment="none", device="cpu",
             lr=0.05, deterministic=True)  # fmt: skip
 
 
@@ -67,7 +67,7 @@ def test_resnet20_under_torchrun(tmp_path):
     out = tmp_path / "r20"
     _launch(tmp_path, "resnet20", out, 2, epochs=1)
     (line,) = _metrics(out)
-    assert line["step"] == 1 and 0 <= line["val_top1"] <= 1
+    assert line["step"] == 2 and 0 <= line["val_top1"] <= 1  # 64 images, global batch 32
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2 and report["test"]["n"] == 360
     assert sorted(p.name for p in out.iterdir()) == sorted(

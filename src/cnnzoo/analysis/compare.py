@@ -48,7 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 8 on the CPU")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (after warm-up)")
-    p.add_argument("--runs", nargs="*", default=[], help="run directories whose test accuracy to show")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="classifier width (default: 1000 above 64x64, as the published ImageNet nets; else 10)")
+    p.add_argument("--runs", nargs="*", default=[],
+                   help="run directories (or their report.json files) whose test accuracy to show")
+    p.add_argument("--label", default=None,
+                   help='name of the runs\' dataset in the table and chart (e.g. "CIFAR-10 (JPEG q75)"); default: '
+                        "the data folder's name")
     p.add_argument("--no-torchvision", action="store_true", help="skip the side-by-side torchvision timing")
     p.add_argument("--out", default="runs/compare")
     p.set_defaults(func=cmd_compare)
@@ -80,7 +86,7 @@ def _median_seconds(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device):
+def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device, num_classes: int):
     """Closures for one inference at batch 1, one at ``batch``, and one training step at ``batch``."""
     from cnnzoo.train.config import build_config
     from cnnzoo.train.engine import setup_training, train_step
@@ -91,7 +97,7 @@ def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device):
         else torch.contiguous_format  # fmt: skip
     x1 = torch.randn(1, *shape, device=device).contiguous(memory_format=memory)
     xb = torch.randn(batch, *shape, device=device).contiguous(memory_format=memory)
-    yb = torch.randint(0, 10, (batch,), device=device)
+    yb = torch.randint(0, num_classes, (batch,), device=device)
 
     def infer(x):
         def run():
@@ -109,19 +115,19 @@ def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device):
 
 
 def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str, repeats: int,
-            vs_torchvision: bool) -> dict:  # fmt: skip
+            vs_torchvision: bool, num_classes: int = 10) -> dict:  # fmt: skip
     """All timings and memory of one model (call in a fresh process for honest CPU memory figures)."""
     from cnnzoo.models import create_model
 
     device = torch.device(device_name)
     torch.manual_seed(0)
     row: dict = {"note": ""}
-    model = create_model(name, num_classes=10).to(device)
+    model = create_model(name, num_classes=num_classes).to(device)
     base = _peak_mb(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
-    one, many, step = _timers(model, shape, batch, device)
+    one, many, step = _timers(model, shape, batch, device, num_classes)
     for fn in (one, many):  # warm-up (and cudnn autotuning)
         fn()
     row["latency_ms"] = 1000 * _median_seconds(one, repeats, device)
@@ -132,11 +138,11 @@ def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str
     row["train_img_s"] = batch / _median_seconds(step, max(2, repeats // 2), device)
     row["train_mem_mb"] = _peak_mb(device) - base
     if vs_torchvision and name in TORCHVISION:
-        row.update(_versus_torchvision(name, model, shape, batch, device, repeats))
+        row.update(_versus_torchvision(name, model, shape, batch, device, repeats, num_classes))
     return row
 
 
-def _versus_torchvision(name, ours, shape, batch, device, repeats) -> dict:
+def _versus_torchvision(name, ours, shape, batch, device, repeats, num_classes) -> dict:
     """Latency and training speed of torchvision's same architecture, timed interleaved with ours (same settings).
 
     Ratios are cnnzoo speed / torchvision speed = torchvision time / cnnzoo time.
@@ -144,27 +150,27 @@ def _versus_torchvision(name, ours, shape, batch, device, repeats) -> dict:
     import torchvision
 
     kw = {"init_weights": True} if name == "googlenet" else {}
-    theirs = getattr(torchvision.models, name)(weights=None, num_classes=10, **kw).to(device)
-    mine, tv = _timers(ours, shape, batch, device), _timers(theirs, shape, batch, device)
+    theirs = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kw).to(device)
+    mine, tv = _timers(ours, shape, batch, device, num_classes), _timers(theirs, shape, batch, device, num_classes)
     for fn in (*mine, *tv):
         fn()
-    lat = {"ours": [], "tv": []}
-    trn = {"ours": [], "tv": []}
-    for _ in range(max(3, repeats)):  # interleave so both see the same machine load
-        lat["ours"].append(_median_seconds(mine[0], 1, device))
-        lat["tv"].append(_median_seconds(tv[0], 1, device))
-    for _ in range(max(2, repeats // 2)):
-        trn["ours"].append(_median_seconds(mine[2], 1, device))
-        trn["tv"].append(_median_seconds(tv[2], 1, device))
-    med = statistics.median
-    return {"vs_torchvision_latency": med(lat["tv"]) / med(lat["ours"]),
-            "vs_torchvision_train": med(trn["tv"]) / med(trn["ours"])}  # fmt: skip
+
+    def ratio(which: int, rounds: int) -> float:
+        # Interleaved in ABBA order (ours, theirs, theirs, ours, ...) so both see the same machine load and neither
+        # always runs right after the other; medians of single runs.
+        times: dict[str, list[float]] = {"ours": [], "tv": []}
+        for i in range(rounds):
+            for side in ("ours", "tv") if i % 2 == 0 else ("tv", "ours"):
+                times[side].append(_median_seconds((mine if side == "ours" else tv)[which], 1, device))
+        return statistics.median(times["tv"]) / statistics.median(times["ours"])
+
+    return {"vs_torchvision_latency": ratio(0, max(4, repeats)), "vs_torchvision_train": ratio(2, max(4, repeats))}
 
 
 def _measure_in_child(args: tuple) -> dict:
-    name, shape, batch, device, repeats, vs_tv = args
+    name, shape, batch, device, repeats, vs_tv, classes = args
     try:
-        return measure(name, shape, batch, device, repeats, vs_tv)
+        return measure(name, shape, batch, device, repeats, vs_tv, classes)
     except torch.OutOfMemoryError:
         return {"oom": True}
     except CnnzooError as e:  # e.g. an input size the net cannot take
@@ -175,12 +181,12 @@ def _measure_in_child(args: tuple) -> dict:
         return {"error": str(e).splitlines()[0]}
 
 
-def _measure_fresh(name, shape, batch, device, repeats, vs_tv) -> dict:
+def _measure_fresh(name, shape, batch, device, repeats, vs_tv, classes) -> dict:
     """``measure`` in a fresh spawned process; an OOM at ``batch`` is retried at half the batch size."""
     ctx = multiprocessing.get_context("spawn")
     while True:
         with ctx.Pool(1, maxtasksperchild=1) as pool:
-            row = pool.apply(_measure_in_child, ((name, shape, batch, device, repeats, vs_tv),))
+            row = pool.apply(_measure_in_child, ((name, shape, batch, device, repeats, vs_tv, classes),))
         if not row.get("oom"):
             return dict(row, batch_size=batch)
         if batch == 1:
@@ -208,15 +214,16 @@ def published_top1(name: str) -> float | None:
     return weights.meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100
 
 
-def runs_accuracy(run_dirs: list[str]) -> dict[str, tuple[float, str]]:
-    """{model: (test top-1, dataset)} from run directories' report.json (the last one wins for a model)."""
+def runs_accuracy(run_dirs: list[str], label: str | None = None) -> dict[str, tuple[float, str]]:
+    """{model: (test top-1, dataset)} from run directories' report.json, or report files named directly (the last one
+    wins for a model)."""
     found = {}
     for run in run_dirs:
-        path = Path(run) / "report.json"
+        path = Path(run) if Path(run).is_file() else Path(run) / "report.json"
         if not path.exists():
             raise CnnzooError(f"{run}: no report.json (not a finished cnnzoo run directory)")
         report = json.loads(path.read_text())
-        found[report["model"]] = (report["test"]["top1"], Path(str(report["data"])).name)
+        found[report["model"]] = (report["test"]["top1"], label or Path(str(report["data"])).name)
     return found
 
 
@@ -224,15 +231,21 @@ def runs_accuracy(run_dirs: list[str]) -> dict[str, tuple[float, str]]:
 
 
 def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device: str, batch_size: int,
-                repeats: int, runs: list[str], vs_torchvision: bool, out: str | Path) -> list[dict]:  # fmt: skip
-    """Measure ``models``; write compare.csv/json/md and overview.png into ``out``; return the rows."""
+                repeats: int, runs: list[str], vs_torchvision: bool, out: str | Path,
+                num_classes: int | None = None, label: str | None = None) -> list[dict]:  # fmt: skip
+    """Measure ``models``; write compare.csv/json/md and overview.png into ``out``; return the rows.
+
+    ``num_classes`` defaults to 1000 above 64x64 (the ImageNet nets whose published accuracy and parameter counts the
+    overview shows) and 10 below (CIFAR).
+    """
     from cnnzoo.models import get_model_info
 
     for name in models:
         get_model_info(name)  # unknown names fail before any measuring
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CnnzooError("--device cuda: no CUDA device here (use --device cpu)")
-    measured = runs_accuracy(runs)
+    measured = runs_accuracy(runs, label)
+    classes = num_classes or (1000 if input_shape[1] > 64 else 10)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -240,11 +253,11 @@ def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device:
         print(f"[{i}/{len(models)}] {name} at {'x'.join(map(str, input_shape))} on {device} ...", flush=True)
         row = {"model": name, "input": "x".join(map(str, input_shape)), "note": ""}
         try:
-            prof = profile_model(name, num_classes=10, input_shape=input_shape)
+            prof = profile_model(name, num_classes=classes, input_shape=input_shape)
             row.update(params=prof["params"], macs=prof["macs"])
-            result = _measure_fresh(name, input_shape, batch_size, device, repeats, vs_torchvision)
+            result = _measure_fresh(name, input_shape, batch_size, device, repeats, vs_torchvision, classes)
         except CnnzooError as e:  # the net cannot take this input (e.g. alexnet_paper needs 227x227)
-            row.update(params=profile_model(name, num_classes=10)["params"])
+            row.update(params=profile_model(name, num_classes=classes)["params"])
             result = {"error": str(e), "batch_size": batch_size}
         if "error" in result:
             row.update(batch_size=result["batch_size"], note=f"cannot run: {result['error']}", macs=None)
@@ -257,23 +270,24 @@ def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device:
         elif (top1 := published_top1(name)) is not None:
             row.update(accuracy=top1, accuracy_source="published ImageNet top-1 (torchvision weights)")
         rows.append({c: row.get(c) for c in COLUMNS})
-    _write(rows, out, device)
+    _write(rows, out, device, classes)
     return rows
 
 
-def _write(rows: list[dict], out: Path, device: str) -> None:
+def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
     with open(out / "compare.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    meta = {"device": device, "torch": torch.__version__, "columns": COLUMNS,
+    meta = {"device": device, "torch": torch.__version__, "num_classes": num_classes, "columns": COLUMNS,
             "units": {"macs": "multiply-accumulates per image", "latency_ms": "median ms at batch 1",
                       "infer_img_s": "images/s", "train_img_s": "images/s, forward+backward+SGD step",
                       "infer_mem_mb": "MiB above the weights", "train_mem_mb": "MiB above the weights",
                       "accuracy": "fraction",
                       "vs_torchvision_latency": "cnnzoo speed / torchvision speed"}}  # fmt: skip
     (out / "compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"Measured on {device}, torch {torch.__version__}. MACs = multiply-accumulates per image.", "",
+    lines = [f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
+             "image.", "",
              "| model | params | GMACs | latency (ms, batch 1) | inference img/s | training img/s | inference MiB | "
              "training MiB | speed vs torchvision (latency / train) | top-1 | source | note |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
@@ -338,7 +352,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if batch < 1 or args.repeats < 1:
         raise CnnzooError("--batch-size and --repeats must be >= 1")
     rows = run_compare(models, input_shape=shape, device=args.device, batch_size=batch, repeats=args.repeats,
-                       runs=args.runs, vs_torchvision=not args.no_torchvision, out=args.out)  # fmt: skip
+                       runs=args.runs, vs_torchvision=not args.no_torchvision, out=args.out,
+                       num_classes=args.num_classes, label=args.label)  # fmt: skip
     table = Table(title=f"cnnzoo compare at {args.input} on {args.device}, batch {batch} "
                         "(MACs = multiply-accumulates; speed vs torchvision = cnnzoo / torchvision)")  # fmt: skip
     for col in ("model", "params", "GMACs", "latency ms", "infer img/s", "train img/s", "infer MiB", "train MiB",

@@ -70,6 +70,17 @@ def generator(device: torch.device | str, *keys: int) -> torch.Generator:
     return g
 
 
+def rank_order(perm: torch.Tensor, rank: int, world_size: int, batch_size: int) -> torch.Tensor:
+    """This rank's training indices from an epoch's permutation ``perm``, ``batch_size`` per rank and step.
+
+    Global batch ``b`` is ``perm[b * B * W : (b + 1) * B * W]`` (W ranks of B), and rank ``r`` serves its ``r``-th
+    slice of it, so W ranks together train on exactly the batches one process of batch ``B * W`` would (what
+    interleaving does for ``DistributedSampler``); the incomplete last global batch is dropped, as in training.
+    """
+    steps = perm.numel() // (batch_size * world_size)
+    return perm[: steps * batch_size * world_size].view(steps, world_size, batch_size)[:, rank].reshape(-1)
+
+
 def to_channels(images: torch.Tensor, in_channels: int) -> torch.Tensor:
     """Convert uint8 images ``(N, C, H, W)`` with C in {1, 3} to ``in_channels`` channels.
 

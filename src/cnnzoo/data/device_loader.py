@@ -20,8 +20,9 @@ Images are stored NHWC, so the float batch comes out channels_last without a cop
 ``(seed, epoch)`` and each batch's augmentation from one seeded by ``(seed, epoch, rank, batch)``, so starting an
 epoch at ``start_batch`` reproduces the rest of an uninterrupted epoch exactly.
 
-DDP: each epoch's permutation is cut into ``world_size`` disjoint equal slices, one per rank (training drops the
-remainder, as ``DistributedSampler(drop_last=True)``); evaluation splits the samples in order into near-equal
+DDP: each global batch of an epoch's permutation is cut into ``world_size`` slices, one per rank
+(:func:`~cnnzoo.data.bundle.rank_order`), so N ranks train on the very batches one process of N times the batch
+would; the incomplete last batch is dropped, as in training. Evaluation splits the samples in order into near-equal
 contiguous slices that cover all of them once, so per-rank counts sum to exact totals.
 """
 
@@ -33,7 +34,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from cnnzoo.data.bundle import generator
+from cnnzoo.data.bundle import generator, rank_order
 
 _PERMUTATION, _AUGMENT = 0, 1  # stream tags, so the permutation and augmentation generators never share a seed
 
@@ -113,7 +114,7 @@ class DeviceLoader:
             return torch.arange(self._start, self._start + self.num_samples, device=self.device)
         perm = torch.randperm(self.dataset_size, generator=generator(self.device, self.seed, _PERMUTATION, epoch),
                               device=self.device)
-        return perm[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
+        return rank_order(perm, self.rank, self.world_size, self.batch_size)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""

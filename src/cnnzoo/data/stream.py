@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from cnnzoo.data.bundle import DataError, generator, mix_seed
+from cnnzoo.data.bundle import DataError, generator, mix_seed, rank_order
 from cnnzoo.data.folders import decode_file
 
 log = logging.getLogger("cnnzoo.data")
@@ -118,7 +118,7 @@ class StreamLoader:
         if not self.train:
             return torch.arange(self._start, self._start + self.num_samples)
         perm = torch.randperm(len(self.dataset), generator=generator("cpu", self.seed, _PERMUTATION, epoch))
-        return perm[self.rank * self.num_samples : (self.rank + 1) * self.num_samples]
+        return rank_order(perm, self.rank, self.world_size, self.batch_size)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
