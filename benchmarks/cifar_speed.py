@@ -10,6 +10,9 @@ test accuracy after the same number of epochs.
 
 Timing: wall seconds of each training epoch, evaluation excluded, the first epoch (warm-up: cudnn autotuning,
 compilation, worker start-up) excluded from the mean; ``torch.cuda.synchronize()`` before each clock read on CUDA.
+MFU (model FLOPs utilisation) = 6 x MACs per image (forward 2 FLOPs per MAC, backward twice the forward) x training
+images per second / peak; the peak defaults to 800 TFLOP/s on CUDA (the bf16 matrix rate measured on the H100) and is
+left out on the CPU unless ``--peak-tflops`` names one.
 
 Run (GPU):  python benchmarks/cifar_speed.py --data ../shared/data/cifar10-jpeg.tar.gz --device cuda --epochs 10
 Run (CPU):  python benchmarks/cifar_speed.py --device cpu --models resnet20 --subset 5000 --epochs 3
@@ -34,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 import cnnzoo
+from cnnzoo.analysis.profile import profile_model
 from cnnzoo.data import load_data
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "cifar10-jpeg.tar.gz"
@@ -154,9 +158,19 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cnnzoo-speed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    p.add_argument("--peak-tflops", type=float, default=None, help="for MFU (default 800 on CUDA, none on the CPU)")
     args = p.parse_args()
 
     device = torch.device(args.device)
+    peak = args.peak_tflops or (800.0 if device.type == "cuda" else None)
+
+    def mfu(model_name: str, images: int, seconds: float) -> float | None:
+        macs = profile_model(model_name, num_classes=10, input_shape=(3, 32, 32))["macs"]
+        return 6 * macs * images / seconds / (peak * 1e12) if peak else None
+
+    def pct(x: float | None) -> str:
+        return "" if x is None else f"  MFU {100 * x:5.2f}%"
+
     data = resolve_data(args.data.resolve(), args.workdir)
     print(f"torch {torch.__version__} | device {device} "
           f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}) | "
@@ -168,20 +182,24 @@ def main() -> None:
         bundle = load_data(data, batch_size=128, device="cpu", seed=args.seed, subset=args.subset)
         base = run_baseline(name, bundle, epochs=args.epochs, device=device, seed=args.seed)
         b = mean_after_first(base["epoch_seconds"])
-        print(f"{name:16s} baseline (standard pipeline) {b:8.2f} s/epoch  test top-1 {100 * base['test_top1']:5.2f}%",
-              flush=True)  # fmt: skip
+        n_train = bundle.train.num_samples  # images per epoch (both sides drop at most one partial batch)
+        print(f"{name:16s} baseline (standard pipeline) {b:8.2f} s/epoch  test top-1 {100 * base['test_top1']:5.2f}%"
+              f"{pct(mfu(name, n_train, b))}", flush=True)  # fmt: skip
         for recipe in args.recipes.split(","):
             ours = run_cnnzoo(name, data, epochs=args.epochs, device=device, seed=args.seed, subset=args.subset,
                               recipe=recipe, out=args.workdir / "runs" / f"{name}-{recipe}-{int(time.time())}")
             o = mean_after_first(ours["epoch_seconds"])
             results.append({"model": name, "cnnzoo_recipe": recipe, "baseline_s_per_epoch": b,
                             "cnnzoo_s_per_epoch": o, "speedup": b / o, "baseline_test_top1": base["test_top1"],
-                            "cnnzoo_test_top1": ours["test_top1"]})  # fmt: skip
+                            "cnnzoo_test_top1": ours["test_top1"], "train_images_per_epoch": n_train,
+                            "baseline_mfu": mfu(name, n_train, b), "cnnzoo_mfu": mfu(name, n_train, o)})  # fmt: skip
             print(f"{name:16s} cnnzoo ({recipe:>8s})          {o:8.2f} s/epoch  test top-1 "
-                  f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}", flush=True)  # fmt: skip
+                  f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}{pct(mfu(name, n_train, o))}",
+                  flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "device": str(device), "epochs": args.epochs,
-                                         "subset": args.subset, "results": results}, indent=2))  # fmt: skip
+                                         "subset": args.subset, "peak_tflops": peak, "results": results},
+                                        indent=2))  # fmt: skip
     if any(math.isnan(r["speedup"]) for r in results):
         raise SystemExit(1)
 

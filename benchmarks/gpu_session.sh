@@ -1,32 +1,65 @@
 #!/usr/bin/env bash
-# One GPU session's measurements (issues 6 and 7), run from the repository root on a machine with a CUDA GPU:
-#   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
-# Writes OUT_DIR/{env.txt, speed.json, speed.log, fast-*.log, degradation/...}. Data: CIFAR-10 (JPEG q75).
+# One GPU session's measurements, run from the repository root on a machine with a CUDA GPU:
+#   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
+# PARTS: comma-separated, default "data,compare,speed,step,fast" (add "gradients,degradation" for issue 6; the
+# degradation study alone takes about 10 minutes). Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
+# Data: CIFAR-10 (JPEG q75). Checkpoints are deleted at the end; tar OUT_DIR to bring it back in one file.
 set -euo pipefail
-TAR=${1:-.data/cifar10-jpeg.tar.gz}; OUT=${2:-runs/gpu}; E_SPEED=${3:-5}; E_DEG=${4:-10}
+TAR=${1:-.data/cifar10-jpeg.tar.gz}; OUT=${2:-runs/gpu}; PARTS=${3:-data,compare,speed,step,fast}
+E_SPEED=${4:-5}; E_DEG=${5:-10}
 export PYTHONPATH=src
 PY=${PY:-python3}
+LABEL="CIFAR-10 (JPEG q75)"
 mkdir -p "$OUT" .data/cifar10
 [ -d .data/cifar10/train ] || tar -xzf "$TAR" -C .data/cifar10
 DATA=.data/cifar10
+has() { [[ ",$PARTS," == *",$1,"* ]]; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; nproc; } > "$OUT/env.txt"
 $PY -m cnnzoo data $DATA > "$OUT/data.txt"   # decodes once into the uint8 cache that every run below reuses
 
-# Issue 7: the standard pipeline vs cnnzoo's trainer, same model, same hyperparameters, same epochs.
-$PY benchmarks/cifar_speed.py --data $DATA --device cuda --models resnet18_cifar --recipes baseline,fast --epochs "$E_SPEED" \
-    --workdir "$OUT/speed" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
-# Issue 7: the `fast` recipe's time to accuracy on resnet18_cifar.
-$PY -m cnnzoo train resnet18_cifar --data $DATA --recipe fast --epochs 10 --out "$OUT/fast-resnet18_cifar" \
-    > "$OUT/fast-resnet18_cifar.log" 2>&1
+# Issue 3: device-resident augmentation against resnet18_cifar's training throughput (must be >= 20x).
+if has data; then
+  $PY benchmarks/data_throughput.py --device cuda --folder $DATA --json "$OUT/data_throughput.json" 2>&1 \
+      | tee "$OUT/data_throughput.log"
+fi
+# Issue 5: the overview on the GPU, at 224 (published accuracy) and 32 (accuracy of the fast runs below, if any).
+if has compare; then
+  $PY -m cnnzoo compare --device cuda --out "$OUT/compare-cuda-224" 2>&1 | tee "$OUT/compare-cuda-224.log"
+fi
+# Issue 7: the standard pipeline vs cnnzoo's trainer, same model, same hyperparameters, same epochs (MFU printed).
+if has speed; then
+  $PY benchmarks/cifar_speed.py --data $DATA --device cuda --models resnet18_cifar --recipes baseline,fast \
+      --epochs "$E_SPEED" --workdir "$OUT/speed" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+fi
+# Issue 7: ImageNet-size training steps, cnnzoo vs torchvision + autocast + compile (ratio >= 1.0 wanted).
+if has step; then
+  $PY benchmarks/imagenet_step.py --device cuda --batch-size 128 --json "$OUT/imagenet_step.json" 2>&1 \
+      | tee "$OUT/imagenet_step.log"
+fi
+# Issue 7 (time to accuracy) and issue 5 (measured accuracy at 32x32): the fast recipe, 10 epochs, each CIFAR net.
+if has fast; then
+  runs=()
+  for m in resnet18_cifar resnet20 resnet56 vgg16_cifar googlenet_cifar alexnet_cifar; do
+    $PY -m cnnzoo train $m --data $DATA --recipe fast --epochs 10 --out "$OUT/fast-$m" > "$OUT/fast-$m.log" 2>&1
+    runs+=("$OUT/fast-$m")
+  done
+  if has compare; then
+    $PY -m cnnzoo compare --device cuda --input 3x32x32 --runs "${runs[@]}" --label "$LABEL" \
+        --out "$OUT/compare-cuda-32" 2>&1 | tee "$OUT/compare-cuda-32.log"
+  fi
+fi
 
 # Issue 6: gradients through plain and residual nets, at init and after 200 steps, on a real batch.
-$PY -m cnnzoo study gradients plain56 resnet56 plain110 resnet110 --data $DATA --steps 200 --device cuda \
-    --out "$OUT/gradients" | tee "$OUT/gradients.log"
-
+if has gradients; then
+  $PY -m cnnzoo study gradients plain56 resnet56 plain110 resnet110 --data $DATA --steps 200 --device cuda \
+      --label "$LABEL" --out "$OUT/gradients" | tee "$OUT/gradients.log"
+fi
 # Issue 6: degradation, depths 20-56 plain and residual, the paper's recipe shortened to E_DEG epochs (milestones at
 # 50% and 75%, as 32k/48k of 64k). --jobs 8: the 8 runs side by side on the one GPU (each is bound by per-step launch
 # overhead at batch 128, not by the GPU).
-$PY -m cnnzoo study degradation --depths 20,32,44,56 --data $DATA --recipe resnet-cifar-paper --epochs "$E_DEG" \
-    --jobs 8 --out "$OUT/degradation" 2>&1 | tee "$OUT/degradation.log"
+if has degradation; then
+  $PY -m cnnzoo study degradation --depths 20,32,44,56 --data $DATA --recipe resnet-cifar-paper --epochs "$E_DEG" \
+      --jobs 8 --label "$LABEL" --out "$OUT/degradation" 2>&1 | tee "$OUT/degradation.log"
+fi
 find "$OUT" -name "*.pt" -delete  # checkpoints stay behind; bring the rest back as one archive (see docs/benchmarks.md)

@@ -2,7 +2,7 @@
 
 For each model, on synthetic input (a fixed random batch at 3x224x224, 1000 classes):
 - cnnzoo: the trainer's own step (``setup_training`` + ``train_step``: bf16 autocast, channels_last and fused SGD on
-  CUDA, the model compiled with ``torch.compile`` unless ``--no-compile``);
+  CUDA, the model compiled with ``torch.compile`` unless ``--no-compile``), same hyperparameters as torchvision's side;
 - torchvision: ``torchvision.models.<name>`` as a user would train it: plain ``torch.autocast(bf16)`` and
   ``torch.compile(model)``, SGD(lr 0.1, momentum 0.9, weight decay 5e-4), default memory format. GoogLeNet's
   auxiliary losses are added with weight 0.3 on both sides (Szegedy et al. 2015, section 5).
@@ -41,8 +41,10 @@ def sync(device: torch.device) -> None:
 
 
 def cnnzoo_step(name: str, x: torch.Tensor, y: torch.Tensor, device: torch.device, compile_: bool):
-    """A closure running one cnnzoo training step (the trainer's own code path)."""
-    cfg = build_config(recipe="fast", device=str(device), compile=compile_)
+    """A closure running one cnnzoo training step (the trainer's own code path, torchvision's side's arithmetic:
+    SGD 0.1 / momentum 0.9 / weight decay 5e-4 on every parameter, no label smoothing)."""
+    cfg = build_config(device=str(device), compile=compile_, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
+                       weight_decay=5e-4, wd_exclude_bn_bias=False, label_smoothing=0.0)  # fmt: skip
     net, optimizer, ctx = setup_training(cnnzoo.create_model(name, num_classes=1000), cfg, device)
     xs = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
     return lambda: train_step(net, optimizer, xs, y, ctx)

@@ -203,3 +203,18 @@ def test_model_options_zero_init_residual_and_dropout():
         build_model(TrainConfig(model="plain20", zero_init_residual=True), 10, 1)
     with pytest.raises(CnnzooError, match="no dropout layers"):
         build_model(TrainConfig(model="resnet20", dropout=0.3), 10, 1)
+
+
+def test_aux_logits_option(capsys):
+    from cnnzoo.cli import main
+    from cnnzoo.train.run import build_model
+
+    # googlenet_cifar trains without auxiliary heads by default; --aux-logits adds them (and --no-aux-logits drops
+    # GoogLeNet's); a net without auxiliary classifiers refuses the flag in one line.
+    assert build_model(TrainConfig(model="googlenet_cifar"), 10, 3).aux1 is None
+    assert build_model(TrainConfig(model="googlenet_cifar", aux_logits=True), 10, 3).aux1 is not None
+    assert build_model(TrainConfig(model="googlenet", aux_logits=False), 10, 3).aux2 is None
+    with pytest.raises(CnnzooError, match="no auxiliary classifiers"):
+        build_model(TrainConfig(model="resnet20", aux_logits=True), 10, 1)
+    assert main(["train", "resnet20", "--data", "digits", "--aux-logits", "--epochs", "1"]) == 2
+    assert "no auxiliary classifiers" in capsys.readouterr().err

@@ -8,6 +8,7 @@ rebuild a trained model for ``cnnzoo eval``, ``predict`` and ``export``.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import random
@@ -20,7 +21,7 @@ import torch
 from torch import nn
 
 from cnnzoo.errors import CnnzooError
-from cnnzoo.models import create_model
+from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig, config_from_dict, write_config
 from cnnzoo.train.engine import (
@@ -68,8 +69,13 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Module:
-    """The registered model with the config's model-level options (zero-init residual, dropout override)."""
-    options = {"zero_init_residual": True} if cfg.zero_init_residual else {}
+    """The registered model with the config's model-level options (zero-init residual, auxiliary classifiers,
+    dropout override)."""
+    options: dict = {"zero_init_residual": True} if cfg.zero_init_residual else {}
+    if cfg.aux_logits is not None:
+        if "aux_logits" not in inspect.signature(get_model_info(cfg.model).builder).parameters:
+            raise CnnzooError(f"--aux-logits: {cfg.model} has no auxiliary classifiers (the GoogLeNets have)")
+        options["aux_logits"] = cfg.aux_logits
     model = create_model(cfg.model, num_classes=num_classes, in_channels=in_channels, **options)
     if cfg.dropout is not None and set_dropout(model, cfg.dropout) == 0:
         raise CnnzooError(f"--dropout given but {cfg.model} has no dropout layers")
