@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, run from the repository root on a machine with a CUDA GPU:
 #   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
-# PARTS: comma-separated, default "data,compare,speed,step,fast" (add "gradients,degradation" for issue 6; the
-# degradation study alone takes about 10 minutes). Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
+# PARTS: comma-separated, default "data,compare,speed,step,fast"; also "paper56" (issue 7) and "gradients,degradation"
+# (issue 6; the degradation study alone takes about 10 minutes). Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
 # Data: CIFAR-10 (JPEG q75). Checkpoints are deleted at the end; tar OUT_DIR to bring it back in one file.
 set -euo pipefail
 TAR=${1:-.data/cifar10-jpeg.tar.gz}; OUT=${2:-runs/gpu}; PARTS=${3:-data,compare,speed,step,fast}
@@ -29,8 +29,19 @@ if has compare; then
 fi
 # Issue 7: the standard pipeline vs cnnzoo's trainer, same model, same hyperparameters, same epochs (MFU printed).
 if has speed; then
-  $PY benchmarks/cifar_speed.py --data $DATA --device cuda --models resnet18_cifar --recipes baseline,fast \
-      --epochs "$E_SPEED" --workdir "$OUT/speed" --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+  $PY benchmarks/cifar_speed.py --data $DATA --device cuda --models resnet18_cifar \
+      --recipes baseline,baseline+reduce-overhead,fast,fast+compile --epochs "$E_SPEED" --workdir "$OUT/speed" \
+      --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
+fi
+# Issue 7: the resnet-cifar-paper recipe for resnet56 (64k iterations of batch 128 wanted in <= 4 min): 2,000
+# iterations eager and with CUDA graphs (torch.compile reduce-overhead); per-iteration times in metrics.jsonl.
+if has paper56; then
+  for mode in eager reduce-overhead; do
+    flags=(); [ "$mode" = eager ] || flags=(--compile --compile-mode "$mode")
+    TIMEFORMAT="$mode: %R s wall for 2000 iterations"
+    { time $PY -m cnnzoo train resnet56 --data $DATA --recipe resnet-cifar-paper --iterations 2000 "${flags[@]}" \
+        --out "$OUT/paper56-$mode" > "$OUT/paper56-$mode.log" 2>&1; } 2>> "$OUT/paper56.times"
+  done
 fi
 # Issue 7: ImageNet-size training steps, cnnzoo vs torchvision + autocast + compile (ratio >= 1.0 wanted).
 if has step; then

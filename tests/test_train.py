@@ -218,3 +218,16 @@ def test_aux_logits_option(capsys):
         build_model(TrainConfig(model="resnet20", aux_logits=True), 10, 1)
     assert main(["train", "resnet20", "--data", "digits", "--aux-logits", "--epochs", "1"]) == 2
     assert "no auxiliary classifiers" in capsys.readouterr().err
+
+
+def test_compile_mode_reaches_torch_compile(monkeypatch):
+    from cnnzoo.train.engine import compile_model
+
+    seen = {}
+    monkeypatch.setattr(torch, "compile", lambda net, mode=None: seen.setdefault("mode", mode) and net)
+    net = torch.nn.Linear(2, 2)
+    assert compile_model(net, TrainConfig(compile=False, compile_mode="reduce-overhead")) is net and not seen
+    compile_model(net, TrainConfig(compile=True, compile_mode="reduce-overhead"))
+    assert seen["mode"] == "reduce-overhead"
+    with pytest.raises(CnnzooError, match="compile_mode must be one of"):
+        TrainConfig(compile_mode="fastest")

@@ -15,7 +15,7 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import build_config, config_from_dict, read_config
 
 # What may change when resuming: the length (the lr schedule follows it) and where/how fast it runs.
-RESUME_OVERRIDES = ("epochs", "iterations", "device", "threads", "compile", "data_dir")
+RESUME_OVERRIDES = ("epochs", "iterations", "device", "threads", "compile", "compile_mode", "data_dir")
 
 
 def train(

@@ -28,6 +28,7 @@ else:  # pragma: no cover
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AUGMENTS = ("standard", "none")
 
 
@@ -92,6 +93,8 @@ class TrainConfig:
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16", choices=PRECISIONS)
     channels_last: bool | None = _f(None, "channels_last memory format (default: on for CUDA)")
     compile: bool = _f(False, "torch.compile the model")
+    compile_mode: str = _f("default", "torch.compile mode; reduce-overhead replays CUDA graphs (less launch overhead)",
+                           choices=COMPILE_MODES)  # fmt: skip
     fused: bool | None = _f(None, "fused optimizer kernels (default: on for CUDA)")
     sync_bn: bool = _f(False, "DDP: SyncBatchNorm across ranks")
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on the CPU)")
@@ -107,6 +110,8 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
+            (self.compile_mode in COMPILE_MODES,
+             f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}"),
             (self.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"),
             (self.epochs >= 1 or self.iterations >= 1, "need epochs >= 1 or iterations >= 1"),
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),

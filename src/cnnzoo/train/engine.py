@@ -340,5 +340,9 @@ def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device | st
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
-    net = torch.compile(model) if cfg.compile else model
-    return net, optimizer, step_context(cfg, device)
+    return compile_model(model, cfg), optimizer, step_context(cfg, device)
+
+
+def compile_model(net: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``torch.compile(net, mode=cfg.compile_mode)`` when ``cfg.compile``, else ``net`` itself."""
+    return torch.compile(net, mode=cfg.compile_mode) if cfg.compile else net

@@ -26,6 +26,7 @@ from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig, config_from_dict, write_config
 from cnnzoo.train.engine import (
     backend_settings,
+    compile_model,
     make_ema,
     make_optimizer,
     resolve_device,
@@ -153,8 +154,7 @@ def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, r
         from torch.nn.parallel import DistributedDataParallel
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    if cfg.compile:
-        net = torch.compile(net)
+    net = compile_model(net, cfg)
     run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
