@@ -91,7 +91,7 @@ class TrainConfig:
     # Speed and reproducibility.
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16", choices=PRECISIONS)
-    channels_last: bool | None = _f(None, "channels_last memory format (default: on, but off for LRN nets on the CPU)")
+    channels_last: bool | None = _f(None, "channels_last memory format (default: on for CUDA and the CPU)")
     compile: bool = _f(False, "torch.compile the model")
     compile_mode: str = _f("default", "torch.compile mode; reduce-overhead replays CUDA graphs (less launch overhead)",
                            choices=COMPILE_MODES)  # fmt: skip

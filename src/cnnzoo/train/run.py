@@ -144,7 +144,7 @@ def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, r
         raise CnnzooError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on the CPU)")
     if dist.world_size > 1 and cfg.sync_bn:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if use_channels_last(cfg, device, model):
+    if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
     optimizer = make_optimizer(model, cfg, device)
