@@ -70,3 +70,27 @@ def test_imagenet_size_inputs_default_to_1000_classes(tmp_path):
                        vs_torchvision=False, out=tmp_path)  # fmt: skip
     assert rows[0]["params"] == 269_722 + 64 * 990 + 990 and rows[0]["train_img_s"] > 0
     assert json.loads((tmp_path / "compare.json").read_text())["meta"]["num_classes"] == 1000
+
+
+def test_out_of_memory_is_retried_at_half_the_batch(tmp_path, monkeypatch):
+    # The child process is replaced by one whose device holds at most 2 images: 8 -> 4 -> 2, and the row says so.
+    from cnnzoo.analysis import compare
+
+    asked = []
+
+    def fake_child(args):
+        name, shape, batch, *_ = args
+        asked.append(batch)
+        if batch > 2:
+            return {"oom": True}
+        return {"latency_ms": 1.0, "infer_img_s": 2.0, "train_img_s": 1.0, "infer_mem_mb": 1.0, "train_mem_mb": 2.0}
+
+    monkeypatch.setattr(compare, "_in_fresh_process", fake_child)
+    (row,) = run_compare(["resnet20"], input_shape=(3, 32, 32), device="cpu", batch_size=8, repeats=1, runs=[],
+                         vs_torchvision=False, out=tmp_path)  # fmt: skip
+    assert asked == [8, 4, 2] and row["batch_size"] == 2
+    assert row["note"] == "out of memory at batch 8; measured at 2"
+    monkeypatch.setattr(compare, "_in_fresh_process", lambda args: {"oom": True})
+    (row,) = run_compare(["resnet20"], input_shape=(3, 32, 32), device="cpu", batch_size=2, repeats=1, runs=[],
+                         vs_torchvision=False, out=tmp_path)  # fmt: skip
+    assert row["note"] == "cannot run: out of memory at batch size 1" and row["train_img_s"] is None

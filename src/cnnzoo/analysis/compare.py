@@ -181,12 +181,16 @@ def _measure_in_child(args: tuple) -> dict:
         return {"error": str(e).splitlines()[0]}
 
 
+def _in_fresh_process(args: tuple) -> dict:
+    """``_measure_in_child(args)`` in a freshly spawned process (its own allocator and peak-RSS counter)."""
+    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
+        return pool.apply(_measure_in_child, (args,))
+
+
 def _measure_fresh(name, shape, batch, device, repeats, vs_tv, classes) -> dict:
     """``measure`` in a fresh spawned process; an OOM at ``batch`` is retried at half the batch size."""
-    ctx = multiprocessing.get_context("spawn")
     while True:
-        with ctx.Pool(1, maxtasksperchild=1) as pool:
-            row = pool.apply(_measure_in_child, ((name, shape, batch, device, repeats, vs_tv, classes),))
+        row = _in_fresh_process((name, shape, batch, device, repeats, vs_tv, classes))
         if not row.get("oom"):
             return dict(row, batch_size=batch)
         if batch == 1:
@@ -303,7 +307,7 @@ def _fmt(v, spec: str) -> str:
 
 def _rate(v: float | None) -> str:
     """Images/s: whole numbers from 100 up, three significant digits below (vgg16 trains at 1.2 img/s on 2 cores)."""
-    return "" if v is None else format(v, ",.0f") if v >= 100 else format(v, ".3g")
+    return "" if v is None else format(v, ",.0f") if v >= 100 else format(v, "#.3g")
 
 
 def _cells(r: dict) -> list[str]:

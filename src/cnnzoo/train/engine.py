@@ -110,8 +110,8 @@ def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
 
     CUDA: tensor-core convolutions want NHWC. CPU: the data path hands out channels_last batches and oneDNN's
     convolutions follow their input's layout, so the step runs NHWC either way; putting the weights in the same
-    layout says so (a fully NHWC training step measured 10-28% faster than a fully NCHW one for resnet20,
-    resnet18_cifar, resnet50 and googlenet on the 2-core VM; alexnet, whose LRN computes on an NCHW view, 0-6% slower).
+    layout says so. ``benchmarks/cpu_layout.py`` on the 2-core VM: the NHWC training step 1.03-1.50x as fast as the
+    NCHW one for the CIFAR ResNets, VGG and GoogLeNet, 0.95x for AlexNet (its LRN computes on an NCHW view).
     """
     if cfg.channels_last is not None:
         return cfg.channels_last
