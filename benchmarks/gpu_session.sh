@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, run from the repository root on a machine with a CUDA GPU:
 #   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
-# PARTS: comma-separated, default "data,compare,speed,step,fast"; also "paper56" (issue 7) and "gradients,degradation"
-# (issue 6; the degradation study alone takes about 10 minutes). Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
+# PARTS: comma-separated, default "data,compare,speed,step,fast"; also "speed_all" and "paper56" (issue 7) and
+# "gradients,degradation" (issue 6; the degradation study alone takes about 10 minutes). A device call may run 10
+# minutes at most: give each call a few parts (e.g. "data,compare,speed,step", then "fast", then
+# "speed_all,paper56") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
+# while the machine stays warm. Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
 # Data: CIFAR-10 (JPEG q75). Checkpoints are deleted at the end; tar OUT_DIR to bring it back in one file.
 set -euo pipefail
 TAR=${1:-.data/cifar10-jpeg.tar.gz}; OUT=${2:-runs/gpu}; PARTS=${3:-data,compare,speed,step,fast}
@@ -33,6 +36,12 @@ if has speed; then
       --recipes baseline,baseline+reduce-overhead,fast,fast+compile --epochs "$E_SPEED" --workdir "$OUT/speed" \
       --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
 fi
+# Issue 7: the other four models of the issue, baseline against cnnzoo at equal hyperparameters and `fast`.
+if has speed_all; then
+  $PY benchmarks/cifar_speed.py --data $DATA --device cuda --models resnet20,resnet56,vgg16_cifar,googlenet_cifar \
+      --recipes baseline,fast --epochs "$E_SPEED" --workdir "$OUT/speed_all" --json "$OUT/speed_all.json" 2>&1 \
+      | tee "$OUT/speed_all.log"
+fi
 # Issue 7: the resnet-cifar-paper recipe for resnet56 (64k iterations of batch 128 wanted in <= 4 min): 2,000
 # iterations eager and with CUDA graphs (torch.compile reduce-overhead); per-iteration times in metrics.jsonl.
 if has paper56; then
@@ -48,17 +57,16 @@ if has step; then
   $PY benchmarks/imagenet_step.py --device cuda --batch-size 128 --json "$OUT/imagenet_step.json" 2>&1 \
       | tee "$OUT/imagenet_step.log"
 fi
-# Issue 7 (time to accuracy) and issue 5 (measured accuracy at 32x32): the fast recipe, 10 epochs, each CIFAR net.
+# Issue 7 (time to accuracy) and issue 5 (the 32x32 overview with measured accuracy): the fast recipe, 10 epochs,
+# each CIFAR net, then `cnnzoo compare` at 3x32x32 with those runs.
 if has fast; then
   runs=()
   for m in resnet18_cifar resnet20 resnet56 vgg16_cifar googlenet_cifar alexnet_cifar; do
     $PY -m cnnzoo train $m --data $DATA --recipe fast --epochs 10 --out "$OUT/fast-$m" > "$OUT/fast-$m.log" 2>&1
     runs+=("$OUT/fast-$m")
   done
-  if has compare; then
-    $PY -m cnnzoo compare --device cuda --input 3x32x32 --runs "${runs[@]}" --label "$LABEL" \
-        --out "$OUT/compare-cuda-32" 2>&1 | tee "$OUT/compare-cuda-32.log"
-  fi
+  $PY -m cnnzoo compare --device cuda --input 3x32x32 --runs "${runs[@]}" --label "$LABEL" \
+      --out "$OUT/compare-cuda-32" 2>&1 | tee "$OUT/compare-cuda-32.log"
 fi
 
 # Issue 6: gradients through plain and residual nets, at init and after 200 steps, on a real batch.

@@ -21,9 +21,10 @@ Images are stored NHWC, so the float batch comes out channels_last without a cop
 epoch at ``start_batch`` reproduces the rest of an uninterrupted epoch exactly.
 
 DDP: each global batch of an epoch's permutation is cut into ``world_size`` slices, one per rank
-(:func:`~cnnzoo.data.bundle.rank_order`), so N ranks train on the very batches one process of N times the batch
-would; the incomplete last batch is dropped, as in training. Evaluation splits the samples in order into near-equal
-contiguous slices that cover all of them once, so per-rank counts sum to exact totals.
+(:func:`~cnnzoo.data.bundle.rank_order`), so N ranks train on the same images per step as one process of N times
+the batch (augmentation is drawn per rank); the incomplete last batch is dropped, as in training. Evaluation
+splits the samples in order into near-equal contiguous slices that cover all of them once, so per-rank counts sum to
+exact totals.
 """
 
 from __future__ import annotations
