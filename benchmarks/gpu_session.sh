@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, run from the repository root on a machine with a CUDA GPU:
 #   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
-# PARTS: comma-separated, default "data,compare,speed,step,fast"; also "speed_all" and "paper56" (issue 7) and
+# PARTS: comma-separated, default "data,compare,speed"; also "step", "step_big", "fast", "speed_all", "paper56" and
 # "gradients,degradation" (issue 6; the degradation study alone takes about 10 minutes). A device call may run 10
-# minutes at most: give each call a few parts (e.g. "data,compare,speed,step", then "fast", then
+# minutes at most: give each call a few parts (e.g. "data,compare,speed", then "step", "step_big,fast", then
 # "speed_all,paper56") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
 # while the machine stays warm. Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
 # Data: CIFAR-10 (JPEG q75). Checkpoints are deleted at the end; tar OUT_DIR to bring it back in one file.
 set -euo pipefail
-TAR=${1:-.data/cifar10-jpeg.tar.gz}; OUT=${2:-runs/gpu}; PARTS=${3:-data,compare,speed,step,fast}
+TAR=${1:-.data/cifar10-jpeg.tar.gz}; OUT=${2:-runs/gpu}; PARTS=${3:-data,compare,speed}
 E_SPEED=${4:-5}; E_DEG=${5:-10}
 export PYTHONPATH=src
 PY=${PY:-python3}
@@ -53,9 +53,14 @@ if has paper56; then
   done
 fi
 # Issue 7: ImageNet-size training steps, cnnzoo vs torchvision + autocast + compile (ratio >= 1.0 wanted).
+# Compiling both sides of six nets takes minutes: "step" does the four smaller ones, "step_big" resnet50/152.
 if has step; then
-  $PY benchmarks/imagenet_step.py --device cuda --batch-size 128 --json "$OUT/imagenet_step.json" 2>&1 \
-      | tee "$OUT/imagenet_step.log"
+  $PY benchmarks/imagenet_step.py --device cuda --batch-size 128 --models alexnet,vgg16,googlenet,resnet18 \
+      --json "$OUT/imagenet_step.json" 2>&1 | tee "$OUT/imagenet_step.log"
+fi
+if has step_big; then
+  $PY benchmarks/imagenet_step.py --device cuda --batch-size 128 --models resnet50,resnet152 \
+      --json "$OUT/imagenet_step_big.json" 2>&1 | tee "$OUT/imagenet_step_big.log"
 fi
 # Issue 7 (time to accuracy) and issue 5 (the 32x32 overview with measured accuracy): the fast recipe, 10 epochs,
 # each CIFAR net, then `cnnzoo compare` at 3x32x32 with those runs.

@@ -134,11 +134,11 @@ def main() -> None:
         del sides
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    if args.json:
-        meta = {"torch": torch.__version__, "device": name_of, "input": args.input, "compile": compile_,
-                "peak_tflops": peak}  # fmt: skip
-        with open(args.json, "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=2)
+        if args.json:  # after every model: compiling 12 nets can outlast a time limit, the rows so far survive it
+            meta = {"torch": torch.__version__, "device": name_of, "input": args.input, "compile": compile_,
+                    "peak_tflops": peak}  # fmt: skip
+            with open(args.json, "w") as f:
+                json.dump({"meta": meta, "results": results}, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -62,6 +62,8 @@ def test_compare_bad_input_is_one_line(capsys):
     assert "CxHxW" in capsys.readouterr().err
     assert main(["compare", "resnet5O"]) == 2
     assert "did you mean" in capsys.readouterr().err
+    assert main(["compare", "resnet20", "--num-classes", "0"]) == 2
+    assert "--num-classes must be >= 1" in capsys.readouterr().err
 
 
 def test_imagenet_size_inputs_default_to_1000_classes(tmp_path):

@@ -375,8 +375,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     shape = parse_input(args.input)
     models = args.models or (DEFAULT_32 if shape[1] <= 32 else DEFAULT_224)
     batch = args.batch_size or (64 if args.device.startswith("cuda") else 8)
-    if batch < 1 or args.repeats < 1:
-        raise CnnzooError("--batch-size and --repeats must be >= 1")
+    if batch < 1 or args.repeats < 1 or (args.num_classes is not None and args.num_classes < 1):
+        raise CnnzooError("--batch-size, --repeats and --num-classes must be >= 1")
     rows = run_compare(models, input_shape=shape, device=args.device, batch_size=batch, repeats=args.repeats,
                        runs=args.runs, vs_torchvision=not args.no_torchvision, out=args.out,
                        num_classes=args.num_classes, label=args.label)  # fmt: skip
