@@ -241,3 +241,26 @@ def test_channels_last_defaults():
     assert use_channels_last(cfg, cuda) and use_channels_last(cfg, cpu)
     assert not use_channels_last(TrainConfig(channels_last=False), cpu)  # the flag always wins
     assert not use_channels_last(cfg, torch.device("mps"))
+
+
+def test_the_step_gives_the_model_batches_in_its_layout():
+    # The data path hands out channels_last batches; --no-channels-last must reach the convolutions as NCHW.
+    from cnnzoo.train.engine import make_optimizer, step_context, train_step
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.nchw = torch.nn.Linear(3 * 4 * 4, 2), []
+
+        def forward(self, x):
+            self.nchw.append(x.is_contiguous() and not x.is_contiguous(memory_format=torch.channels_last))
+            return self.fc(x.flatten(1))
+
+    x = torch.randn(2, 3, 4, 4).contiguous(memory_format=torch.channels_last)
+    y = torch.tensor([0, 1])
+    for flag, want in ((False, True), (True, False), (None, False)):
+        cfg, probe = TrainConfig(channels_last=flag), Probe()
+        ctx = step_context(cfg, torch.device("cpu"))
+        train_step(probe, make_optimizer(probe, cfg, torch.device("cpu")), x, y, ctx)
+        assert probe.nchw == [want], flag
+    assert step_context(TrainConfig(), torch.device("cpu")).layout(x) is x  # no copy when the layouts agree

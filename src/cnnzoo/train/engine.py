@@ -277,16 +277,23 @@ class StepContext:
     label_smoothing: float = 0.0
     aux_weight: float = 0.3
     grad_clip: float = 0.0
+    memory_format: torch.memory_format = torch.channels_last
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
+
+    def layout(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` in the model's memory format. The data path hands out channels_last batches, and convolutions
+        follow their input's layout, so ``--no-channels-last`` needs its batches made NCHW here (a no-op otherwise)."""
+        return images.contiguous(memory_format=self.memory_format)
 
 
 def step_context(cfg: TrainConfig, device: torch.device) -> StepContext:
     """Resolve precision and scaler for ``cfg`` on ``device``."""
     precision = resolve_precision(cfg, device)
+    memory_format = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
     return StepContext(device, precision, make_scaler(precision, device), cfg.label_smoothing, cfg.aux_weight,
-                       cfg.grad_clip)  # fmt: skip
+                       cfg.grad_clip, memory_format)  # fmt: skip
 
 
 def compute_loss(
@@ -320,7 +327,7 @@ def train_step(
     applied). The learning rate is whatever the optimizer's groups hold (set it with :func:`set_lr`).
     """
     with ctx.autocast():
-        output = model(images)
+        output = model(ctx.layout(images))
         loss, logits = compute_loss(output, targets, ctx)
     if check_finite is not None:
         check_finite(loss)

@@ -214,7 +214,7 @@ def evaluate(model: nn.Module, loader, ctx: StepContext, num_classes: int, *, di
     cm = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=ctx.device) if confusion else None
     for images, labels in loader.epoch(0):
         with ctx.autocast():
-            logits = model(images)
+            logits = model(ctx.layout(images))
         logits = logits.float()
         top = logits.topk(k, dim=1).indices
         hit = top == labels[:, None]
