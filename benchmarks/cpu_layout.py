@@ -27,7 +27,7 @@ from cnnzoo.train.engine import setup_training, train_step
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, channels_last: bool):
     cfg = build_config(recipe="fast", device="cpu", channels_last=channels_last)
     net, optimizer, ctx = setup_training(model, cfg, "cpu")
-    xs = x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    xs = ctx.layout(x)
     return lambda: train_step(net, optimizer, xs, y, ctx)
 
 

@@ -46,7 +46,7 @@ def cnnzoo_step(name: str, x: torch.Tensor, y: torch.Tensor, device: torch.devic
     cfg = build_config(device=str(device), compile=compile_, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
                        weight_decay=5e-4, wd_exclude_bn_bias=False, label_smoothing=0.0)  # fmt: skip
     net, optimizer, ctx = setup_training(cnnzoo.create_model(name, num_classes=1000), cfg, device)
-    xs = x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+    xs = ctx.layout(x)  # the batch in the model's layout once, as the data path hands it over
     return lambda: train_step(net, optimizer, xs, y, ctx)
 
 
