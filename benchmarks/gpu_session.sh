@@ -49,7 +49,7 @@ if has paper56; then
     flags=(); [ "$mode" = eager ] || flags=(--compile --compile-mode "$mode")
     TIMEFORMAT="$mode: %R s wall for 2000 iterations"
     { time $PY -m cnnzoo train resnet56 --data $DATA --recipe resnet-cifar-paper --iterations 2000 "${flags[@]}" \
-        --out "$OUT/paper56-$mode" > "$OUT/paper56-$mode.log" 2>&1; } 2>> "$OUT/paper56.times"
+        --out "$OUT/paper56-$mode" --overwrite > "$OUT/paper56-$mode.log" 2>&1; } 2>> "$OUT/paper56.times"
   done
 fi
 # Issue 7: ImageNet-size training steps, cnnzoo vs torchvision + autocast + compile (ratio >= 1.0 wanted).
@@ -67,7 +67,8 @@ fi
 if has fast; then
   runs=()
   for m in resnet18_cifar resnet20 resnet56 vgg16_cifar googlenet_cifar alexnet_cifar; do
-    $PY -m cnnzoo train $m --data $DATA --recipe fast --epochs 10 --out "$OUT/fast-$m" > "$OUT/fast-$m.log" 2>&1
+    $PY -m cnnzoo train $m --data $DATA --recipe fast --epochs 10 --out "$OUT/fast-$m" --overwrite \
+        > "$OUT/fast-$m.log" 2>&1
     runs+=("$OUT/fast-$m")
   done
   $PY -m cnnzoo compare --device cuda --input 3x32x32 --runs "${runs[@]}" --label "$LABEL" \
