@@ -264,3 +264,27 @@ def test_the_step_gives_the_model_batches_in_its_layout():
         train_step(probe, make_optimizer(probe, cfg, torch.device("cpu")), x, y, ctx)
         assert probe.nchw == [want], flag
     assert step_context(TrainConfig(), torch.device("cpu")).layout(x) is x  # no copy when the layouts agree
+
+
+def test_flip_tta_averages_the_logits_of_both_views():
+    from cnnzoo.train.engine import step_context
+    from cnnzoo.train.loop import evaluate
+
+    class Loader:
+        def epoch(self, _):
+            g = torch.Generator().manual_seed(0)
+            yield torch.randn(6, 1, 4, 4, generator=g), torch.tensor([0, 1, 0, 1, 0, 1])
+
+    # A net that sees only the left half of the image: with flips averaged it sees both halves.
+    class LeftHalf(torch.nn.Module):
+        def forward(self, x):
+            left = x[..., :2].mean((1, 2, 3))
+            return torch.stack([left, -left], 1)
+
+    x, y = next(Loader().epoch(0))
+    plain = evaluate(LeftHalf(), Loader(), step_context(TrainConfig(), torch.device("cpu")), 2)
+    tta = evaluate(LeftHalf(), Loader(), step_context(TrainConfig(tta_flip=True), torch.device("cpu")), 2)
+    want = (LeftHalf()(x) + LeftHalf()(x.flip(3))) / 2
+    assert tta["loss"] == pytest.approx(torch.nn.functional.cross_entropy(want, y).item(), rel=1e-6)
+    assert plain["loss"] == pytest.approx(torch.nn.functional.cross_entropy(LeftHalf()(x), y).item(), rel=1e-6)
+    assert tta["loss"] != pytest.approx(plain["loss"])

@@ -87,6 +87,7 @@ class TrainConfig:
     zero_init_residual: bool = _f(False, "zero the last BN weight of each residual branch (Goyal et al. 2017)")
     aux_weight: float = _f(0.3, "weight of each auxiliary classifier's loss (GoogLeNet, Szegedy et al. 2015)")
     aux_logits: bool | None = _f(None, "GoogLeNet: train with the auxiliary classifiers (default: the model's own)")
+    tta_flip: bool = _f(False, "evaluate on each image and its mirror image, logits averaged (validation and test)")
     ema: float = _f(0.0, "EMA decay of the weights per step (e.g. 0.999), evaluated alongside, 0 = off")
     # Speed and reproducibility.
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")

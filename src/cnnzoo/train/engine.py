@@ -278,6 +278,7 @@ class StepContext:
     aux_weight: float = 0.3
     grad_clip: float = 0.0
     memory_format: torch.memory_format = torch.channels_last
+    tta_flip: bool = False
 
     def autocast(self) -> contextlib.AbstractContextManager:
         return autocast(self.precision, self.device)
@@ -293,7 +294,7 @@ def step_context(cfg: TrainConfig, device: torch.device) -> StepContext:
     precision = resolve_precision(cfg, device)
     memory_format = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
     return StepContext(device, precision, make_scaler(precision, device), cfg.label_smoothing, cfg.aux_weight,
-                       cfg.grad_clip, memory_format)  # fmt: skip
+                       cfg.grad_clip, memory_format, cfg.tta_flip)  # fmt: skip
 
 
 def compute_loss(

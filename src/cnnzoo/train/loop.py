@@ -204,7 +204,9 @@ def evaluate(model: nn.Module, loader, ctx: StepContext, num_classes: int, *, di
     """Loss (plain cross-entropy, no smoothing), top-1 and top-5 accuracy (fractions) over a whole split.
 
     With ``confusion=True`` also the confusion matrix (rows: true class, columns: predicted) and per-class accuracy.
-    Sums are reduced over DDP ranks, so every rank returns the totals of the whole split.
+    Sums are reduced over DDP ranks, so every rank returns the totals of the whole split. With ``ctx.tta_flip`` the
+    logits are the mean of the image's and its mirror image's (test-time augmentation, as the fast CIFAR trainers do;
+    the training augmentation flips, so both views are in the training distribution).
     """
     dist = dist or Dist()
     was_training = model.training
@@ -214,8 +216,9 @@ def evaluate(model: nn.Module, loader, ctx: StepContext, num_classes: int, *, di
     cm = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=ctx.device) if confusion else None
     for images, labels in loader.epoch(0):
         with ctx.autocast():
-            logits = model(ctx.layout(images))
-        logits = logits.float()
+            logits = model(ctx.layout(images)).float()
+            if ctx.tta_flip:
+                logits = (logits + model(ctx.layout(images.flip(3))).float()) / 2
         top = logits.topk(k, dim=1).indices
         hit = top == labels[:, None]
         sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(), hit[:, 0].sum().double(),

@@ -219,6 +219,7 @@ def finish(run: RunState) -> dict[str, Any]:
         "best_val_top1": run.best["val_top1"],
         "best_weights": run.best["weights"],
         "selection": "best validation top-1" if data.val.num_samples else "last epoch (no validation split)",
+        "tta": "flip" if run.cfg.tta_flip else None,
         "epochs": last["epoch"],
         "steps": run.step,
         "final_val_top1": last["val_top1"],
@@ -245,7 +246,7 @@ def format_report(report: dict[str, Any]) -> str:
     worst = sorted(t["per_class"].items(), key=lambda kv: kv[1])[:3]
     return (
         f"test ({t['n']} images, {report['model']} on {report['data']}, best epoch {report['best_epoch']} by "
-        f"{report['selection']}):\n"
+        f"{report['selection']}{', flip TTA' if report.get('tta') else ''}):\n"
         f"  loss {t['loss']:.4f}   top-1 {100 * t['top1']:.2f}%   top-5 {100 * t['top5']:.2f}%\n"
         f"  weakest classes: {', '.join(f'{k} {100 * v:.1f}%' for k, v in worst)}\n"
         f"  run directory: {report['run_dir']} (report.json, metrics.jsonl, curves.png, confusion.png, best.pt)"
