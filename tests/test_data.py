@@ -382,6 +382,13 @@ def test_large_images_stream_deterministically_without_touching_the_global_rng(t
     assert all(torch.equal(x1, x2) and torch.equal(y1, y2) for (x1, y1), (x2, y2) in zip(e0[2:], resumed, strict=True))
     e1 = list(b.train.epoch(1))
     assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(e0, e1, strict=True))
+    # Two ranks at batch 1 serve the halves of the one process's batches, augmented alike.
+    ranks = [load_data(str(root), val_size=0, batch_size=1, image_size=40, num_workers=0, seed=3, rank=r,
+                       world_size=2).train for r in (0, 1)]  # fmt: skip
+    halves = [list(r.epoch(0)) for r in ranks]
+    for step, (x, y) in enumerate(e0):
+        assert torch.equal(torch.cat([halves[0][step][0], halves[1][step][0]]), x)
+        assert torch.equal(torch.cat([halves[0][step][1], halves[1][step][1]]), y)
     x, _ = next(b.test.epoch(0))  # evaluation: resize short side + centre crop, no randomness
     assert x.shape == (2, 3, 40, 40) and torch.equal(x, next(b.test.epoch(0))[0])
 

@@ -101,10 +101,18 @@ def test_ddp_shards_are_disjoint_and_equal(world_size):
     assert len({len(s) for s in seen}) == 1 and len(seen[0]) == len(shards[0]) * 4 == (50 // world_size) // 4 * 4
     union = torch.cat(seen)
     assert len(set(union.tolist())) == len(union)  # disjoint
-    # Interleaved: the ranks' batch b together are exactly one process's batch b at world_size times the batch size.
+    # Interleaved: the ranks' batch b together are exactly one process's batch b at world_size times the batch size,
+    # augmented alike (crop, flip and cutout drawn for the global batch, each rank keeping its slice).
     single = _loader(n=50, batch_size=4 * world_size).indices(4)
     steps = torch.stack([s.view(-1, 4) for s in seen], 1).reshape(-1)
     assert torch.equal(steps, single)
+    aug = dict(pad=2, flip=True, cutout=3)
+    one = list(_loader(n=50, batch_size=4 * world_size, **aug).epoch(4))
+    per_rank = [list(_loader(n=50, rank=r, world_size=world_size, **aug).epoch(4)) for r in range(world_size)]
+    assert len(one) == len(per_rank[0])
+    for b, (x, y) in enumerate(one):
+        assert torch.equal(torch.cat([p[b][0] for p in per_rank]), x)
+        assert torch.equal(torch.cat([p[b][1] for p in per_rank]), y)
     evals = [_loader(n=50, train=False, rank=r, world_size=world_size) for r in range(world_size)]
     covered = torch.cat([torch.cat([y for _, y in e.epoch(0)]) for e in evals])
     assert len(covered) == 50 and sum(e.num_samples for e in evals) == 50

@@ -27,9 +27,10 @@ def ddp_test_mlp(*, num_classes=10, in_channels=1):
 from cnnzoo.train.api import train
 train(sys.argv[1], "digits", out=sys.argv[2], quiet=True, **json.loads(sys.argv[3]))
 """
-# Two steps per epoch of global batch 32: each rank serves its half of every global batch (the data layer interleaves
-# the shards), so 1 and 2 processes see the same images per step.
-OPTS = dict(subset=64, val_size=40, batch_size=32, eval_batch_size=32, epochs=3, augment="none", device="cpu",
+# Two steps per epoch of global batch 32, with the standard augmentation: each rank serves its half of every global
+# batch, augmented as one process would (the data layer interleaves the shards and draws each global batch's
+# augmentation on every rank), so 1 and 2 processes train on the same tensors.
+OPTS = dict(subset=64, val_size=40, batch_size=32, eval_batch_size=32, epochs=3, augment="standard", device="cpu",
             lr=0.05, deterministic=True)  # fmt: skip
 
 

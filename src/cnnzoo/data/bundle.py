@@ -74,8 +74,8 @@ def rank_order(perm: torch.Tensor, rank: int, world_size: int, batch_size: int) 
     """This rank's training indices from an epoch's permutation ``perm``, ``batch_size`` per rank and step.
 
     Global batch ``b`` is ``perm[b * B * W : (b + 1) * B * W]`` (W ranks of B), and rank ``r`` serves its ``r``-th
-    slice of it, so W ranks together train on the same images per step as one process of batch ``B * W`` would
-    (what interleaving does for ``DistributedSampler``); the incomplete last global batch is dropped, as in training.
+    slice of it, so W ranks together train on the images one process of batch ``B * W`` would, step by step (what
+    interleaving does for ``DistributedSampler``); the incomplete last global batch is dropped, as in training.
     """
     steps = perm.numel() // (batch_size * world_size)
     return perm[: steps * batch_size * world_size].view(steps, world_size, batch_size)[:, rank].reshape(-1)

@@ -16,13 +16,14 @@ one uint8 tensor on the device (CIFAR-10's 50,000 images are 150 MiB) and each b
    image (so it may hang over the edge) set to 0 after normalisation, i.e. to the dataset mean, as their code does.
 
 Images are stored NHWC, so the float batch comes out channels_last without a copy. Randomness is a pure function of
-``(seed, epoch, batch index, rank)``: the permutation of an epoch is drawn from a generator seeded by
-``(seed, epoch)`` and each batch's augmentation from one seeded by ``(seed, epoch, rank, batch)``, so starting an
-epoch at ``start_batch`` reproduces the rest of an uninterrupted epoch exactly.
+``(seed, epoch, batch index)``: the permutation of an epoch is drawn from a generator seeded by ``(seed, epoch)`` and
+each global batch's augmentation from one seeded by ``(seed, epoch, batch)``, so starting an epoch at
+``start_batch`` reproduces the rest of an uninterrupted epoch exactly.
 
 DDP: each global batch of an epoch's permutation is cut into ``world_size`` slices, one per rank
-(:func:`~cnnzoo.data.bundle.rank_order`), so N ranks train on the same images per step as one process of N times
-the batch (augmentation is drawn per rank); the incomplete last batch is dropped, as in training. Evaluation
+(:func:`~cnnzoo.data.bundle.rank_order`), and each rank draws the augmentation of the whole global batch and keeps
+its slice, so N ranks train on exactly the batches, augmented alike, of one process of N times the batch; the
+incomplete last batch is dropped, as in training. Evaluation
 splits the samples in order into near-equal contiguous slices that cover all of them once, so per-rank counts sum to
 exact totals.
 """
@@ -126,7 +127,7 @@ class DeviceLoader:
 
     def _batch(self, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         if self.train and (self.pad or self.flip or self.cutout):
-            g = generator(self.device, self.seed, _AUGMENT, epoch, self.rank, b)
+            g = generator(self.device, self.seed, _AUGMENT, epoch, b)
             x = self._augment(idx, g)
         else:
             x = self.images[idx]
@@ -141,23 +142,29 @@ class DeviceLoader:
     def _augment(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """Random crop of the zero-padded images and random horizontal flip, as one batched gather (uint8 out)."""
         bsz, (hp, wp, c), p = idx.shape[0], self._padded.shape[1:], self.pad
-        dy = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device)  # crop offset in the padded image
-        dx = torch.randint(0, 2 * p + 1, (bsz, 1), generator=g, device=self.device)
+        dy = self._draw(2 * p + 1, bsz, g)  # crop offset in the padded image, (B, 1)
+        dx = self._draw(2 * p + 1, bsz, g)
         rows = self._rows + dy  # (B, H): padded row of each output row
         cols = self._cols + dx  # (B, W)
         if self.flip:
-            flipped = torch.rand((bsz, 1), generator=g, device=self.device) < 0.5
+            flipped = self._draw(2, bsz, g).bool()
             cols = torch.where(flipped, cols.flip(1), cols)
         # One index_select of whole pixels (C bytes each) by flat position (n * Hp + row) * Wp + col: 2-3x faster on
         # the CPU than advanced indexing with three index tensors, and a single kernel on a GPU.
         flat = ((idx[:, None] * hp + rows)[:, :, None] * wp + cols[:, None, :]).view(-1)
         return self._padded.view(-1, c).index_select(0, flat).view(bsz, rows.shape[1], cols.shape[1], c)
 
+    def _draw(self, high: int, bsz: int, g: torch.Generator) -> torch.Tensor:
+        """(B, 1) integers in [0, high) for this rank's slice of the global batch: the draw is made for all
+        ``world_size`` slices, so every sample gets the augmentation it would get in one process."""
+        every = torch.randint(0, high, (bsz * self.world_size, 1), generator=g, device=self.device)
+        return every[self.rank * bsz : (self.rank + 1) * bsz]
+
     def _cutout_mask(self, bsz: int, g: torch.Generator) -> torch.Tensor:
         """(B, H, W) bool: a ``cutout`` x ``cutout`` square per image, centre uniform over the image."""
         h, w = self.images.shape[1:3]
-        cy = torch.randint(0, h, (bsz, 1), generator=g, device=self.device)
-        cx = torch.randint(0, w, (bsz, 1), generator=g, device=self.device)
+        cy = self._draw(h, bsz, g)
+        cx = self._draw(w, bsz, g)
         top, left = cy - self.cutout // 2, cx - self.cutout // 2
         in_rows = (self._rows >= top) & (self._rows < top + self.cutout)  # (B, H)
         in_cols = (self._cols >= left) & (self._cols < left + self.cutout)  # (B, W)

@@ -7,7 +7,8 @@ The transforms (torchvision.transforms.v2) run in worker processes on uint8 tens
 channels_last layout happen on the device, batched. Batches come through pinned memory on CUDA.
 
 Determinism: the order of an epoch is a permutation seeded by ``(seed, epoch)``, sharded over ranks like the
-device-resident loader, and each sample carries its own seed ``(seed, epoch, rank)`` + position, with which the
+device-resident loader, and each sample carries its own seed ``(seed, epoch)`` + its position in the global batch
+order (the same on N ranks as in one process), with which the
 worker seeds torch before transforming it, so the augmentation does not depend on which worker gets which sample,
 and ``epoch(e, start_batch)`` starts at that batch without decoding the ones before it.
 
@@ -122,9 +123,12 @@ class StreamLoader:
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
-        base = mix_seed(self.seed, _AUGMENT, epoch, self.rank) >> 1  # leaves room for + position below 2**63
+        base = mix_seed(self.seed, _AUGMENT, epoch) >> 1  # leaves room for + position below 2**63
         order = self.indices(epoch).tolist()[: len(self) * self.batch_size]
-        items = [(i, base + pos) for pos, i in enumerate(order)][start_batch * self.batch_size :]
+        bs, world = self.batch_size, self.world_size
+        # Each sample's seed is keyed by its position in the global batch order, as one process would see it.
+        items = [(i, base + (pos // bs) * bs * world + self.rank * bs + pos % bs) for pos, i in enumerate(order)]
+        items = items[start_batch * bs :]
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
