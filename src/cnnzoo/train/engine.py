@@ -286,7 +286,7 @@ class StepContext:
     def layout(self, images: torch.Tensor) -> torch.Tensor:
         """``images`` in the model's memory format. The data path hands out channels_last batches, and convolutions
         follow their input's layout, so ``--no-channels-last`` needs its batches made NCHW here (a no-op otherwise)."""
-        return images.contiguous(memory_format=self.memory_format)
+        return images.contiguous(memory_format=self.memory_format) if images.dim() == 4 else images
 
 
 def step_context(cfg: TrainConfig, device: torch.device) -> StepContext:
