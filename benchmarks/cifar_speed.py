@@ -170,8 +170,7 @@ def main() -> None:
     device = torch.device(args.device)
     peak = args.peak_tflops or (800.0 if device.type == "cuda" else None)
 
-    def mfu(model_name: str, images: int, seconds: float) -> float | None:
-        macs = profile_model(model_name, num_classes=10, input_shape=(3, 32, 32))["macs"]
+    def mfu(macs: int, images: int, seconds: float) -> float | None:
         return 6 * macs * images / seconds / (peak * 1e12) if peak else None
 
     def pct(x: float | None) -> str:
@@ -189,8 +188,9 @@ def main() -> None:
         base = run_baseline(name, bundle, epochs=args.epochs, device=device, seed=args.seed)
         b = mean_after_first(base["epoch_seconds"])
         n_train = bundle.train.num_samples  # images per epoch (both sides drop at most one partial batch)
+        macs = profile_model(name, num_classes=10, input_shape=(3, 32, 32))["macs"]
         print(f"{name:16s} baseline (standard pipeline) {b:8.2f} s/epoch  test top-1 {100 * base['test_top1']:5.2f}%"
-              f"{pct(mfu(name, n_train, b))}", flush=True)  # fmt: skip
+              f"{pct(mfu(macs, n_train, b))}", flush=True)  # fmt: skip
         for recipe in args.recipes.split(","):
             ours = run_cnnzoo(name, data, epochs=args.epochs, device=device, seed=args.seed, subset=args.subset,
                               recipe=recipe, out=args.workdir / "runs" / f"{name}-{recipe}-{int(time.time())}")
@@ -198,9 +198,9 @@ def main() -> None:
             results.append({"model": name, "cnnzoo_recipe": recipe, "baseline_s_per_epoch": b,
                             "cnnzoo_s_per_epoch": o, "speedup": b / o, "baseline_test_top1": base["test_top1"],
                             "cnnzoo_test_top1": ours["test_top1"], "train_images_per_epoch": n_train,
-                            "baseline_mfu": mfu(name, n_train, b), "cnnzoo_mfu": mfu(name, n_train, o)})  # fmt: skip
+                            "baseline_mfu": mfu(macs, n_train, b), "cnnzoo_mfu": mfu(macs, n_train, o)})  # fmt: skip
             print(f"{name:16s} cnnzoo ({recipe:>8s})          {o:8.2f} s/epoch  test top-1 "
-                  f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}{pct(mfu(name, n_train, o))}",
+                  f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}{pct(mfu(macs, n_train, o))}",
                   flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps({"torch": torch.__version__, "device": str(device), "epochs": args.epochs,

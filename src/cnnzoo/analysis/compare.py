@@ -93,10 +93,8 @@ def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device, num
 
     cfg = build_config(recipe="fast", device=str(device))
     net, optimizer, ctx = setup_training(model, cfg, device)
-    memory = torch.channels_last if next(net.parameters()).is_contiguous(memory_format=torch.channels_last) \
-        else torch.contiguous_format  # fmt: skip
-    x1 = torch.randn(1, *shape, device=device).contiguous(memory_format=memory)
-    xb = torch.randn(batch, *shape, device=device).contiguous(memory_format=memory)
+    x1 = ctx.layout(torch.randn(1, *shape, device=device))  # in the model's layout, as the data path hands it over
+    xb = ctx.layout(torch.randn(batch, *shape, device=device))
     yb = torch.randint(0, num_classes, (batch,), device=device)
 
     def infer(x):

@@ -23,9 +23,8 @@ each global batch's augmentation from one seeded by ``(seed, epoch, batch)``, so
 DDP: each global batch of an epoch's permutation is cut into ``world_size`` slices, one per rank
 (:func:`~cnnzoo.data.bundle.rank_order`), and each rank draws the augmentation of the whole global batch and keeps
 its slice, so N ranks train on exactly the batches, augmented alike, of one process of N times the batch; the
-incomplete last batch is dropped, as in training. Evaluation
-splits the samples in order into near-equal contiguous slices that cover all of them once, so per-rank counts sum to
-exact totals.
+incomplete last batch is dropped, as in training. Evaluation splits the samples in order into near-equal contiguous
+slices that cover all of them once, so per-rank counts sum to exact totals.
 """
 
 from __future__ import annotations

@@ -124,11 +124,11 @@ class StreamLoader:
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
         base = mix_seed(self.seed, _AUGMENT, epoch) >> 1  # leaves room for + position below 2**63
-        order = self.indices(epoch).tolist()[: len(self) * self.batch_size]
-        bs, world = self.batch_size, self.world_size
-        # Each sample's seed is keyed by its position in the global batch order, as one process would see it.
-        items = [(i, base + (pos // bs) * bs * world + self.rank * bs + pos % bs) for pos, i in enumerate(order)]
-        items = items[start_batch * bs :]
+        order = self.indices(epoch).tolist()
+        # Each sample's seed is keyed by its position in the global batch order, as one process would see it: the
+        # same sharding applied to the positions 0..N-1.
+        where = rank_order(torch.arange(len(self.dataset)), self.rank, self.world_size, self.batch_size).tolist()
+        items = [(i, base + pos) for i, pos in zip(order, where, strict=True)][start_batch * self.batch_size :]
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
