@@ -125,9 +125,11 @@ class StreamLoader:
         """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
         base = mix_seed(self.seed, _AUGMENT, epoch) >> 1  # leaves room for + position below 2**63
         order = self.indices(epoch).tolist()
-        # Each sample's seed is keyed by its position in the global batch order, as one process would see it: the
-        # same sharding applied to the positions 0..N-1.
-        where = rank_order(torch.arange(len(self.dataset)), self.rank, self.world_size, self.batch_size).tolist()
+        # Each training sample's seed is keyed by its position in the global batch order, as one process would see
+        # it: the same sharding applied to the positions 0..N-1. (Evaluation draws nothing: any seeds will do.)
+        positions = torch.arange(len(self.dataset))
+        where = rank_order(positions, self.rank, self.world_size, self.batch_size) if self.train else positions
+        where = where[: len(order)].tolist()
         items = [(i, base + pos) for i, pos in zip(order, where, strict=True)][start_batch * self.batch_size :]
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
