@@ -117,15 +117,19 @@ def run_cnnzoo(model_name: str, data: str, *, epochs: int, device: torch.device,
     per-step cosine, no label smoothing) through cnnzoo's pipeline with its device defaults (CUDA: data resident on
     the GPU, bf16 autocast, channels_last, fused SGD): the same training, only the machinery differs. Any other
     name is a cnnzoo recipe with ``epochs`` overridden (e.g. ``fast``: cnnzoo's own time-to-accuracy settings).
-    A suffix ``+compile`` or ``+<torch.compile mode>`` (``fast+reduce-overhead``) compiles the model; the first
-    epoch, which pays for compilation, is left out of the mean as always.
+    Suffixes: ``+compile`` or ``+<torch.compile mode>`` (``fast+reduce-overhead``) compiles the model,
+    ``+cuda-graph`` replays the whole step as one CUDA graph (``fast+compile+cuda-graph`` does both); the first
+    epoch, which pays for compilation and capture, is left out of the mean as always.
     """
-    recipe, _, mode = recipe.partition("+")  # "fast+reduce-overhead": the recipe, torch.compile'd in that mode
+    recipe, *mods = recipe.split("+")  # "fast+compile+cuda-graph": the recipe, then its speed options
     same = dict(batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
                 wd_exclude_bn_bias=False, schedule="cosine", warmup_epochs=0.0, label_smoothing=0.0)  # fmt: skip
     kw: dict = same if recipe == "baseline" else {"recipe": recipe}
-    if mode:
-        kw.update(compile=True, compile_mode="default" if mode == "compile" else mode)
+    for mod in mods:
+        if mod == "cuda-graph":
+            kw.update(cuda_graph=True)
+        else:
+            kw.update(compile=True, compile_mode="default" if mod == "compile" else mod)
     result = cnnzoo.train(model_name, data=data, out=str(out), epochs=epochs, device=str(device), seed=seed,
                           subset=subset, quiet=True, **kw)  # fmt: skip
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -160,7 +164,8 @@ def main() -> None:
     p.add_argument("--subset", type=int, default=None, help="train on this many training images (CPU runs)")
     p.add_argument("--recipes", default="baseline",
                    help="cnnzoo side, comma-separated: 'baseline' (the baseline's hyperparameters) and/or recipe "
-                        "names; a suffix +compile or +reduce-overhead compiles the model")
+                        "names; suffixes +compile, +reduce-overhead (torch.compile) and +cuda-graph (the whole "
+                        "step as one CUDA graph) combine: fast+compile+cuda-graph")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cnnzoo-speed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")

@@ -33,7 +33,8 @@ fi
 # Issue 7: the standard pipeline vs cnnzoo's trainer, same model, same hyperparameters, same epochs (MFU printed).
 if has speed; then
   $PY benchmarks/cifar_speed.py --data $DATA --device cuda --models resnet18_cifar \
-      --recipes baseline,baseline+reduce-overhead,fast,fast+compile --epochs "$E_SPEED" --workdir "$OUT/speed" \
+      --recipes baseline,baseline+reduce-overhead,baseline+cuda-graph,fast,fast+cuda-graph,fast+compile+cuda-graph \
+      --epochs "$E_SPEED" --workdir "$OUT/speed" \
       --json "$OUT/speed.json" 2>&1 | tee "$OUT/speed.log"
 fi
 # Issue 7: the other four models of the issue, baseline against cnnzoo at equal hyperparameters and `fast`.
@@ -43,13 +44,19 @@ if has speed_all; then
       | tee "$OUT/speed_all.log"
 fi
 # Issue 7: the resnet-cifar-paper recipe for resnet56 (64k iterations of batch 128 wanted in <= 4 min): 2,000
-# iterations eager and with CUDA graphs (torch.compile reduce-overhead); per-iteration times in metrics.jsonl.
+# iterations eager, with torch.compile's CUDA graphs (reduce-overhead: forward and backward only) and with the whole
+# step captured (--cuda-graph: the optimizer update too), without and with compiled kernels.
 if has paper56; then
-  for mode in eager reduce-overhead; do
-    flags=(); [ "$mode" = eager ] || flags=(--compile --compile-mode "$mode")
+  for mode in eager reduce-overhead cuda-graph compile+cuda-graph; do
+    case $mode in
+      eager) flags=() ;;
+      reduce-overhead) flags=(--compile --compile-mode reduce-overhead) ;;
+      cuda-graph) flags=(--cuda-graph) ;;
+      compile+cuda-graph) flags=(--compile --cuda-graph) ;;
+    esac
     TIMEFORMAT="$mode: %R s wall for 2000 iterations"
     { time $PY -m cnnzoo train resnet56 --data $DATA --recipe resnet-cifar-paper --iterations 2000 "${flags[@]}" \
-        --out "$OUT/paper56-$mode" --overwrite > "$OUT/paper56-$mode.log" 2>&1; } 2>> "$OUT/paper56.times"
+        --out "$OUT/paper56-${mode/+/-}" --overwrite > "$OUT/paper56-${mode/+/-}.log" 2>&1; } 2>> "$OUT/paper56.times"
   done
 fi
 # Issue 7: ImageNet-size training steps, cnnzoo vs torchvision + autocast + compile (ratio >= 1.0 wanted).

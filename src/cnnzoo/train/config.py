@@ -97,6 +97,8 @@ class TrainConfig:
     compile_mode: str = _f("default", "torch.compile mode; reduce-overhead replays CUDA graphs (less launch overhead)",
                            choices=COMPILE_MODES)  # fmt: skip
     fused: bool | None = _f(None, "fused optimizer kernels (default: on for CUDA)")
+    cuda_graph: bool = _f(False, "capture the whole training step (forward, backward, optimizer) as one CUDA graph "
+                          "and replay it: less launch overhead at small batches (one CUDA device)")  # fmt: skip
     sync_bn: bool = _f(False, "DDP: SyncBatchNorm across ranks")
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on the CPU)")
     seed: int = _f(0, "seed for initialisation, data order, augmentation, mixup")
@@ -127,6 +129,13 @@ class TrainConfig:
             (self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warm-up lengths must be >= 0"),
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
             (self.step_size > 0, f"step_size must be > 0, got {self.step_size}"),
+            (not (self.cuda_graph and self.precision == "fp16"),
+             "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"),
+            (not (self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")),
+             f"--cuda-graph captures the step itself: use it with --compile-mode default or "
+             f"max-autotune-no-cudagraphs, not {self.compile_mode} (which makes CUDA graphs of its own)"),
+            (not (self.cuda_graph and self.fused is False),
+             "--cuda-graph needs the fused optimizer (the unfused one reads a tensor lr on the host): drop --no-fused"),
         ]
         for ok, message in checks:
             if not ok:

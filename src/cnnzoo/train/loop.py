@@ -29,7 +29,7 @@ from cnnzoo.data.bundle import DataBundle, generator
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig
-from cnnzoo.train.engine import StepContext, lr_at, mix_batch, num_epochs, set_lr, total_steps, train_step
+from cnnzoo.train.engine import GraphedStep, StepContext, lr_at, mix_batch, num_epochs, set_lr, total_steps, train_step
 
 _MIX_STREAM = 7  # generator stream tag for mixup/cutmix draws (distinct from the data layer's tags)
 _FINITE_EVERY = 50  # steps between NaN/inf checks on an accelerator
@@ -73,6 +73,7 @@ class RunState:
     ctx: StepContext
     run_dir: Path | None = None
     ema: nn.Module | None = None  # torch.optim.swa_utils.AveragedModel
+    graph: GraphedStep | None = None  # --cuda-graph: replaces train_step
     dist: Dist = field(default_factory=Dist)
     epoch: int = 0  # the epoch in progress (or next to start)
     batch: int = 0  # the next batch of that epoch
@@ -175,7 +176,10 @@ def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torc
             if mixing:
                 g = generator("cpu", cfg.seed, _MIX_STREAM, run.step)
                 images, targets = mix_batch(images, labels, cfg, data.num_classes, g)
-            loss, logits = train_step(run.net, run.optimizer, images, targets, run.ctx, check_finite=per_step)
+            if run.graph is not None:
+                loss, logits = run.graph(images, targets, check_finite=per_step)
+            else:
+                loss, logits = train_step(run.net, run.optimizer, images, targets, run.ctx, check_finite=per_step)
             if run.ema is not None:
                 run.ema.update_parameters(run.model)
             n = labels.shape[0]
@@ -250,7 +254,7 @@ def state_dict(run: RunState) -> dict[str, Any]:
         "meta": run.meta(),
         "config": run.cfg.to_dict(),
         "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
+        "optimizer": _plain_lr(run.optimizer.state_dict()),
         "scaler": run.ctx.scaler.state_dict(),
         "ema": run.ema.state_dict() if run.ema is not None else None,
         "position": {"epoch": run.epoch, "batch": run.batch, "step": run.step},
@@ -262,6 +266,14 @@ def state_dict(run: RunState) -> dict[str, Any]:
         "train_seconds": run.train_seconds,
         "rng": checkpoint.rng_state(),
     }
+
+
+def _plain_lr(optimizer_state: dict[str, Any]) -> dict[str, Any]:
+    """The optimizer's state with float learning rates (a --cuda-graph run holds them as device tensors), so any run
+    can resume from it; the lr is set from :func:`lr_at` before every step anyway."""
+    for group in optimizer_state["param_groups"]:  # state_dict() returns fresh group dicts: safe to change
+        group["lr"] = float(group["lr"])
+    return optimizer_state
 
 
 def load_state(run: RunState, ckpt: dict[str, Any]) -> None:

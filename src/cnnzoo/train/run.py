@@ -25,6 +25,7 @@ from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig, config_from_dict, write_config
 from cnnzoo.train.engine import (
+    GraphedStep,
     backend_settings,
     compile_model,
     make_ema,
@@ -156,6 +157,13 @@ def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, r
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     net = compile_model(net, cfg)
     run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
+    if cfg.cuda_graph:
+        if dist.world_size > 1:
+            raise CnnzooError("--cuda-graph trains in one process (DDP's gradient all-reduce is not captured): "
+                              "drop it under torchrun")  # fmt: skip
+        run.graph = GraphedStep(net, optimizer, ctx)
+        if device.type != "cuda":
+            log(f"--cuda-graph: no CUDA graphs on {device}; the same step runs uncaptured")
     if dist.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_config(cfg, run_dir / "config.toml")
