@@ -30,6 +30,7 @@ SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 AUGMENTS = ("standard", "none")
+NO_GRAPHED_FP16 = "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"
 
 
 def _f(default: Any, help: str, **kw) -> Any:
@@ -129,8 +130,7 @@ class TrainConfig:
             (self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warm-up lengths must be >= 0"),
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
             (self.step_size > 0, f"step_size must be > 0, got {self.step_size}"),
-            (not (self.cuda_graph and self.precision == "fp16"),
-             "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"),
+            (not (self.cuda_graph and self.precision == "fp16"), NO_GRAPHED_FP16),
             (not (self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")),
              f"--cuda-graph captures the step itself: use it with --compile-mode default or "
              f"max-autotune-no-cudagraphs, not {self.compile_mode} (which makes CUDA graphs of its own)"),

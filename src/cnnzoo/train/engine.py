@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.errors import CnnzooError
-from cnnzoo.train.config import TrainConfig
+from cnnzoo.train.config import NO_GRAPHED_FP16, TrainConfig
 
 # --- device and numerics -------------------------------------------------------------------------------------------
 
@@ -388,8 +388,7 @@ class GraphedStep:
 
     def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext, warmup: int = 3) -> None:
         if ctx.scaler.is_enabled():
-            raise CnnzooError("--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); "
-                              "use --precision bf16")  # fmt: skip
+            raise CnnzooError(NO_GRAPHED_FP16)
         self.net, self.optimizer, self.warmup = net, optimizer, max(1, warmup)
         self.ctx = dataclasses.replace(ctx, autocast_cache=False)
         self.captures = ctx.device.type == "cuda"
