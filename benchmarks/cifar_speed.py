@@ -187,6 +187,8 @@ def main() -> None:
           f"threads {torch.get_num_threads()} | data CIFAR-10 (JPEG q75) {data} | epochs {args.epochs} | "
           f"subset {args.subset}")  # fmt: skip
     results = []
+    recipes = args.recipes.split(",")
+    width = max(len("baseline (standard pipeline)"), *(len(f"cnnzoo ({r})") for r in recipes))
     for name in args.models.split(","):
         # The baseline reads the very images cnnzoo trains on: the same bundle, kept on the CPU for PIL.
         bundle = load_data(data, batch_size=128, device="cpu", seed=args.seed, subset=args.subset)
@@ -194,9 +196,9 @@ def main() -> None:
         b = mean_after_first(base["epoch_seconds"])
         n_train = bundle.train.num_samples  # images per epoch (both sides drop at most one partial batch)
         macs = profile_model(name, num_classes=10, input_shape=(3, 32, 32))["macs"]
-        print(f"{name:16s} baseline (standard pipeline) {b:8.2f} s/epoch  test top-1 {100 * base['test_top1']:5.2f}%"
-              f"{pct(mfu(macs, n_train, b))}", flush=True)  # fmt: skip
-        for recipe in args.recipes.split(","):
+        print(f"{name:16s} {'baseline (standard pipeline)':<{width}s} {b:8.2f} s/epoch  test top-1 "
+              f"{100 * base['test_top1']:5.2f}%{pct(mfu(macs, n_train, b))}", flush=True)  # fmt: skip
+        for recipe in recipes:
             ours = run_cnnzoo(name, data, epochs=args.epochs, device=device, seed=args.seed, subset=args.subset,
                               recipe=recipe, out=args.workdir / "runs" / f"{name}-{recipe}-{int(time.time())}")
             o = mean_after_first(ours["epoch_seconds"])
@@ -204,7 +206,7 @@ def main() -> None:
                             "cnnzoo_s_per_epoch": o, "speedup": b / o, "baseline_test_top1": base["test_top1"],
                             "cnnzoo_test_top1": ours["test_top1"], "train_images_per_epoch": n_train,
                             "baseline_mfu": mfu(macs, n_train, b), "cnnzoo_mfu": mfu(macs, n_train, o)})  # fmt: skip
-            print(f"{name:16s} cnnzoo ({recipe:>8s})          {o:8.2f} s/epoch  test top-1 "
+            print(f"{name:16s} {f'cnnzoo ({recipe})':<{width}s} {o:8.2f} s/epoch  test top-1 "
                   f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}{pct(mfu(macs, n_train, o))}",
                   flush=True)  # fmt: skip
     if args.json:
