@@ -3,8 +3,8 @@
 #   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
 # PARTS: comma-separated, default "data,compare,speed"; also "step", "step_big", "fast", "speed_all", "paper56" and
 # "gradients,degradation" (issue 6; the degradation study alone takes about 10 minutes). A device call may run 10
-# minutes at most: give each call a few parts (e.g. "data,compare,speed", then "step", "step_big,fast", then
-# "speed_all,paper56") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
+# minutes at most: give each call a few parts, most valuable first ("data,speed", then "paper56,fast", then "step",
+# "step_big", "compare,speed_all") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
 # while the machine stays warm. Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
 # Data: CIFAR-10 (JPEG q75). Checkpoints are deleted at the end; tar OUT_DIR to bring it back in one file.
 set -euo pipefail
