@@ -391,7 +391,8 @@ class GraphedStep:
             raise CnnzooError(NO_GRAPHED_FP16)
         self.net, self.optimizer, self.warmup = net, optimizer, max(1, warmup)
         self.ctx = dataclasses.replace(ctx, autocast_cache=False)
-        self.captures = ctx.device.type == "cuda"
+        # CUDA: the warm-up's side stream (the docs' recipe), and capture. Elsewhere None: the step runs uncaptured.
+        self.side = torch.cuda.Stream() if ctx.device.type == "cuda" else None
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, targets) the graph reads
@@ -404,11 +405,10 @@ class GraphedStep:
             self._device_lr()
         self.calls += 1
         if self.calls <= self.warmup:
-            with self._side_stream():
-                return train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+            return self._warmup_step(images, targets, check_finite)
         if self.static is None:
             self.static = (images.clone(), targets.clone())  # clone keeps channels_last
-            if self.captures:
+            if self.side is not None:
                 self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the grads in its pool
                 self.graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(self.graph):  # records the kernels; the step itself runs in replay() below
@@ -427,25 +427,21 @@ class GraphedStep:
     def _device_lr(self) -> None:
         """Every group's lr as a float32 tensor on the parameters' device (what the fused kernels read)."""
         for group in self.optimizer.param_groups:
-            lr = group["lr"]
-            group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=group["params"][0].device)
+            group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=group["params"][0].device)
 
-    def _side_stream(self) -> contextlib.AbstractContextManager:
-        """Warm-up runs on a side stream (the docs' recipe), then the current stream waits for it."""
-        if not self.captures:
-            return contextlib.nullcontext()
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-
-        @contextlib.contextmanager
-        def on_side():
-            with torch.cuda.stream(side), warnings.catch_warnings():
-                # An AdamW built capturable warns once that it steps uncaptured: here it does so on purpose.
-                warnings.filterwarnings("ignore", message=".*capturable=True.*")
-                yield
-            torch.cuda.current_stream().wait_stream(side)
-
-        return on_side()
+    def _warmup_step(
+        self, images: torch.Tensor, targets: torch.Tensor, check_finite: Callable[[torch.Tensor], None] | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """An eager step; on CUDA on the side stream, which the current stream then waits for."""
+        if self.side is None:
+            return train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+        self.side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(self.side), warnings.catch_warnings():
+            # An AdamW built capturable warns once that it steps uncaptured: here it does so on purpose.
+            warnings.filterwarnings("ignore", message=".*capturable=True.*")
+            out = train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+        torch.cuda.current_stream().wait_stream(self.side)
+        return out
 
 
 def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device | str | None = None
