@@ -13,11 +13,9 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model
 from cnnzoo.train.api import train
 from cnnzoo.train.config import TrainConfig, build_config, list_recipes, read_config, write_config
-from cnnzoo.train.engine import lr_at, make_optimizer, total_steps
-
-# A few steps of resnet20 on 96 digits images: 3 steps of 32 per epoch, 48 validation images.
-TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
-
+from cnnzoo.train.engine import make_optimizer
+from cnnzoo.train.schedule import lr_at, total_steps
+from conftest import TINY  # 3 steps of 32 digits images per epoch, 48 validation images
 
 # --- config and recipes --------------------------------------------------------------------------------------------
 
@@ -99,9 +97,8 @@ def test_weight_decay_excludes_bn_and_bias():
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 
-def test_train_digits_writes_the_run_directory(tmp_path):
-    out = tmp_path / "run"
-    report = train("resnet20", "digits", out=out, epochs=2, quiet=True, ema=0.9, **TINY)
+def test_train_digits_writes_the_run_directory(tiny_run, copy_run):
+    out, report = tiny_run  # 2 epochs of TINY, EMA 0.9
     for name in ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "report.json", "confusion.png"):
         assert (out / name).is_file(), name
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -116,6 +113,7 @@ def test_train_digits_writes_the_run_directory(tmp_path):
     assert 0.0 <= report["test"]["top1"] <= report["test"]["top5"] <= 1.0
     assert report["best_epoch"] in (1, 2)
     assert read_config(out / "config.toml").ema == 0.9
+    out = copy_run(out)
     with pytest.raises(CnnzooError, match="already holds a run"):
         train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
     train("resnet20", "digits", out=out, epochs=1, quiet=True, overwrite=True, **TINY)
@@ -133,6 +131,7 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert not hasattr(args, "epochs")  # not given: the recipe's value stays
 
 
+@pytest.mark.slow  # all 1,437 training images, 3 epochs: the longest CPU run in the suite
 def test_demo_recipe_learns_digits(tmp_path):
     """The demo recipe, shortened to 3 epochs on all of digits, already beats chance by far."""
     report = train("resnet20", "digits", recipe="demo", out=tmp_path / "demo", epochs=3, quiet=True, threads=2)

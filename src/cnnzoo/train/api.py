@@ -84,8 +84,11 @@ def train(
         if seed < 0:
             raise CnnzooError(f"seeds must be >= 0, got {seed}")
         log(f"--- seed {seed} ---")
-        reports.append(run_training(replace(cfg, seed=seed), root / f"seed-{seed}", stop_after=stop_after,
-                                    overwrite=overwrite, log=log))
+        reports.append(
+            run_training(
+                replace(cfg, seed=seed), root / f"seed-{seed}", stop_after=stop_after, overwrite=overwrite, log=log
+            )
+        )
         if reports[-1].get("interrupted"):
             return reports[-1]
     summary = summarize_seeds(seeds, reports)
@@ -99,8 +102,11 @@ def summarize_seeds(seeds: list[int], reports: list[dict[str, Any]]) -> dict[str
     """Mean and sample standard deviation (0 for one seed) of the test metrics over seeds."""
 
     def stats(values: list[float]) -> dict[str, float]:
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "values": values}  # fmt: skip
+        return {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values,
+        }
 
     out = {"seeds": list(seeds), "runs": reports}
     for key in ("top1", "top5", "loss"):

@@ -20,21 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnzoo.atomic import write_atomic
 from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig, config_from_dict, write_config
-from cnnzoo.train.engine import (
-    GraphedStep,
-    backend_settings,
-    compile_model,
-    make_ema,
-    make_optimizer,
-    resolve_device,
-    set_dropout,
-    step_context,
-    use_channels_last,
-)
+from cnnzoo.train.engine import GraphedStep, backend_settings, make_ema, resolve_device, set_dropout, setup_training
 from cnnzoo.train.loop import Dist, RunState, evaluate, fit, load_state, write_metrics
 
 
@@ -88,19 +79,27 @@ def load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, *, augment: 
     """The data for ``cfg`` on ``device``; the global batch is split evenly over the DDP ranks."""
     from cnnzoo.data import load_data
 
-    if cfg.batch_size % dist.world_size:
-        raise CnnzooError(f"batch size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
     val_size = cfg.val_size
     if val_size is not None and val_size >= 1:
         val_size = int(val_size)  # a count of images, not a fraction
     per_rank = cfg.batch_size // dist.world_size
     return load_data(
-        cfg.data, data_dir=cfg.data_dir, download=cfg.download or None, batch_size=per_rank,
-        eval_batch_size=cfg.eval_batch_size or 2 * per_rank, device=device,
-        image_size=cfg.image_size, in_channels=cfg.in_channels, val_size=val_size, seed=cfg.seed,
-        augment=cfg.augment if augment else "none", cutout=cfg.cutout, rank=dist.rank, world_size=dist.world_size,
+        cfg.data,
+        data_dir=cfg.data_dir,
+        download=cfg.download or None,
+        batch_size=per_rank,
+        eval_batch_size=cfg.eval_batch_size or 2 * per_rank,
+        device=device,
+        image_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        val_size=val_size,
+        seed=cfg.seed,
+        augment=cfg.augment if augment else "none",
+        cutout=cfg.cutout,
+        rank=dist.rank,
+        world_size=dist.world_size,
         subset=cfg.subset,
-    )  # fmt: skip
+    )
 
 
 def _open_writer(run_dir: Path):
@@ -115,16 +114,53 @@ def _open_writer(run_dir: Path):
 RUN_FILES = ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "report.json", "confusion.png")
 
 
-def run_training(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False,
-                 stop_after: int | None = None, overwrite: bool = False, log=print) -> dict[str, Any]:  # fmt: skip
+def check_setup(cfg: TrainConfig, device: torch.device, dist: Dist) -> None:
+    """Refuse, before any work, what this device or process group cannot run."""
+    if cfg.batch_size % dist.world_size:
+        raise CnnzooError(f"batch size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
+    if cfg.sync_bn and device.type != "cuda":
+        raise CnnzooError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on the CPU)")
+    if cfg.cuda_graph and dist.world_size > 1:
+        raise CnnzooError(
+            "--cuda-graph trains in one process (DDP's gradient all-reduce is not captured): drop it under torchrun"
+        )
+
+
+def build_run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path | None = None, log=print) -> RunState:
+    """Everything a run needs in memory, nothing written: seeds, data, model, :func:`setup_training` (the set-up
+    ``cnnzoo compare`` times), EMA and the ``--cuda-graph`` step. Call inside :func:`backend_settings`."""
+    seed_everything(cfg.seed)
+    data = load_bundle(cfg, device, dist)
+    model = build_model(cfg, data.num_classes, data.in_channels)
+    net, optimizer, ctx = setup_training(model, cfg, device, world_size=dist.world_size)
+    ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
+    run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
+    if cfg.cuda_graph:
+        run.graph = GraphedStep(net, optimizer, ctx)
+        if device.type != "cuda":
+            log(f"--cuda-graph: no CUDA graphs on {device}; the same step runs uncaptured")
+    return run
+
+
+def run_training(
+    cfg: TrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir`` (resuming from its ``last.pt`` if ``resume``); returns the report.
 
     ``overwrite``: replace the run files (``RUN_FILES``) of a previous run in ``run_dir`` instead of refusing.
-    An interrupted run returns ``{"interrupted": True, "run_dir": ..., "step": ...}`` with ``last.pt`` written.
+    An interrupted run returns ``{"interrupted": True, "run_dir": ..., "step": ..., "signal": ...}`` with ``last.pt``
+    written.
     """
     dist, device = init_distributed(cfg)
     log = log if dist.main else (lambda *a, **k: None)
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
+    check_setup(cfg, device, dist)
     if not resume and (run_dir / "last.pt").exists():
         if not overwrite:
             raise CnnzooError(f"{run_dir} already holds a run: --resume {run_dir}, --overwrite, or another --out")
@@ -132,71 +168,59 @@ def run_training(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume:
             for name in RUN_FILES:
                 (run_dir / name).unlink(missing_ok=True)
     with backend_settings(cfg, device):
-        return _run(cfg, dist, device, run_dir, resume=resume, stop_after=stop_after, log=log)
-
-
-def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, resume: bool,
-         stop_after: int | None, log) -> dict[str, Any]:  # fmt: skip
-    """The body of :func:`run_training`, with the backend flags set."""
-    seed_everything(cfg.seed)
-    data = load_bundle(cfg, device, dist)
-    model = build_model(cfg, data.num_classes, data.in_channels).to(device)
-    if cfg.sync_bn and device.type != "cuda":
-        raise CnnzooError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on the CPU)")
-    if dist.world_size > 1 and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if use_channels_last(cfg, device):
-        model = model.to(memory_format=torch.channels_last)
-    ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
-    optimizer = make_optimizer(model, cfg, device)
-    ctx = step_context(cfg, device)
-    net: nn.Module = model
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = compile_model(net, cfg)
-    run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
-    if cfg.cuda_graph:
-        if dist.world_size > 1:
-            raise CnnzooError("--cuda-graph trains in one process (DDP's gradient all-reduce is not captured): "
-                              "drop it under torchrun")  # fmt: skip
-        run.graph = GraphedStep(net, optimizer, ctx)
-        if device.type != "cuda":
-            log(f"--cuda-graph: no CUDA graphs on {device}; the same step runs uncaptured")
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, run_dir / "config.toml")
-    if resume:
-        ckpt = checkpoint.load(run_dir / "last.pt", model=cfg.model, num_classes=data.num_classes,
-                               in_channels=data.in_channels)  # fmt: skip
-        load_state(run, ckpt)
+        run = build_run(cfg, dist, device, run_dir, log)
         if dist.main:
-            write_metrics(run)  # drop any line written after the checkpoint
-        log(f"resuming {run_dir} at epoch {run.epoch + 1}, batch {run.batch} (step {run.step})")
-    else:
-        n_params = sum(p.numel() for p in model.parameters())
-        procs = f", {dist.world_size} processes" if dist.world_size > 1 else ""
-        log(
-            f"training {cfg.model} ({n_params:,} parameters) on {data.name} ({data.train.num_samples * dist.world_size}"
-            f" train / {data.val.num_samples * dist.world_size} val images) on {device} [{ctx.precision}{procs}]"
-            f" -> {run_dir}"
-        )
-    writer = _open_writer(run_dir) if dist.main else None
+            run_dir.mkdir(parents=True, exist_ok=True)
+            write_config(cfg, run_dir / "config.toml")
+        if resume:
+            _load_last(run)
+        else:
+            _announce(run)
+        result = _fit(run, stop_after)
+        if result["interrupted"]:
+            return {
+                "interrupted": True,
+                "reason": result["reason"],
+                "signal": result["signal"],
+                "run_dir": str(run_dir),
+                "epoch": run.epoch,
+                "batch": run.batch,
+                "step": run.step,
+            }
+        return finish(run)
+
+
+def _announce(run: RunState) -> None:
+    """One line: what trains on what, where, and into which folder."""
+    d, n = run.data, run.dist.world_size
+    n_params = sum(p.numel() for p in run.model.parameters())
+    procs = f", {n} processes" if n > 1 else ""
+    run.log(
+        f"training {run.cfg.model} ({n_params:,} parameters) on {d.name} ({d.train.num_samples * n} train / "
+        f"{d.val.num_samples * n} val images) on {run.ctx.device} [{run.ctx.precision}{procs}] -> {run.run_dir}"
+    )
+
+
+def _load_last(run: RunState) -> None:
+    """Continue ``run`` from its ``last.pt`` at the exact batch it stopped."""
+    data = run.data
+    ckpt = checkpoint.load(
+        run.run_dir / "last.pt", model=run.cfg.model, num_classes=data.num_classes, in_channels=data.in_channels
+    )
+    load_state(run, ckpt)
+    if run.dist.main:
+        write_metrics(run)  # drop any line written after the checkpoint
+    run.log(f"resuming {run.run_dir} at epoch {run.epoch + 1}, batch {run.batch} (step {run.step})")
+
+
+def _fit(run: RunState, stop_after: int | None) -> dict[str, Any]:
+    """:func:`fit` with a TensorBoard writer on rank 0 (closed whatever happens)."""
+    writer = _open_writer(run.run_dir) if run.dist.main else None
     try:
-        result = fit(run, stop_after=stop_after, writer=writer)
+        return fit(run, stop_after=stop_after, writer=writer)
     finally:
         if writer is not None:
             writer.close()
-    if result["interrupted"]:
-        return {"interrupted": True, "reason": result["reason"], "run_dir": str(run_dir), "epoch": run.epoch,
-                "batch": run.batch, "step": run.step}  # fmt: skip
-    report = finish(run)
-    if dist.world_size > 1:
-        import torch.distributed as tdist
-
-        tdist.barrier()
-    return report
 
 
 def finish(run: RunState) -> dict[str, Any]:
@@ -221,8 +245,13 @@ def finish(run: RunState) -> dict[str, Any]:
         "model": run.cfg.model,
         "data": data.name,
         "classes": list(data.classes),
-        "test": {"loss": test["loss"], "top1": test["top1"], "top5": test["top5"], "n": test["n"],
-                 "per_class": dict(zip(data.classes, test["per_class"], strict=True))},  # fmt: skip
+        "test": {
+            "loss": test["loss"],
+            "top1": test["top1"],
+            "top5": test["top5"],
+            "n": test["n"],
+            "per_class": dict(zip(data.classes, test["per_class"], strict=True)),
+        },
         "best_epoch": run.best["epoch"],
         "best_val_top1": run.best["val_top1"],
         "best_weights": run.best["weights"],
@@ -240,11 +269,19 @@ def finish(run: RunState) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     if run.dist.main:
-        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
         plot_curves(run.history, run_dir / "curves.png")
-        plot_confusion(test["confusion"], data.classes, run_dir / "confusion.png",
-                       title=f"{run.cfg.model} on {data.name}: test top-1 {100 * test['top1']:.2f}%")  # fmt: skip
+        plot_confusion(
+            test["confusion"],
+            data.classes,
+            run_dir / "confusion.png",
+            title=f"{run.cfg.model} on {data.name}: test top-1 {100 * test['top1']:.2f}%",
+        )
         run.log(format_report(report))
+    if run.dist.world_size > 1:  # no rank returns before rank 0 has written the report
+        import torch.distributed as tdist
+
+        tdist.barrier()
     return report
 
 
