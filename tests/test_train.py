@@ -116,8 +116,16 @@ def test_train_digits_writes_the_run_directory(tiny_run, copy_run):
     out = copy_run(out)
     with pytest.raises(CnnzooError, match="already holds a run"):
         train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
+    # The old run's export and a temporary file its kill left behind must not survive into the new run.
+    stale = [out / "model.onnx", out / ".report.json.abc123.tmp"]
+    for path in stale:
+        path.write_bytes(b"old")
+    old_id = json.loads((out / "cnnzoo-run.json").read_text())["id"]
     train("resnet20", "digits", out=out, epochs=1, quiet=True, overwrite=True, **TINY)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # a fresh run, not the old one continued
+    assert not any(path.exists() for path in stale)
+    new_id = json.loads((out / "cnnzoo-run.json").read_text())["id"]
+    assert new_id != old_id and torch.load(out / "best.pt", weights_only=True)["meta"]["run_id"] == new_id
 
 
 def test_cli_flags_reach_the_config(tmp_path):
@@ -181,6 +189,20 @@ def test_setup_training_for_throughput_measurements():
     assert ctx.precision == "fp32" and ctx.label_smoothing == 0.1 and opt.defaults["nesterov"]
     loss, _ = train_step(net, opt, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), ctx)
     assert torch.isfinite(loss)
+
+
+def test_setup_training_leaves_process_flags_to_backend_settings():
+    # The trainer and `cnnzoo compare` set up a model with the same function; the process-wide flags are set only
+    # inside backend_settings, and restored after it (a deterministic run must not make later code deterministic).
+    from cnnzoo.train.engine import backend_settings, setup_training
+
+    cfg = build_config("resnet20", device="cpu", deterministic=True, threads=1)
+    threads = torch.get_num_threads()
+    setup_training(create_model("resnet20", num_classes=10), cfg)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
+    with backend_settings(cfg, torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
 
 
 def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):

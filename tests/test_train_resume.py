@@ -49,8 +49,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(exact_run, tmp_path, stop_
     assert resumed["test"] == full["test"]
 
 
-def test_sigint_finishes_the_step_saves_and_exits_0(tmp_path):
-    """A real Ctrl-C to a `cnnzoo train` process: exit 0, last.pt written, a line saying how to resume."""
+def test_sigint_finishes_the_step_saves_and_exits_130(tmp_path):
+    """A real Ctrl-C to a `cnnzoo train` process: last.pt written, a line saying how to resume, and exit status 130
+    (128 + SIGINT, the shell's convention), so `cnnzoo train ... && cnnzoo export ...` does not export it."""
     out = tmp_path / "run"
     script = ("import sys; from cnnzoo.train.cli import register; import argparse; p = argparse.ArgumentParser(); "
               "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")  # fmt: skip
@@ -68,7 +69,7 @@ def test_sigint_finishes_the_step_saves_and_exits_0(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 130, output
     assert "SIGINT received" in output and f"resume with: cnnzoo train --resume {out}" in output
     ckpt = checkpoint.load(out / "last.pt", model="resnet20")
     assert ckpt["position"]["step"] >= 3 and not (out / "report.json").exists()

@@ -109,6 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Exit status: 0 trained (or stopped by --stop-after), 128 + N stopped by signal N; errors: see ``cnnzoo.cli``."""
     from cnnzoo.train.api import train
 
     overrides = {name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS and hasattr(args, name)}
@@ -124,7 +125,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         quiet=args.quiet,
         **overrides,
     )
-    return 0 if result is not None else 1
+    if result.get("interrupted") and result.get("signal"):
+        # Stopped by a signal: last.pt is saved, but the run is not done. 128 + the signal number (130 for SIGINT,
+        # 143 for SIGTERM) is the shell's convention, so `cnnzoo train ... && cnnzoo export ...` stops here.
+        return 128 + result["signal"]
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -88,6 +88,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_top1": -1.0, "epoch": -1, "weights": "model"})
     train_seconds: float = 0.0
+    run_id: str | None = None  # the run directory's identity (its marker file), stored in every checkpoint's meta
     log: Callable[[str], None] = print
 
     @property
@@ -105,6 +106,7 @@ class RunState:
             "image_size": d.image_size,
             "mean": list(d.mean),
             "std": list(d.std),
+            "run_id": self.run_id,
         }
 
 
@@ -321,6 +323,7 @@ def load_state(run: RunState, ckpt: dict[str, Any]) -> None:
     run.history = list(ckpt["history"])
     run.best = dict(ckpt["best"])
     run.train_seconds = float(ckpt["train_seconds"])
+    run.run_id = ckpt["meta"].get("run_id")
     checkpoint.set_rng_state(ckpt["rng"])
 
 
