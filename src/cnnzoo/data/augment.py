@@ -92,9 +92,14 @@ def pixel_pca(files: list[str], channels: int, *, images: int = PCA_IMAGES, pixe
     return eigval[order].clamp_min(0).float(), eigvec[:, order].float()
 
 
+def centre_square(side: int, crop: int | None = None) -> v2.Transform:
+    """Shorter side resized to ``side``, then the centre ``crop`` x ``crop`` square (default: side x side)."""
+    return v2.Compose([v2.Resize(side, antialias=True), v2.CenterCrop(crop or side)])
+
+
 def eval_transform(image_size: int) -> v2.Transform:
     """The single centre view: shorter side to image_size * 256 / 224, centre image_size x image_size crop."""
-    return v2.Compose([v2.Resize(scaled(256, image_size), antialias=True), v2.CenterCrop(image_size)])
+    return centre_square(scaled(256, image_size), image_size)
 
 
 def train_transform(name: str, image_size: int, *, pca: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -114,7 +119,7 @@ def train_transform(name: str, image_size: int, *, pca: tuple[torch.Tensor, torc
         return v2.Compose([crop, flip, v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.4)])
     lighting = PCALighting(*(pca if pca is not None else IMAGENET_PCA))
     if name == "alexnet":  # a fixed 256x256 centre square, then random crops of it
-        return v2.Compose([eval_transform(scaled(256, s)), v2.RandomCrop(s), flip, lighting])
+        return v2.Compose([centre_square(scaled(256, s)), v2.RandomCrop(s), flip, lighting])
     if name in ("vgg", "resnet"):
         top = 512 if name == "vgg" else 480
         jitter = v2.RandomShortestSize(list(range(scaled(256, s), scaled(top, s) + 1)), antialias=True)

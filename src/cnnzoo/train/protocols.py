@@ -4,7 +4,7 @@
   models on and what ``report.json`` holds.
 - ``ten-crop`` (Krizhevsky et al. 2012, section 4.1; He et al. 2016, section 3.4 "the standard 10-crop testing"):
   the shorter side to 256, the central 256x256 square, its four corner and centre 224 patches and their mirror
-  images (``v2.TenCrop``).
+  images (``v2.FiveCrop`` and their reflections).
 - ``multi-scale`` (Simonyan & Zisserman 2015, sections 3.2 and 4.2): the whole image with its shorter side Q in
   {256, 384, 512} (their Q for nets trained with S in [256, 512]) and its mirror image, evaluated densely (fully
   convolutionally: the class score map averaged over positions), the 6 posteriors averaged. One image at a time,
@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from cnnzoo.data.augment import eval_transform, scaled
+from cnnzoo.data.augment import centre_square, scaled
 from cnnzoo.data.folders import decode_file
 from cnnzoo.errors import CnnzooError, InputShapeError
 
@@ -40,10 +40,18 @@ GOOGLENET_SCALES = (256, 288, 320, 352)  # Szegedy et al. 2015, section 6
 
 
 def ten_crop(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """(C, H, W) -> (10, C, s, s): the 256x256 centre square's corners and centre, then the same mirrored."""
-    side = scaled(256, image_size)
-    crops = v2.Compose([eval_transform(side), v2.TenCrop(image_size)])
-    return lambda image: torch.stack(crops(image))
+    """(C, H, W) -> (10, C, s, s): the 256x256 centre square's corners and centre, then view i + 5 = view i mirrored.
+
+    The mirrors are the patches' own reflections (AlexNet's "horizontal reflections" of the five patches), not
+    ``v2.TenCrop``'s crops of the reflected square, which differ by a pixel when 256 - 224 is odd at small sizes.
+    """
+    crops = v2.Compose([centre_square(scaled(256, image_size)), v2.FiveCrop(image_size)])
+
+    def views(image: torch.Tensor) -> torch.Tensor:
+        five = torch.stack(crops(image))
+        return torch.cat([five, five.flip(-1)])
+
+    return views
 
 
 def multi_crop(image_size: int) -> Callable[[torch.Tensor], torch.Tensor]:
