@@ -15,8 +15,14 @@ from cnnzoo.train.ema import EMA
 
 def small_net() -> nn.Module:
     """Conv + BN (running stats, num_batches_tracked) + linear: every kind of tensor an EMA averages."""
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(4, 5))  # fmt: skip
+    return nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 5),
+    )
 
 
 def train_steps(model: nn.Module, steps: int, seed: int) -> None:
