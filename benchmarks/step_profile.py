@@ -81,6 +81,7 @@ PARTS = ("eager", "graph", "profile", "batch256", "precision", "layout", "sync",
 NEEDS_CUDA = "skipped: needs CUDA"
 MODEL, RECIPE = "resnet56", "resnet-cifar-paper"  # --model picks another CIFAR net (the smoke test: resnet20)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
+OUR_CODE = (str(Path(cnnzoo.__file__).resolve().parent), str(Path(__file__).resolve()))  # sync sites are named here
 PAPER_STEPS = 64_000  # He et al. 2016, section 4.2: 64k iterations of batch 128
 
 # Kernel classes: the first rule whose substring is in the lower-cased kernel name wins. cuDNN names its convolution
@@ -487,9 +488,7 @@ def sync_sites(records: list[dict]) -> dict[str, list[dict]]:
     phases: dict[str, Counter] = {"loop steps": Counter(), "epoch end": Counter()}
     for r in records:
         frames = r["frames"]
-        ours = [
-            f for f in frames if "cnnzoo" in f.filename.replace(os.sep, "/") or f.filename.endswith("step_profile.py")
-        ]
+        ours = [f for f in frames if str(Path(f.filename).resolve()).startswith(OUR_CODE)]
         site = ours[-1] if ours else frames[-1]
         inner = frames[-1]
         where = f"{_short(site.filename)}:{site.lineno} {site.name}: {(site.line or '').strip()}"
