@@ -35,7 +35,7 @@ def test_cpu_smoke_run_records_every_part(step_profile, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert list(doc["parts"]) == list(step_profile.PARTS)
     status = {name: part["status"] for name, part in doc["parts"].items()}
-    assert status["eager"] == status["graph"] == "ok", doc["parts"]
+    assert status["eager"] == status["graph"] == status["ema"] == "ok", doc["parts"]
     assert all(status[p] == "skipped: needs CUDA" for p in step_profile.CUDA_ONLY), status
     eager, graph = doc["parts"]["eager"], doc["parts"]["graph"]
     assert eager["train_step_ms"] > 0 and eager["loop_ms"] > 0
@@ -44,6 +44,8 @@ def test_cpu_smoke_run_records_every_part(step_profile, tmp_path, capsys):
     sync = doc["parts"]["sync"]
     assert sync["epoch_record"]["epoch"] == 2 and sync["evaluate_s"] > 0 and sync["checkpoint_s"] > 0
     assert doc["parts"]["batch256"]["batch_big"]["batch"] == 2 * doc["meta"]["batch_size"]
+    ema = doc["parts"]["ema"]
+    assert ema["averaged_model_ms"] > 0 and ema["ema_ms"] > 0 and ema["graph"] == "skipped: needs CUDA"
     assert "step profile" in capsys.readouterr().out  # the rich table
 
 
