@@ -417,6 +417,7 @@ def finish(run: RunState) -> dict[str, Any]:
             "top1": test["top1"],
             "top5": test["top5"],
             "n": test["n"],
+            "protocol": "center",
             "per_class": dict(zip(data.classes, test["per_class"], strict=True)),
         },
         "best_epoch": run.best["epoch"],
