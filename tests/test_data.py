@@ -130,6 +130,83 @@ def test_truncated_cifar_batch_is_a_clear_error(tmp_path, capsys):
     _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path)], "data_batch_3", "truncated")
 
 
+class _RunsCode:
+    """A pickle payload that runs ``func(arg)`` when unpickled (what a tampered data_batch_1 could hold)."""
+
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("how", ["os.system", "exec", "nested"])
+def test_cifar_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, capsys, how):
+    folder, written = _write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    if how == "os.system":
+        payload = {"data": _RunsCode(os.system, f"touch {marker}"), "labels": [0, 1, 2]}
+    elif how == "exec":
+        payload = {"data": written["data_batch_1"][0], "labels": _RunsCode(exec, f"open({str(marker)!r}, 'w')")}
+    else:  # hidden inside a list inside the dict, after valid arrays
+        payload = {"data": written["data_batch_1"][0], "labels": [0, 1, _RunsCode(os.system, f"touch {marker}")]}
+    with open(folder / "data_batch_1", "wb") as fh:
+        pickle.dump(payload, fh, protocol=2)
+    _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path)], "data_batch_1", "refused global")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_of_every_protocol_still_read(tmp_path, protocol):
+    """The restricted unpickler admits what numpy arrays need in each protocol (the release is a protocol-2 pickle)."""
+    folder, written = _write_cifar(tmp_path)
+    data, labels = written["test_batch"]
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump({"batch_label": b"testing batch 1 of 1", "labels": labels, "data": data,
+                     "filenames": [b"x.png"] * 3, "scalar": np.int64(3)}, fh, protocol=protocol)  # fmt: skip
+    b = load_data("cifar10", data_dir=str(tmp_path), val_size=0, batch_size=4, eval_batch_size=3)
+    x, y = _eval_images(b, b.test)
+    assert torch.equal(x, torch.from_numpy(data).view(3, 3, 32, 32)) and y.tolist() == labels
+
+
+def test_cifar_md5_differing_from_the_release_warns_once_and_matching_is_silent(tmp_path, caplog, monkeypatch):
+    from torchvision import datasets
+    from torchvision.datasets.utils import calculate_md5
+
+    folder, _ = _write_cifar(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_data("cifar10", data_dir=str(tmp_path), val_size=0, batch_size=4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert "data_batch_1" in warnings[0] and "batches.meta" in warnings[0] and "md5" in warnings[0]
+    caplog.clear()
+    real = {f: calculate_md5(str(folder / f)) for f in os.listdir(folder)}  # pretend these are the release's sums
+    cls = datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", [[f, real[f]] for f, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[f, real[f]] for f, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", dict(cls.meta, md5=real["batches.meta"]))
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_data("cifar10", data_dir=str(tmp_path), val_size=0, batch_size=4)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ([1, 2, 3], "not a cifar10 batch file"),
+        ({"data": "text", "labels": [0]}, "not a cifar10 batch file"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "2 images but 1 labels"),
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": [-1]}, "naming every label"),
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": [10]}, "naming every label"),
+    ],
+)
+def test_cifar_batch_of_the_wrong_shape_is_one_line(tmp_path, capsys, payload, fragment):
+    folder, _ = _write_cifar(tmp_path)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(payload, fh)
+    _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path)], fragment)
+
+
 # --- MNIST: idx files, tiny ------------------------------------------------------------------------------------
 
 
@@ -173,7 +250,28 @@ def test_missing_and_corrupt_mnist(tmp_path, capsys):
                    "train-images-idx3-ubyte", str(tmp_path / "MNIST" / "raw"), "--download")  # fmt: skip
     raw, _ = _write_idx(tmp_path)
     (raw / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03garbage")
-    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "could not read the idx files")
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "train-images-idx3-ubyte", "truncated")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("which", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_idx_file_of_random_bytes_is_one_line_not_a_traceback(tmp_path, capsys, which, seed):
+    """Random bytes (today a traceback from deep in torchvision's reader), with and without a valid magic."""
+    raw, _ = _write_idx(tmp_path)
+    rng = np.random.default_rng(seed)
+    junk = rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
+    if seed % 2:  # a plausible magic and absurd dimensions: the header must be checked against the file size
+        junk = bytes((0, 0, 8, 3 if "images" in which else 1)) + junk
+    (raw / which).write_bytes(junk)
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], which)
+
+
+def test_idx_header_claiming_more_data_than_the_file_holds(tmp_path, capsys):
+    raw, _ = _write_idx(tmp_path)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">BBBBiii", 0, 0, 8, 3, 2**31 - 1, 28, 28) + b"x" * 99)
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "the header says", "truncated")
+    (raw / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">BBBBiii", 0, 0, 8, 3, -5, 28, 28))
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "impossible dimensions")
 
 
 # --- Image folders --------------------------------------------------------------------------------------------
