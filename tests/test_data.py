@@ -435,17 +435,35 @@ def test_cache_is_used_then_rebuilt_when_the_folder_changes(tmp_path, monkeypatc
     assert load_data(str(root), val_size=0, batch_size=2).train.num_samples == 7 and len(builds) == 4
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "other-version", "other-key"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other-version", "other-key", "runs-code",
+                                    "labels-edited", "file-outside", "images-dtype", "payload-not-dict", "a-folder"])
 def test_damaged_or_foreign_cache_is_rebuilt_never_used(tmp_path, monkeypatch, caplog, damage):
     root = _folder(tmp_path / "pets")
     builds = _count_builds(monkeypatch)
     load_data(str(root), val_size=0, batch_size=2)
     path = _cache_file(root)
     blob = path.read_bytes()
+    marker = tmp_path / "pwned"
     if damage == "truncated":
         path.write_bytes(blob[: len(blob) // 2])
     elif damage == "garbage":
         path.write_bytes(b"\0" * 100)
+    elif damage == "runs-code":  # a cache file is a torch pickle: weights_only refuses globals like os.system
+        torch.save({"format": cache_mod.FORMAT, "payload": _RunsCode(os.system, f"touch {marker}")}, path)
+    elif damage == "a-folder":
+        path.unlink()
+        path.mkdir()
+    elif damage in ("labels-edited", "file-outside", "images-dtype", "payload-not-dict"):
+        obj = torch.load(path, weights_only=True)  # the right header and key, a hand-edited payload
+        if damage == "labels-edited":
+            obj["payload"]["train_labels"] = torch.full_like(obj["payload"]["train_labels"], 7)
+        elif damage == "file-outside":
+            obj["payload"]["train_files"][0] = "../../etc/passwd"
+        elif damage == "images-dtype":
+            obj["payload"]["train_images"] = obj["payload"]["train_images"].float()
+        else:
+            obj["payload"] = [1, 2, 3]
+        torch.save(obj, path)
     else:
         obj = torch.load(path, weights_only=True)
         if damage == "other-version":
@@ -456,8 +474,12 @@ def test_damaged_or_foreign_cache_is_rebuilt_never_used(tmp_path, monkeypatch, c
         torch.save(obj, path)
     with caplog.at_level(logging.INFO, logger="cnnzoo.data"):
         b = load_data(str(root), val_size=0, batch_size=2, augment="none")
-    assert len(builds) == 2 and "rebuilding" in caplog.text
+    said = "could not write the decoded cache" if damage == "a-folder" else "rebuilding"
+    assert len(builds) == 2 and said in caplog.text and not marker.exists()
     assert _eval_images(b, b.train)[0].float().std() > 30  # real random pixels, not the zeros
+    assert sorted(torch.bincount(_eval_images(b, b.train)[1]).tolist()) == [3, 3]
+    if damage == "a-folder":  # a cache that cannot be written costs only the log line
+        return
     assert torch.load(path, weights_only=True)["version"] == cache_mod.VERSION  # the rebuilt file replaced it
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
 
