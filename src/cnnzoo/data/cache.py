@@ -36,7 +36,7 @@ def content_key(entries: list[tuple[str, int, int]], *extra: object) -> str:
     """sha256 over the sorted (relative path, size, mtime_ns) entries, the cache version and ``extra`` options."""
     h = hashlib.sha256(f"{FORMAT} v{VERSION} {extra!r}\n".encode())
     for rel, size, mtime in sorted(entries):
-        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))  # file names need not be UTF-8
     return h.hexdigest()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -159,7 +160,13 @@ def _split_dirs(root: Path) -> tuple[Path, Path | None]:
 
 def _list_split(split_dir: Path, root: Path, expected: list[str] | None):
     """Classes, ``(relative path, label)`` of candidate image files, skipped files, and stat entries for the key."""
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"{split_dir}: cannot list this folder ({e.strerror or e})") from None
+    for name in classes:
+        if not _utf8(name):
+            raise DataError(f"{split_dir / _shown(name)}: a class folder whose name is not valid UTF-8; rename it")
     if expected is not None and classes != expected:
         missing, extra = sorted(set(expected) - set(classes)), sorted(set(classes) - set(expected))
         raise DataError(
@@ -170,30 +177,87 @@ def _list_split(split_dir: Path, root: Path, expected: list[str] | None):
         raise DataError(f"{split_dir}: found {len(classes)} class folder(s); expected at least two class subfolders")
     files, skipped, stats = [], [], []
     for label, name in enumerate(classes):
-        found = 0
-        for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                path = Path(dirpath) / fname
-                rel = str(path.relative_to(root))
-                st = path.stat()
-                stats.append((rel, st.st_size, st.st_mtime_ns))
-                hidden = any(part.startswith(".") for part in path.relative_to(split_dir).parts)
-                if hidden:
-                    skipped.append((rel, "hidden file"))
-                elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append((rel, "not an image"))
-                else:
-                    files.append((rel, label))
-                    found += 1
+        found = _scan_class(split_dir, name, root, skipped, stats)
         if not found:
             raise DataError(f"{split_dir / name}: empty class folder (expected image files: JPEG, PNG, BMP, WebP)")
+        files += [(rel, label) for rel in found]
     return classes, files, skipped, stats
+
+
+def _scan_class(split_dir: Path, name: str, root: Path, skipped: list, stats: list) -> list[str]:
+    """The candidate image files below ``split_dir/name`` (relative to ``root``), recursively and following
+    symlinks as ``ImageFolder`` does, but each folder once (a symlink loop ends there). What cannot be used (hidden,
+    not an image suffix, not a regular file, unreadable, a name that is not UTF-8) goes to ``skipped``."""
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(e: OSError) -> None:
+        skipped.append((_shown(str(Path(e.filename).relative_to(root))), f"cannot read folder ({e.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True, onerror=unreadable):
+        here = Path(dirpath)
+        try:
+            st = here.stat()
+        except OSError:
+            dirnames.clear()
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink: a loop, or a second way in
+            skipped.append((_shown(str(here.relative_to(root))), "folder seen before (symlink loop)"))
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for fname in sorted(filenames):
+            path = here / fname
+            rel = str(path.relative_to(root))
+            reason = _unusable(path, split_dir, stats, rel)
+            if reason:
+                skipped.append((_shown(rel), reason))
+            else:
+                found.append(rel)
+    return found
+
+
+def _unusable(path: Path, split_dir: Path, stats: list, rel: str) -> str | None:
+    """Why the file at ``path`` cannot be a training image, or None; records its stat entry for the cache key."""
+    try:
+        st = path.stat()
+    except OSError as e:  # a dangling symlink, a symlink loop, no permission
+        stats.append((rel, -1, -1))
+        return f"cannot read ({e.strerror})"
+    stats.append((rel, st.st_size, st.st_mtime_ns))
+    if any(part.startswith(".") for part in path.relative_to(split_dir).parts):
+        return "hidden file"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return "not an image"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO named x.png would block the reader forever
+        return "not a regular file"
+    if not _utf8(rel):
+        return "name is not valid UTF-8"
+    if not os.access(path, os.R_OK):
+        return "cannot read (permission denied)"
+    return None
+
+
+def _utf8(name: str) -> bool:
+    """Whether a file name decoded by Python (``surrogateescape`` for bytes that are not UTF-8) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A file name safe to print and store: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], str]:
     """(width, height) and PIL mode from the file's header; raises DataError (the reason a skip reports) if unusable."""
     try:
+        if path.stat().st_size == 0:
+            raise DataError("empty file (0 bytes)")
         with Image.open(path) as im:
             if im.format not in PIL_FORMATS:
                 raise DataError(f"unsupported format ({im.format}; JPEG, PNG, BMP, WebP are read)")
