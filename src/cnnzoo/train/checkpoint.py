@@ -5,13 +5,17 @@
   old or the new checkpoint, never a torn one.
 - Read with ``torch.load(..., weights_only=True)``: only tensors and plain containers are unpickled. So the config
   is stored as a plain dict, RNG states as tensors / tuples of ints, no classes.
-- Checked against what the caller expects (model name, class count, input channels) with a one-line error.
+- Checked for the structure the loaders index (a hand-edited or foreign file is one line, not a traceback) and
+  against what the caller expects (model name, class count, input channels). A file that ``weights_only`` refuses
+  is named with the global it asks for; the message never suggests ``weights_only=False``.
 """
 
 from __future__ import annotations
 
+import math
 import pickle
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -25,26 +29,90 @@ FORMAT = 1  # bump when the layout below changes
 
 
 def load(path: str | Path, *, model: str | None = None, num_classes: int | None = None,
-         in_channels: int | None = None) -> dict[str, Any]:  # fmt: skip
-    """Load a checkpoint with ``weights_only=True`` and refuse one made for another model or class count."""
+         in_channels: int | None = None, resume: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Load a checkpoint with ``weights_only=True``, check its structure (with ``resume``, also the training state
+    a ``last.pt`` holds) and refuse one made for another model, class count or channel count."""
     path = Path(path)
     if not path.is_file():
         raise CnnzooError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CnnzooError(f"{path}: refused: not loadable with weights_only=True: {first}") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CnnzooError(f"{path}: refused: {_refusal(str(e))}") from None
+    except Exception as e:  # truncated zip, garbage bytes, a folder: torch raises RuntimeError, EOFError, OSError, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CnnzooError(f"{path}: not a readable checkpoint ({reason})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT or "model" not in ckpt:
-        raise CnnzooError(f"{path}: not a cnnzoo checkpoint (format {FORMAT})")
+    problem = _problem(ckpt, resume)
+    if problem:
+        raise CnnzooError(f"{path}: not a cnnzoo checkpoint (format {FORMAT}): {problem}")
     meta = ckpt["meta"]
     for key, want in (("model", model), ("num_classes", num_classes), ("in_channels", in_channels)):
         if want is not None and meta[key] != want:
             raise CnnzooError(f"{path}: checkpoint is for {key} {meta[key]!r}, not {want!r}")
     return ckpt
+
+
+def _refusal(message: str) -> str:
+    """Why ``weights_only`` refused a file, in our words: the global it names, without torch's advice to load it
+    with ``weights_only=False`` (which would run whatever the file asks)."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    what = f"it asks to load {found.group(1)}" if found else "it holds objects other than tensors and plain values"
+    return (f"{what}; a cnnzoo checkpoint holds only tensors and plain values, and loading anything else could run "
+            "code, so it is not loaded")  # fmt: skip
+
+
+_META = {"model": str, "data": str, "num_classes": int, "in_channels": int, "image_size": int, "classes": list,
+         "mean": list, "std": list}  # fmt: skip
+_RESUME = {"optimizer": dict, "scaler": dict, "ema": (dict, type(None)), "position": dict,
+           "sums": (torch.Tensor, type(None)), "seen": int, "epoch_seconds": (int, float), "history": list,
+           "best": dict, "train_seconds": (int, float), "rng": dict}  # fmt: skip
+
+
+def _problem(ckpt: Any, resume: bool) -> str | None:
+    """What is wrong with an unpickled checkpoint's structure, or None (what the loaders index must be there)."""
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        return "no format marker"
+    for key, kind in (("meta", dict), ("config", dict), ("model", dict)):
+        if not isinstance(ckpt.get(key), kind):
+            return f"{key!r} is missing or not a {kind.__name__}"
+    meta = ckpt["meta"]
+    for key, kind in _META.items():
+        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
+            return f"meta {key!r} is missing or not a {kind.__name__}"
+    if meta["num_classes"] < 1 or len(meta["classes"]) != meta["num_classes"]:
+        return f"meta names {len(meta['classes'])} classes for num_classes {meta['num_classes']}"
+    if not all(isinstance(c, str) for c in meta["classes"]):
+        return "meta 'classes' are not all names"
+    if meta["in_channels"] < 1 or meta["image_size"] < 1:
+        return "meta 'in_channels' and 'image_size' must be >= 1"
+    for key in ("mean", "std"):
+        values = meta[key]
+        if len(values) != meta["in_channels"] or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                                         for v in values):  # fmt: skip
+            return f"meta {key!r} must hold {meta['in_channels']} finite numbers"
+    if not all(v > 0 for v in meta["std"]):
+        return "meta 'std' must be positive"
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
+        return "'model' is not a state dict of tensors"
+    if resume:
+        for key, kind in _RESUME.items():
+            if key not in ckpt or not isinstance(ckpt[key], kind):
+                return f"{key!r} (the training state a last.pt holds) is missing or of the wrong type"
+        if not all(isinstance(ckpt["position"].get(k), int) and ckpt["position"][k] >= 0
+                   for k in ("epoch", "batch", "step")):  # fmt: skip
+            return "'position' must hold epoch, batch and step as integers >= 0"
+    return None
+
+
+def load_weights(module: torch.nn.Module, state: dict[str, Any], where: str | Path) -> None:
+    """``module.load_state_dict(state)`` with a mismatch (a hand-edited or foreign checkpoint) as one line that
+    starts with ``where`` (the checkpoint's path, or what it is)."""
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, ValueError, KeyError, TypeError) as e:
+        first = str(e).strip().splitlines()
+        detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else type(e).__name__)
+        raise CnnzooError(f"{where}: its weights do not fit {type(module).__name__} ({detail})") from None
 
 
 # --- RNG state as weights_only-safe values ---------------------------------------------------------------------------
