@@ -225,7 +225,7 @@ RUNS: dict[str, tuple[Callable[[Path], object], set[str]]] = {
     "config-not-utf8": (lambda r: (r / "config.toml").write_bytes(b"lr = \xff\xfe\n"), {"eval", "predict", "export"}),
     "config-garbage": (lambda r: (r / "config.toml").write_bytes(os.urandom(300)), {"eval", "predict", "export"}),
     "config-a-folder": (lambda r: _to_dir(r / "config.toml"), {"eval", "predict", "export"}),
-    "report-garbage": (lambda r: (r / "report.json").write_bytes(b"{not json"), {"eval", "predict", "export"}),
+    "report-garbage": (lambda r: (r / "report.json").write_bytes(b"{x"), {"eval", "predict", "export", "resume"}),
 }
 
 

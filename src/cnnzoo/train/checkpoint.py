@@ -24,6 +24,7 @@ import torch
 
 from cnnzoo.atomic import save_atomic  # noqa: F401  (re-exported: the trainer writes checkpoints with it)
 from cnnzoo.errors import CnnzooError
+from cnnzoo.train.config import config_from_dict
 
 FORMAT = 1  # bump when the layout below changes
 
@@ -38,9 +39,10 @@ def load(path: str | Path, *, model: str | None = None, num_classes: int | None 
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CnnzooError(f"{path}: refused: {_refusal(str(e))}") from None
+        raise CnnzooError(f"{path}: {_refusal(str(e))}") from None
     except Exception as e:  # truncated zip, garbage bytes, a folder: torch raises RuntimeError, EOFError, OSError, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = reason.split(". ")[0]  # torch's first sentence says what; the rest is advice for torch's developers
         raise CnnzooError(f"{path}: not a readable checkpoint ({reason})") from None
     problem = _problem(ckpt, resume)
     if problem:
@@ -53,16 +55,20 @@ def load(path: str | Path, *, model: str | None = None, num_classes: int | None 
 
 
 def _refusal(message: str) -> str:
-    """Why ``weights_only`` refused a file, in our words: the global it names, without torch's advice to load it
-    with ``weights_only=False`` (which would run whatever the file asks)."""
+    """Why ``weights_only`` refused a file, in our words: the global it names (or the unpickler's complaint), never
+    torch's advice to load it with ``weights_only=False`` (which would run whatever the file asks)."""
     found = re.search(r"GLOBAL ([\w.]+)", message)
-    what = f"it asks to load {found.group(1)}" if found else "it holds objects other than tensors and plain values"
-    return (f"{what}; a cnnzoo checkpoint holds only tensors and plain values, and loading anything else could run "
-            "code, so it is not loaded")  # fmt: skip
+    if found:
+        return (f"refused: it asks to load {found.group(1)}; a cnnzoo checkpoint holds only tensors and plain values, "
+                "and loading anything else could run code, so it is not loaded")  # fmt: skip
+    after = message.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in message else ""
+    lines = [line.strip() for line in after.splitlines() if line.strip() and "weights_only" not in line]
+    return f"not a readable checkpoint (the safe loader stopped at: {lines[0] if lines else 'unknown content'})"
 
 
 _META = {"model": str, "data": str, "num_classes": int, "in_channels": int, "image_size": int, "classes": list,
          "mean": list, "std": list}  # fmt: skip
+_KIND_NAMES = {str: "a string", int: "an integer", list: "a list"}
 _RESUME = {"optimizer": dict, "scaler": dict, "ema": (dict, type(None)), "position": dict,
            "sums": (torch.Tensor, type(None)), "seen": int, "epoch_seconds": (int, float), "history": list,
            "best": dict, "train_seconds": (int, float), "rng": dict}  # fmt: skip
@@ -72,13 +78,13 @@ def _problem(ckpt: Any, resume: bool) -> str | None:
     """What is wrong with an unpickled checkpoint's structure, or None (what the loaders index must be there)."""
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         return "no format marker"
-    for key, kind in (("meta", dict), ("config", dict), ("model", dict)):
-        if not isinstance(ckpt.get(key), kind):
-            return f"{key!r} is missing or not a {kind.__name__}"
+    for key in ("meta", "config", "model"):
+        if not isinstance(ckpt.get(key), dict):
+            return f"{key!r} is missing or not a table"
     meta = ckpt["meta"]
     for key, kind in _META.items():
         if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            return f"meta {key!r} is missing or not a {kind.__name__}"
+            return f"meta {key!r} is missing or not {_KIND_NAMES[kind]}"
     if meta["num_classes"] < 1 or len(meta["classes"]) != meta["num_classes"]:
         return f"meta names {len(meta['classes'])} classes for num_classes {meta['num_classes']}"
     if not all(isinstance(c, str) for c in meta["classes"]):
@@ -94,6 +100,10 @@ def _problem(ckpt: Any, resume: bool) -> str | None:
         return "meta 'std' must be positive"
     if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
         return "'model' is not a state dict of tensors"
+    try:
+        config_from_dict(ckpt["config"])
+    except CnnzooError as e:
+        return f"its config: {e}"
     if resume:
         for key, kind in _RESUME.items():
             if key not in ckpt or not isinstance(ckpt[key], kind):
@@ -105,14 +115,21 @@ def _problem(ckpt: Any, resume: bool) -> str | None:
 
 
 def load_weights(module: torch.nn.Module, state: dict[str, Any], where: str | Path) -> None:
-    """``module.load_state_dict(state)`` with a mismatch (a hand-edited or foreign checkpoint) as one line that
-    starts with ``where`` (the checkpoint's path, or what it is)."""
+    """``module.load_state_dict(state)``, with weights that do not fit (a hand-edited or foreign checkpoint) as one
+    line that starts with ``where`` (the checkpoint's path, or what it is) and counts what differs."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
+        first = (missing or unexpected or reshaped)[0]
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(reshaped)} of another shape"
+        raise CnnzooError(f"{where}: its weights do not fit {type(module).__name__} ({counts}; first: {first})")
     try:
         module.load_state_dict(state)
-    except (RuntimeError, ValueError, KeyError, TypeError) as e:
-        first = str(e).strip().splitlines()
-        detail = next((line.strip() for line in first[1:] if line.strip()), first[0] if first else type(e).__name__)
-        raise CnnzooError(f"{where}: its weights do not fit {type(module).__name__} ({detail})") from None
+    except (RuntimeError, ValueError, TypeError) as e:  # e.g. a dtype that cannot be copied
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnzooError(f"{where}: its weights do not fit {type(module).__name__} ({first_line})") from None
 
 
 # --- RNG state as weights_only-safe values ---------------------------------------------------------------------------
