@@ -260,8 +260,9 @@ def test_commands_on_a_broken_run_directory(good_run, tmp_path, capsys, case):
         lambda d: _junk(d / "x.jpg", b"\xff\xd8\xff\xe0 cut"),
         lambda d: (d / "x.png").mkdir(),
         lambda d: None,
+        lambda d: Image.new("L", (15000, 15000)).save(d / "x.png"),  # 225 M pixels in a 200 kB file
     ],
-    ids=["zero-byte", "not-an-image", "corrupt-jpeg", "a-folder", "missing"],
+    ids=["zero-byte", "not-an-image", "corrupt-jpeg", "a-folder", "missing", "decompression-bomb"],
 )
 def test_predict_on_a_broken_image_is_one_line(good_run, tmp_path, capsys, image):
     image(tmp_path)

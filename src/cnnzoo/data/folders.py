@@ -83,7 +83,6 @@ def load_folder(root: str | Path, *, strict: bool = False) -> Decoded | Streamed
     payload = load_or_build(cache_path(root, "folders"), key, lambda: _build(root, classes, train, test),
                             check=lambda p: _payload_ok(p, train, test))  # fmt: skip
     skipped += [tuple(s) for s in payload["skipped"]]
-    _report_skipped(root, skipped, strict)
 
     labels = {s: torch.as_tensor(payload[f"{s}_labels"], dtype=torch.int64) for s in ("train", "test")}
     for split, split_dir in (("train", train_dir), ("test", test_dir)):
@@ -93,24 +92,26 @@ def load_folder(root: str | Path, *, strict: bool = False) -> Decoded | Streamed
         if (counts == 0).any():
             empty = classes[int((counts == 0).nonzero()[0])]
             raise DataError(f"{split_dir / empty}: no usable image in this class folder (expected at least one)")
+    _report_skipped(root, skipped, strict)  # after the errors above: a failing command prints its one line only
     info = {
-        "source": str(root),
+        "source": _shown(str(root)),  # printable and storable even when the folder's name is not UTF-8
         "sizes": dict(payload["sizes"]),
         "modes": dict(payload["modes"]),
         "skipped": [list(s) for s in skipped],
-        "test_split": str(test_dir) if test_dir else f"stratified {FOLDER_TEST_FRACTION:.0%} of {root}, seed 0",
+        "test_split": _shown(str(test_dir) if test_dir else f"stratified {FOLDER_TEST_FRACTION:.0%} of {root}, seed 0"),
     }
     if payload["small"]:
         train_x, train_y = payload["train_images"], labels["train"]
         test_x, test_y = payload["test_images"], labels["test"]
         if test_dir is None:
             (train_x, train_y), (test_x, test_y) = _split_test(train_x, train_y)
-        return Decoded(root.name, classes, train_x, train_y, test_x, test_y, flip=True, default_val=0.1, info=info)
+        name = _shown(root.name)
+        return Decoded(name, classes, train_x, train_y, test_x, test_y, flip=True, default_val=0.1, info=info)
     files = {s: [str(root / rel) for rel in payload[f"{s}_files"]] for s in ("train", "test")}
     train_f, train_y, test_f, test_y = files["train"], labels["train"], files["test"], labels["test"]
     if test_dir is None:
         (train_f, train_y), (test_f, test_y) = _split_test(train_f, train_y)
-    return Streamed(root.name, classes, train_f, train_y, test_f, test_y, payload["channels"], info=info)
+    return Streamed(_shown(root.name), classes, train_f, train_y, test_f, test_y, payload["channels"], info=info)
 
 
 def decode_file(path: str | Path, channels: int) -> torch.Tensor:
@@ -121,6 +122,7 @@ def decode_file(path: str | Path, channels: int) -> torch.Tensor:
         data = Path(path).read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    _check_pixels(path, data)
     webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     try:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
@@ -147,6 +149,24 @@ def decode_file(path: str | Path, channels: int) -> torch.Tensor:
         raise DataError(f"{path}: not an image (unrecognised content; JPEG, PNG, BMP, WebP are read)") from None
     except Exception as e:  # PIL raises many types for bad data (OSError, SyntaxError, ValueError, ...)
         raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
+
+
+def _check_pixels(path: str | Path, data: bytes) -> None:
+    """Refuse a decompression bomb before decoding: a small file whose header claims more pixels than PIL's limit
+    (``Image.MAX_IMAGE_PIXELS``, about 179 million) would take gigabytes to decode. Reads only the header."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # raises DecompressionBombError itself past twice the limit
+                size = im.size
+    except Image.DecompressionBombError:
+        size = None
+    except Exception:  # not readable by PIL: the decoders below say why
+        return
+    if size is None or (limit and size[0] * size[1] > limit):
+        claimed = f"{size[0]}x{size[1]} pixels" if size else "its header claims"
+        raise DataError(f"{path}: {claimed}, more than the {limit:,} pixels an image may have (a decompression bomb?)")
 
 
 def _split_dirs(root: Path) -> tuple[Path, Path | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import tempfile
 import warnings
@@ -22,6 +23,31 @@ from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.engine import resolve_device, step_context
 from cnnzoo.train.loop import Dist, evaluate
 from cnnzoo.train.run import load_bundle, load_run
+
+MAX_REPORT_BYTES = 16 << 20  # a report.json is a few kB; anything near this is not one
+
+
+def read_report(path: str | Path) -> dict:
+    """A finished run's ``report.json`` (or the run directory holding it), checked: UTF-8 JSON of an object with
+    ``model``, ``data`` and ``test.top1``; anything else (garbage, a hand edit, a folder) is one line naming it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise CnnzooError(f"{path}: no such report (not a finished cnnzoo run directory)")
+    try:
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise CnnzooError(f"{path}: too large for a cnnzoo report.json")
+        report = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CnnzooError(f"{path}: not a cnnzoo report (not UTF-8 JSON: {str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise CnnzooError(f"{path}: cannot read ({e.strerror or e})") from None
+    ok = isinstance(report, dict) and isinstance(report.get("model"), str) and isinstance(report.get("data"), str)
+    top1 = report["test"].get("top1") if ok and isinstance(report.get("test"), dict) else None
+    if not isinstance(top1, (int, float)) or isinstance(top1, bool):
+        raise CnnzooError(f"{path}: not a cnnzoo report (expected model, data and test.top1)")
+    return report
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best", device: str = "auto") -> dict:
