@@ -170,7 +170,7 @@ def test_checkpoint_that_would_run_code_is_refused_without_suggesting_weights_on
         (lambda c: c["meta"].update(classes=["a"]), "classes for num_classes"),
         (lambda c: c["meta"].update(mean=["x"]), "'mean' must hold"),
         (lambda c: c.update(model={"conv1.weight": torch.zeros(1)}), "weights do not fit"),
-        (lambda c: c.update(model=[1, 2]), "'model' is missing or not a dict"),
+        (lambda c: c.update(model=[1, 2]), "'model' is missing or not a table"),
         (lambda c: c.update(format=99), "no format marker"),
     ],
     ids=["no-meta", "classes", "mean", "weights", "model-list", "format"],
