@@ -253,6 +253,25 @@ def test_commands_on_a_broken_run_directory(good_run, tmp_path, capsys, case):
 
 
 @pytest.mark.parametrize(
+    "damage",
+    [
+        lambda r: (r / "report.json").write_bytes(b"{x"),
+        lambda r: (r / "report.json").write_bytes(b"\xff\xfe"),
+        lambda r: (r / "report.json").write_text('{"model": "resnet20", "test": {"top1": "high"}}'),
+        lambda r: (r / "report.json").write_text("[1, 2]"),
+        lambda r: _to_dir(r / "report.json"),
+        lambda r: (r / "report.json").unlink(),
+    ],
+    ids=["garbage", "not-utf8", "wrong-types", "a-list", "a-folder", "missing"],
+)
+def test_compare_on_a_broken_report_is_one_line_before_any_measuring(good_run, tmp_path, capsys, damage):
+    run = Path(shutil.copytree(good_run, tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard")))
+    damage(run)
+    _check(capsys, ["compare", "resnet20", "--input", "1x32x32", "--device", "cpu", "--runs", str(run),
+                    "--out", str(tmp_path / "cmp")], tmp_path)  # fmt: skip
+
+
+@pytest.mark.parametrize(
     "image",
     [
         lambda d: _junk(d / "x.png", b""),
