@@ -60,9 +60,11 @@ def _write_cifar(root, name="cifar10", per_file=3, seed=0):
     """The release layout torchvision reads (cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta), tiny."""
     rng = np.random.default_rng(seed)
     if name == "cifar10":
-        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], [
-            "test_batch"
-        ]
+        folder, train_files, test_files = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+        )
         label_key, meta_file, meta = "labels", "batches.meta", {"label_names": CIFAR10_CLASSES, "num_vis": 3072}
         n_classes = 10
     else:
@@ -162,8 +164,17 @@ def test_cifar_pickles_of_every_protocol_still_read(tmp_path, protocol):
     folder, written = _write_cifar(tmp_path)
     data, labels = written["test_batch"]
     with open(folder / "test_batch", "wb") as fh:
-        pickle.dump({"batch_label": b"testing batch 1 of 1", "labels": labels, "data": data,
-                     "filenames": [b"x.png"] * 3, "scalar": np.int64(3)}, fh, protocol=protocol)  # fmt: skip
+        pickle.dump(
+            {
+                "batch_label": b"testing batch 1 of 1",
+                "labels": labels,
+                "data": data,
+                "filenames": [b"x.png"] * 3,
+                "scalar": np.int64(3),
+            },
+            fh,
+            protocol=protocol,
+        )
     b = load_data("cifar10", data_dir=str(tmp_path), val_size=0, batch_size=4, eval_batch_size=3)
     x, y = _eval_images(b, b.test)
     assert torch.equal(x, torch.from_numpy(data).view(3, 3, 32, 32)) and y.tolist() == labels
@@ -361,11 +372,19 @@ def test_all_grey_folder_is_one_channel_and_single_folder_gets_a_stratified_test
     [
         (lambda r: _folder(r, classes=("only",)), ["found 1 class folder(s); expected at least two"]),
         (lambda r: (_folder(r), (r / "train" / "emu").mkdir()), ["train/emu: empty class folder"]),
-        (lambda r: (_folder(r), (r / "train" / "dog" / "0.png").write_text("x"), (r / "train" / "dog" / "1.png")
-                    .write_text("x"), (r / "train" / "dog" / "2.png").write_text("x")),
-         ["train/dog: no usable image in this class folder"]),  # fmt: skip
-        (lambda r: (_folder(r), shutil.move(r / "test" / "dog", r / "test" / "wolf")),
-         ["its classes differ from the training split's (missing: dog; extra: wolf)"]),  # fmt: skip
+        (
+            lambda r: (
+                _folder(r),
+                (r / "train" / "dog" / "0.png").write_text("x"),
+                (r / "train" / "dog" / "1.png").write_text("x"),
+                (r / "train" / "dog" / "2.png").write_text("x"),
+            ),
+            ["train/dog: no usable image in this class folder"],
+        ),  # fmt: skip
+        (
+            lambda r: (_folder(r), shutil.move(r / "test" / "dog", r / "test" / "wolf")),
+            ["its classes differ from the training split's (missing: dog; extra: wolf)"],
+        ),  # fmt: skip
     ],
     ids=["one-class", "empty-class", "class-without-usable-images", "test-classes-differ"],
 )
@@ -435,8 +454,21 @@ def test_cache_is_used_then_rebuilt_when_the_folder_changes(tmp_path, monkeypatc
     assert load_data(str(root), val_size=0, batch_size=2).train.num_samples == 7 and len(builds) == 4
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "other-version", "other-key", "runs-code",
-                                    "labels-edited", "file-outside", "images-dtype", "payload-not-dict", "a-folder"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated",
+        "garbage",
+        "other-version",
+        "other-key",
+        "runs-code",
+        "labels-edited",
+        "file-outside",
+        "images-dtype",
+        "payload-not-dict",
+        "a-folder",
+    ],
+)
 def test_damaged_or_foreign_cache_is_rebuilt_never_used(tmp_path, monkeypatch, caplog, damage):
     root = _folder(tmp_path / "pets")
     builds = _count_builds(monkeypatch)

@@ -102,26 +102,39 @@ FOLDERS: dict[str, tuple[Callable[[Path], object], bool]] = {
     "empty": (lambda r: r.mkdir(), False),
     "a-file-not-a-folder": (lambda r: _junk(r), False),
     "only-non-images": (lambda r: [_junk(r / c / f"{i}.txt") for c in "ab" for i in range(2)], False),
-    "corrupt-jpegs": (lambda r: [_junk(r / c / f"{i}.jpg", b"\xff\xd8\xff\xe0 cut") for c in "ab" for i in range(2)],
-                      False),  # fmt: skip
+    "corrupt-jpegs": (
+        lambda r: [_junk(r / c / f"{i}.jpg", b"\xff\xd8\xff\xe0 cut") for c in "ab" for i in range(2)],
+        False,
+    ),
     "zero-byte-images": (lambda r: [_junk(r / c / "0.png", b"") for c in "ab"], False),
     "one-class": (lambda r: _good(r, classes=("only",)), False),
     "empty-class": (lambda r: (_good(r), (r / "train" / "emu").mkdir()), False),
-    "nested-junk-only": (lambda r: (_good(r), [_junk(r / "train" / "dog" / "x" / f"{i}.png") for i in range(2)],
-                                    [(r / "train" / "dog" / f"{i}.png").unlink() for i in range(3)]),
-                         False),  # fmt: skip
+    "nested-junk-only": (
+        lambda r: (
+            _good(r),
+            [_junk(r / "train" / "dog" / "x" / f"{i}.png") for i in range(2)],
+            [(r / "train" / "dog" / f"{i}.png").unlink() for i in range(3)],
+        ),
+        False,
+    ),
     "test-without-train": (lambda r: _good(r, splits=("test",)), False),
     "train-is-a-file": (lambda r: (_good(r, splits=("test",)), _junk(r / "train")), False),
     "mismatched-classes": (lambda r: (_good(r), shutil.move(r / "test" / "dog", r / "test" / "wolf")), False),
     "non-utf8-class": (lambda r: (_good(r), _png(_non_utf8(r / "train", b"\xffbird") / "0.png")), False),
-    "unreadable-only": (lambda r: [(_junk(r / c / "0.png", b"\x89PNG junk"), (r / c / "0.png").chmod(0))
-                                   for c in "ab"], False),  # fmt: skip
-    "class-folder-is-a-file": (lambda r: (_good(r), shutil.rmtree(r / "test" / "dog"), _junk(r / "test" / "dog")),
-                               False),  # fmt: skip
+    "unreadable-only": (
+        lambda r: [(_junk(r / c / "0.png", b"\x89PNG junk"), (r / c / "0.png").chmod(0)) for c in "ab"],
+        False,
+    ),
+    "class-folder-is-a-file": (
+        lambda r: (_good(r), shutil.rmtree(r / "test" / "dog"), _junk(r / "test" / "dog")),
+        False,
+    ),
     # Odd but usable: the bad files are skipped with reasons.
     "one-image-per-class": (lambda r: _good(r, per_class=1), True),
-    "some-corrupt-some-good": (lambda r: (_good(r), _junk(r / "train" / "cat" / "bad.jpg"),
-                                          _junk(r / "train" / "dog" / "empty.png", b"")), True),  # fmt: skip
+    "some-corrupt-some-good": (
+        lambda r: (_good(r), _junk(r / "train" / "cat" / "bad.jpg"), _junk(r / "train" / "dog" / "empty.png", b"")),
+        True,
+    ),
     "symlink-loop": (lambda r: (_good(r), os.symlink("..", r / "train" / "cat" / "up")), True),
     "dangling-symlink": (lambda r: (_good(r), os.symlink("/nonexistent/x.png", r / "train" / "cat" / "x.png")), True),
     "fifo-named-png": (lambda r: (_good(r), os.mkfifo(r / "train" / "cat" / "f.png")), True),
@@ -138,8 +151,9 @@ def test_data_on_a_broken_folder_is_one_line_or_a_report_and_changes_nothing(tmp
     try:
         _check(capsys, ["data", str(root)], tmp_path, ok=usable)
         if not usable:  # training on it fails the same way, before any run directory is made
-            _check(capsys, ["train", "resnet20", "--data", str(root), "--out", str(tmp_path / "run"), "--quiet"],
-                   tmp_path)  # fmt: skip
+            _check(
+                capsys, ["train", "resnet20", "--data", str(root), "--out", str(tmp_path / "run"), "--quiet"], tmp_path
+            )
     finally:
         for p in root.rglob("*") if root.is_dir() else []:
             if not p.is_symlink():
@@ -213,13 +227,19 @@ RUNS: dict[str, tuple[Callable[[Path], object], set[str]]] = {
     "best-runs-code": (lambda r: _evil(r / "best.pt"), {"resume"}),
     "last-runs-code": (lambda r: _evil(r / "last.pt"), {"eval", "predict", "export"}),
     "last-truncated": (lambda r: _cut(r / "last.pt"), {"eval", "predict", "export"}),
-    "last-without-optimizer": (lambda r: _edit_ckpt(r / "last.pt", lambda c: c.pop("optimizer")),
-                               {"eval", "predict", "export"}),  # fmt: skip
+    "last-without-optimizer": (
+        lambda r: _edit_ckpt(r / "last.pt", lambda c: c.pop("optimizer")),
+        {"eval", "predict", "export"},
+    ),
     "best-wrong-meta": (lambda r: _edit_ckpt(r / "best.pt", lambda c: c["meta"].update(num_classes="ten")), {"resume"}),
-    "best-foreign-weights": (lambda r: _edit_ckpt(r / "best.pt", lambda c: c.update(model={"w": torch.zeros(3)})),
-                             {"resume"}),  # fmt: skip
-    "best-config-wrong-type": (lambda r: _edit_ckpt(r / "best.pt", lambda c: c["config"].update(lr="fast")),
-                               {"resume"}),  # fmt: skip
+    "best-foreign-weights": (
+        lambda r: _edit_ckpt(r / "best.pt", lambda c: c.update(model={"w": torch.zeros(3)})),
+        {"resume"},
+    ),
+    "best-config-wrong-type": (
+        lambda r: _edit_ckpt(r / "best.pt", lambda c: c["config"].update(lr="fast")),
+        {"resume"},
+    ),
     "config-wrong-type": (_config_edit("lr = 0.1", 'lr = "fast"'), {"eval", "predict", "export"}),
     "config-unknown-key": (_config_edit("lr = 0.1", "lr = 0.1\nlearning_rate = 3"), {"eval", "predict", "export"}),
     "config-not-utf8": (lambda r: (r / "config.toml").write_bytes(b"lr = \xff\xfe\n"), {"eval", "predict", "export"}),
@@ -267,8 +287,22 @@ def test_commands_on_a_broken_run_directory(good_run, tmp_path, capsys, case):
 def test_compare_on_a_broken_report_is_one_line_before_any_measuring(good_run, tmp_path, capsys, damage):
     run = Path(shutil.copytree(good_run, tmp_path / "run", ignore=shutil.ignore_patterns("tensorboard")))
     damage(run)
-    _check(capsys, ["compare", "resnet20", "--input", "1x32x32", "--device", "cpu", "--runs", str(run),
-                    "--out", str(tmp_path / "cmp")], tmp_path)  # fmt: skip
+    _check(
+        capsys,
+        [
+            "compare",
+            "resnet20",
+            "--input",
+            "1x32x32",
+            "--device",
+            "cpu",
+            "--runs",
+            str(run),
+            "--out",
+            str(tmp_path / "cmp"),
+        ],
+        tmp_path,
+    )
 
 
 @pytest.mark.parametrize(
@@ -295,8 +329,9 @@ def test_a_broken_run_directory_in_a_real_process_prints_one_line(good_run, tmp_
     _evil(run / "best.pt")
     before = _tree(tmp_path)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1] / "src"))
-    proc = subprocess.run([sys.executable, "-m", "cnnzoo", "eval", str(run)], capture_output=True, text=True, env=env,
-                          timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "cnnzoo", "eval", str(run)], capture_output=True, text=True, env=env, timeout=300
+    )
     assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert "weights_only=False" not in proc.stderr and not (tmp_path / "pwned").exists()
     assert _tree(tmp_path) == before
@@ -336,15 +371,39 @@ def test_bad_recipe_is_one_line_before_any_work(tmp_path, capsys, case):
 
 
 FLAGS = [
-    ["--momentum", "-1"], ["--momentum", "2"], ["--nesterov", "--momentum", "0"],
+    ["--momentum", "-1"],
+    ["--momentum", "2"],
+    ["--nesterov", "--momentum", "0"],
     ["--optimizer", "adamw", "--nesterov"],
-    ["--gamma", "0"], ["--gamma", "-1"], ["--warmup-epochs", "-1"], ["--warmup-steps", "-1"], ["--warmup-lr", "-1"],
-    ["--lr", "nan"], ["--lr", "inf"], ["--lr", "0"], ["--min-lr", "1"], ["--cutout", "-1"], ["--subset", "0"],
-    ["--image-size", "0"], ["--eval-batch-size", "0"], ["--val-size", "-1"], ["--val-size", "2.5"],
-    ["--threads", "-1"], ["--epochs", "-1"], ["--seed", "-3"], ["--milestones", "1,nan"], ["--in-channels", "2"],
-    ["--weight-decay", "inf"], ["--label-smoothing", "1"], ["--ema", "1"], ["--batch-size", "0"],
-    ["--aux-weight", "-1"], ["--step-size", "0"], ["--pct-start", "1"], ["--dropout", "nan"],
-]  # fmt: skip
+    ["--gamma", "0"],
+    ["--gamma", "-1"],
+    ["--warmup-epochs", "-1"],
+    ["--warmup-steps", "-1"],
+    ["--warmup-lr", "-1"],
+    ["--lr", "nan"],
+    ["--lr", "inf"],
+    ["--lr", "0"],
+    ["--min-lr", "1"],
+    ["--cutout", "-1"],
+    ["--subset", "0"],
+    ["--image-size", "0"],
+    ["--eval-batch-size", "0"],
+    ["--val-size", "-1"],
+    ["--val-size", "2.5"],
+    ["--threads", "-1"],
+    ["--epochs", "-1"],
+    ["--seed", "-3"],
+    ["--milestones", "1,nan"],
+    ["--in-channels", "2"],
+    ["--weight-decay", "inf"],
+    ["--label-smoothing", "1"],
+    ["--ema", "1"],
+    ["--batch-size", "0"],
+    ["--aux-weight", "-1"],
+    ["--step-size", "0"],
+    ["--pct-start", "1"],
+    ["--dropout", "nan"],
+]
 
 
 @pytest.mark.parametrize("flags", FLAGS, ids=[" ".join(f) for f in FLAGS])

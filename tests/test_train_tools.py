@@ -211,8 +211,11 @@ def test_export_to_a_read_only_folder_is_one_line(run_dir, tmp_path, capsys):
     ro.mkdir()
     ro.chmod(0o555)
     try:
-        _fails_in_one_line(capsys, ["export", str(run_dir[0]), "--format", "torchscript", "--output",
-                                    str(ro / "m.pt")], "permission denied")  # fmt: skip
+        _fails_in_one_line(
+            capsys,
+            ["export", str(run_dir[0]), "--format", "torchscript", "--output", str(ro / "m.pt")],
+            "permission denied",
+        )
         assert not any(ro.iterdir())
     finally:
         ro.chmod(0o755)
@@ -232,6 +235,10 @@ def test_export_failing_midway_leaves_the_previous_file_and_no_temporary(run_dir
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(tools, "_write_torchscript", disk_full)
-    _fails_in_one_line(capsys, ["export", str(out), "--format", "torchscript", "--output", str(dest)],
-                       str(dest), "No space left on device")  # fmt: skip
+    _fails_in_one_line(
+        capsys,
+        ["export", str(out), "--format", "torchscript", "--output", str(dest)],
+        str(dest),
+        "No space left on device",
+    )
     assert dest.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

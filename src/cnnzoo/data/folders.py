@@ -80,8 +80,12 @@ def load_folder(root: str | Path, *, strict: bool = False) -> Decoded | Streamed
         skipped += test_skipped
         stats += test_stats
     key = content_key(stats, "folder", str(train_dir.relative_to(root)), test_dir and str(test_dir.relative_to(root)))
-    payload = load_or_build(cache_path(root, "folders"), key, lambda: _build(root, classes, train, test),
-                            check=lambda p: _payload_ok(p, train, test))  # fmt: skip
+    payload = load_or_build(
+        cache_path(root, "folders"),
+        key,
+        lambda: _build(root, classes, train, test),
+        check=lambda p: _payload_ok(p, train, test),
+    )
     skipped += [tuple(s) for s in payload["skipped"]]
 
     labels = {s: torch.as_tensor(payload[f"{s}_labels"], dtype=torch.int64) for s in ("train", "test")}
@@ -353,22 +357,36 @@ def _build(root: Path, classes: list[str], train: list[tuple[str, int]], test: l
 def _payload_ok(p: dict, train: list[tuple[str, int]], test: list[tuple[str, int]]) -> bool:
     """Whether a cached payload is one :func:`_build` could have made from this scan: every file it names is a
     scanned file with the scanned label, and the tensors have the shapes and types the loaders expect."""
-    if not (isinstance(p.get("sizes"), dict) and isinstance(p.get("modes"), dict) and p.get("channels") in (1, 3)
-            and isinstance(p.get("small"), bool) and isinstance(p.get("skipped"), list)):  # fmt: skip
+    if not (
+        isinstance(p.get("sizes"), dict)
+        and isinstance(p.get("modes"), dict)
+        and p.get("channels") in (1, 3)
+        and isinstance(p.get("small"), bool)
+        and isinstance(p.get("skipped"), list)
+    ):
         return False
-    if not all(isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, str) for v in s)
-               for s in p["skipped"]):  # fmt: skip
+    if not all(
+        isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, str) for v in s) for s in p["skipped"]
+    ):
         return False
     for split, scanned in (("train", dict(train)), ("test", dict(test))):
         files, labels = p.get(f"{split}_files"), p.get(f"{split}_labels")
-        if not (isinstance(files, list) and isinstance(labels, torch.Tensor) and labels.dtype == torch.int64
-                and labels.shape == (len(files),)):  # fmt: skip
+        if not (
+            isinstance(files, list)
+            and isinstance(labels, torch.Tensor)
+            and labels.dtype == torch.int64
+            and labels.shape == (len(files),)
+        ):
             return False
         if any(not isinstance(f, str) or scanned.get(f) != int(y) for f, y in zip(files, labels.tolist(), strict=True)):
             return False
         images = p.get(f"{split}_images")
-        if p["small"] and not (isinstance(images, torch.Tensor) and images.dtype == torch.uint8 and images.ndim == 4
-                               and images.shape[:2] == (len(files), p["channels"])):  # fmt: skip
+        if p["small"] and not (
+            isinstance(images, torch.Tensor)
+            and images.dtype == torch.uint8
+            and images.ndim == 4
+            and images.shape[:2] == (len(files), p["channels"])
+        ):
             return False
     return not p["small"] or p["train_images"].shape[2:] == p["test_images"].shape[2:]
 

@@ -143,11 +143,15 @@ def load_mnist(name: str, root: Path, download: bool | None) -> Decoded:
         images = read_idx(folder / f"{prefix}-images-idx3-ubyte", ndim=3)
         labels = read_idx(folder / f"{prefix}-labels-idx1-ubyte", ndim=1).long()
         if len(images) != len(labels):
-            raise DataError(f"{folder}: {prefix} image and label files disagree on the number of samples "
-                            f"({len(images)} vs {len(labels)})")  # fmt: skip
+            raise DataError(
+                f"{folder}: {prefix} image and label files disagree on the number of samples "
+                f"({len(images)} vs {len(labels)})"
+            )
         if len(labels) and int(labels.max()) >= len(cls.classes):
-            raise DataError(f"{folder / f'{prefix}-labels-idx1-ubyte'}: label {int(labels.max())} out of range "
-                            f"(expected 0..{len(cls.classes) - 1})")  # fmt: skip
+            raise DataError(
+                f"{folder / f'{prefix}-labels-idx1-ubyte'}: label {int(labels.max())} out of range "
+                f"(expected 0..{len(cls.classes) - 1})"
+            )
         splits[split] = images.unsqueeze(1), labels
     if not len(splits["train"][1]) or not len(splits["test"][1]):
         raise DataError(f"{folder}: expected images in both the train and the t10k files")
@@ -185,8 +189,10 @@ def read_idx(path: Path, *, ndim: int) -> torch.Tensor:
         raise DataError(f"{path}: {expected} with impossible dimensions {dims}")
     size = math.prod(dims)
     if len(data) != header + size:
-        raise DataError(f"{path}: the header says {' x '.join(map(str, dims))} = {size:,} bytes of data, the file "
-                        f"holds {len(data) - header:,} (truncated or not {expected})")  # fmt: skip
+        raise DataError(
+            f"{path}: the header says {' x '.join(map(str, dims))} = {size:,} bytes of data, the file "
+            f"holds {len(data) - header:,} (truncated or not {expected})"
+        )
     return torch.from_numpy(np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims).copy())
 
 
@@ -242,8 +248,19 @@ def _unpickle(path: Path):
         if str(e).startswith("refused global"):
             raise DataError(f"{path}: {e}: a CIFAR pickle holds only numpy arrays and plain values") from None
         raise DataError(f"{path}: truncated or not a CIFAR pickle (UnpicklingError)") from None
-    except (EOFError, ValueError, TypeError, AttributeError, ImportError, IndexError, KeyError, MemoryError,
-            RecursionError, OverflowError, UnicodeDecodeError) as e:  # fmt: skip
+    except (
+        EOFError,
+        ValueError,
+        TypeError,
+        AttributeError,
+        ImportError,
+        IndexError,
+        KeyError,
+        MemoryError,
+        RecursionError,
+        OverflowError,
+        UnicodeDecodeError,
+    ) as e:
         raise DataError(f"{path}: truncated or not a CIFAR pickle ({type(e).__name__})") from None
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
@@ -264,5 +281,10 @@ def _check_md5(name: str, folder: Path, files: list[tuple[str, str]]) -> None:
         except OSError:
             differ.append(f)
     if differ:
-        log.warning("%s: %s differ(s) from the official %s release (md5); reading anyway, with numpy arrays and "
-                    "plain values only", folder, ", ".join(differ), name)  # fmt: skip
+        log.warning(
+            "%s: %s differ(s) from the official %s release (md5); reading anyway, with numpy arrays and "
+            "plain values only",
+            folder,
+            ", ".join(differ),
+            name,
+        )

@@ -29,8 +29,14 @@ from cnnzoo.train.config import config_from_dict
 FORMAT = 1  # bump when the layout below changes
 
 
-def load(path: str | Path, *, model: str | None = None, num_classes: int | None = None,
-         in_channels: int | None = None, resume: bool = False) -> dict[str, Any]:  # fmt: skip
+def load(
+    path: str | Path,
+    *,
+    model: str | None = None,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    resume: bool = False,
+) -> dict[str, Any]:
     """Load a checkpoint with ``weights_only=True``, check its structure (with ``resume``, also the training state
     a ``last.pt`` holds) and refuse one made for another model, class count or channel count."""
     path = Path(path)
@@ -59,19 +65,39 @@ def _refusal(message: str) -> str:
     torch's advice to load it with ``weights_only=False`` (which would run whatever the file asks)."""
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
-        return (f"refused: it asks to load {found.group(1)}; a cnnzoo checkpoint holds only tensors and plain values, "
-                "and loading anything else could run code, so it is not loaded")  # fmt: skip
+        return (
+            f"refused: it asks to load {found.group(1)}; a cnnzoo checkpoint holds only tensors and plain values, "
+            "and loading anything else could run code, so it is not loaded"
+        )
     after = message.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in message else ""
     lines = [line.strip() for line in after.splitlines() if line.strip() and "weights_only" not in line]
     return f"not a readable checkpoint (the safe loader stopped at: {lines[0] if lines else 'unknown content'})"
 
 
-_META = {"model": str, "data": str, "num_classes": int, "in_channels": int, "image_size": int, "classes": list,
-         "mean": list, "std": list}  # fmt: skip
+_META = {
+    "model": str,
+    "data": str,
+    "num_classes": int,
+    "in_channels": int,
+    "image_size": int,
+    "classes": list,
+    "mean": list,
+    "std": list,
+}
 _KIND_NAMES = {str: "a string", int: "an integer", list: "a list"}
-_RESUME = {"optimizer": dict, "scaler": dict, "ema": (dict, type(None)), "position": dict,
-           "sums": (torch.Tensor, type(None)), "seen": int, "epoch_seconds": (int, float), "history": list,
-           "best": dict, "train_seconds": (int, float), "rng": dict}  # fmt: skip
+_RESUME = {
+    "optimizer": dict,
+    "scaler": dict,
+    "ema": (dict, type(None)),
+    "position": dict,
+    "sums": (torch.Tensor, type(None)),
+    "seen": int,
+    "epoch_seconds": (int, float),
+    "history": list,
+    "best": dict,
+    "train_seconds": (int, float),
+    "rng": dict,
+}
 
 
 def _problem(ckpt: Any, resume: bool) -> str | None:
@@ -93,8 +119,9 @@ def _problem(ckpt: Any, resume: bool) -> str | None:
         return "meta 'in_channels' and 'image_size' must be >= 1"
     for key in ("mean", "std"):
         values = meta[key]
-        if len(values) != meta["in_channels"] or not all(isinstance(v, (int, float)) and math.isfinite(v)
-                                                         for v in values):  # fmt: skip
+        if len(values) != meta["in_channels"] or not all(
+            isinstance(v, (int, float)) and math.isfinite(v) for v in values
+        ):
             return f"meta {key!r} must hold {meta['in_channels']} finite numbers"
     if not all(v > 0 for v in meta["std"]):
         return "meta 'std' must be positive"
@@ -108,8 +135,9 @@ def _problem(ckpt: Any, resume: bool) -> str | None:
         for key, kind in _RESUME.items():
             if key not in ckpt or not isinstance(ckpt[key], kind):
                 return f"{key!r} (the training state a last.pt holds) is missing or of the wrong type"
-        if not all(isinstance(ckpt["position"].get(k), int) and ckpt["position"][k] >= 0
-                   for k in ("epoch", "batch", "step")):  # fmt: skip
+        if not all(
+            isinstance(ckpt["position"].get(k), int) and ckpt["position"][k] >= 0 for k in ("epoch", "batch", "step")
+        ):
             return "'position' must hold epoch, batch and step as integers >= 0"
     return None
 
@@ -141,8 +169,12 @@ def rng_state() -> dict[str, Any]:
     state = {
         "torch": torch.get_rng_state(),
         "python": random.getstate(),  # (version, tuple of ints, None): plain values
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "gauss": float(gauss)},  # fmt: skip
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },  # fmt: skip
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()

@@ -163,8 +163,16 @@ def _write_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor,
     import onnxruntime
 
     # The dynamo exporter (torch.export -> onnxscript); the batch dimension stays dynamic.
-    torch.onnx.export(model, (x,), str(path), input_names=["images"], output_names=["logits"], dynamo=True,
-                      dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), verbose=False)  # fmt: skip
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+        verbose=False,
+    )
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     one = torch.from_numpy(session.run(None, {"images": x[:1].numpy()})[0])  # another batch size, same file
