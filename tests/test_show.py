@@ -45,11 +45,11 @@ def quadrant(maps: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def corners(tmp_path_factory) -> dict:
-    """The corners folder (32 train and 8 test images per class, plus the planted mistakes) and a resnet20 run on
-    it: 20 SGD steps without augmentation (a flip would move the patch to another class's corner)."""
+    """The corners folder (48 train and 8 test images per class, plus the planted mistakes) and a resnet20 run on
+    it: 40 SGD steps without augmentation (a flip would move the patch to another class's corner)."""
     root = tmp_path_factory.mktemp("corners")
     rng = np.random.default_rng(0)
-    for split, n in (("train", 32), ("test", 8)):
+    for split, n in (("train", 48), ("test", 8)):
         for k, name in enumerate(CORNERS):
             (root / "data" / split / name).mkdir(parents=True)
             for i in range(n):
@@ -63,7 +63,7 @@ def corners(tmp_path_factory) -> dict:
             data=str(root / "data"),
             out=root / "run",
             augment="none",
-            iterations=20,
+            iterations=40,
             batch_size=32,
             lr=0.05,
             schedule="constant",

@@ -155,11 +155,12 @@ def filter_images(model: nn.Module) -> np.ndarray:
 
 def filter_mosaic(images: np.ndarray, cols: int | None = None, gap: int = 1) -> np.ndarray:
     """Tile ``(N, kh, kw, C)`` kernel images into one ``(rows * (kh + gap) - gap, cols * (kw + gap) - gap, C)``
-    picture, row by row, on a white background (``gap`` pixels between tiles)."""
+    picture, row by row, ``gap`` pixels apart; the gaps (and unused tiles) are NaN, so no kernel value is mistaken for
+    background."""
     n, kh, kw, c = images.shape
     cols = cols or math.ceil(math.sqrt(n * 1.5))  # a little wider than tall, as a page is
     rows = math.ceil(n / cols)
-    out = np.ones((rows * (kh + gap) - gap, cols * (kw + gap) - gap, c), dtype=np.float32)
+    out = np.full((rows * (kh + gap) - gap, cols * (kw + gap) - gap, c), np.nan, dtype=np.float32)
     for i, img in enumerate(images):
         r, q = divmod(i, cols)
         out[r * (kh + gap) : r * (kh + gap) + kh, q * (kw + gap) : q * (kw + gap) + kw] = img
@@ -327,17 +328,24 @@ def _overlay(ax, image: np.ndarray, cam: np.ndarray):
 
 
 def plot_filters(images: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
-    """The kernels of :func:`filter_images` as one tiled picture."""
+    """The kernels of :func:`filter_images` as one tiled picture (gaps in light blue, not a kernel colour)."""
     from matplotlib.figure import Figure
 
     n, kh, kw, c = images.shape
     mosaic = filter_mosaic(images)
-    scale = max(4.0, min(14.0, mosaic.shape[1] / 12))  # inches: about 12 kernel pixels per inch, within a page
-    fig = Figure(figsize=(scale, scale * mosaic.shape[0] / mosaic.shape[1] + 0.9), layout="constrained")
+    gap = np.array([0.75, 0.85, 1.0])
+    width = max(6.0, min(14.0, mosaic.shape[1] / 12))  # inches: about 12 kernel pixels per inch, within a page
+    fig = Figure(figsize=(width, width * mosaic.shape[0] / mosaic.shape[1] + 1.2), layout="constrained")
     ax = fig.subplots()
-    _show_image(ax, mosaic)
+    if c == 1:
+        grey = np.repeat(mosaic, 3, axis=2)
+        ax.imshow(np.where(np.isnan(grey), gap, grey))
+    else:
+        ax.imshow(np.where(np.isnan(mosaic), gap, mosaic))
+    ax.set_xticks([])
+    ax.set_yticks([])
     ax.set_title(title, fontsize=10)
-    colour = "RGB" if c == 3 else "grey, mean over input channels"
+    colour = "RGB" if c == 3 else "grey: mean over input channels"
     ax.set_xlabel(f"{n} kernels of {kh}x{kw} ({colour}), each scaled to its own min..max", fontsize=9)
     return save_figure(fig, path)
 
@@ -464,7 +472,7 @@ def cmd_filters(args: argparse.Namespace) -> int:
     is_run = Path(args.subject).is_dir()
     out = args.out or (Path(args.subject) / "filters.png" if is_run else Path(f"filters-{meta['model']}.png"))
     kh, kw = first_conv(model).kernel_size
-    title = f"{meta['label']}: the first convolution's {kh}x{kw} kernels"
+    title = f"{meta['label']}\nthe first convolution's {kh}x{kw} kernels"
     return _done(plot_filters(filter_images(model), out, title=title))
 
 
