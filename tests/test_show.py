@@ -74,6 +74,7 @@ def corners(tmp_path_factory) -> dict:
     return {"run": root / "run", "data": root / "data"}
 
 
+@pytest.mark.slow  # uses the module's trained run (40 steps: about a minute of CPU time on the 2-core VM)
 def test_grad_cam_peaks_in_the_corner_that_decides_the_class(corners):
     model, meta = show.load_subject(corners["run"])
     files = [p for k, name in enumerate(CORNERS) for p in sorted((corners["data"] / "test" / name).glob("[0-9]*.png"))]
@@ -183,6 +184,7 @@ def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
         assert needle in err, err
 
 
+@pytest.mark.slow  # uses the module's trained run (40 steps: about a minute of CPU time on the 2-core VM)
 def test_every_command_writes_its_png(corners, tmp_path, capsys):
     run, test = corners["run"], corners["data"] / "test"
     images = [test / "top-left" / "0.png", test / "bottom-right" / "0.png"]
@@ -205,6 +207,7 @@ def test_every_command_writes_its_png(corners, tmp_path, capsys):
     assert rc == 0 and Path(out.strip()) == run / "filters.png" and (run / "filters.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # uses the module's trained run (40 steps: about a minute of CPU time on the 2-core VM)
 def test_mistakes_are_the_planted_ones_and_their_cams_point_at_the_patch(corners):
     m = show.find_mistakes(corners["run"], count=5, device="cpu")
     assert m["n_test"] == 4 * 8 + PLANTED and m["n_wrong"] >= PLANTED
@@ -218,6 +221,7 @@ def test_mistakes_are_the_planted_ones_and_their_cams_point_at_the_patch(corners
     assert (m["images"][0, :PATCH, -PATCH:] > 0.99).all()
 
 
+@pytest.mark.slow  # uses the module's trained run (40 steps: about a minute of CPU time on the 2-core VM)
 def test_errors_are_one_line(corners, tmp_path, capsys):
     run, image = corners["run"], corners["data"] / "test" / "top-left" / "0.png"
     broken = tmp_path / "broken.png"
@@ -245,6 +249,7 @@ def test_errors_are_one_line(corners, tmp_path, capsys):
     assert not (tmp_path / "x.jpg").exists()
 
 
+@pytest.mark.slow  # uses the module's trained run (40 steps: about a minute of CPU time on the 2-core VM)
 def test_missing_captum_is_one_line_naming_the_extra(corners, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "captum.attr", None)  # import captum.attr -> ImportError
     image = corners["data"] / "test" / "top-left" / "0.png"

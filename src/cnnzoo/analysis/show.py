@@ -540,7 +540,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
         )
         layers.append(f"{meta['model']}: {r['layer']} {r['layer_size'][0]}x{r['layer_size'][1]}")
     what = f"class {args.class_name!r}" if args.class_name else "the predicted class"
-    title = f"Grad-CAM for {what} (panel title: class and probability); CAM layer {'; '.join(layers)}"
+    title = f"Grad-CAM for {what} (panel title: class and probability)\nCAM layer {'; '.join(layers)}"
     out = args.out or (Path(runs[0]) / "cam.png" if len(runs) == 1 else Path("cam.png"))
     return _done(plot_cams(rows, out, title=title))
 
@@ -549,7 +549,7 @@ def cmd_mistakes(args: argparse.Namespace) -> int:
     m = find_mistakes(_run_dir(args.run), count=args.count, which=args.checkpoint, device=args.device)
     h, w = m["layer_size"]
     title = (
-        f"{m['model']} trained on {m['data']} ({Path(args.run).name}): the {len(m['true'])} most confident of "
+        f"{m['model']} trained on {m['data']} ({Path(args.run).name})\nthe {len(m['true'])} most confident of "
         f"{m['n_wrong']} mistakes on {m['n_test']} test images; Grad-CAM at {m['layer']} ({h}x{w})"
     )
     return _done(plot_mistakes(m, args.out or Path(args.run) / "mistakes.png", title=title))
