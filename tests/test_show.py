@@ -231,6 +231,7 @@ def test_errors_are_one_line(corners, tmp_path, capsys):
         (["filters", missing], "neither a run directory nor a model name"),
         (["filters", tmp_path], "no such checkpoint"),  # a folder that holds no run
         (["filters", "resnet20", "--out", tmp_path / "x.jpg"], "expected a .png"),
+        (["filters", "resnet20", "--in-channels", "0"], "--in-channels must be >= 1"),
         (["features", missing, image], "no such run directory"),
         (["features", run, broken], str(broken)),
         (["features", run, tmp_path / "nope.png"], "no such file"),

@@ -12,8 +12,8 @@ Each command draws one PNG; the arrays behind it come from :func:`filter_images`
 :func:`grad_cam` and :func:`find_mistakes`, so a notebook can draw them its own way.
 
 Attributions come from captum (``LayerGradCam`` and ``LayerAttribution.interpolate``), the ``cnnzoo[show]`` extra,
-not pytorch-grad-cam. Both compute the same Grad-CAM; captum is PyTorch's own library and needs only torch, numpy
-and matplotlib (pytorch-grad-cam also pulls in OpenCV, ttach and scikit-learn's pins), it works on a batch with one
+not pytorch-grad-cam. Both compute the same Grad-CAM; captum is PyTorch's own library and adds only tqdm and packaging
+to what cnnzoo already installs (pytorch-grad-cam adds OpenCV, ttach and tqdm), it works on a batch with one
 target class per image and returns tensors, and it leaves each map's scale alone, where pytorch-grad-cam min-max
 normalises every map in numpy and resizes it with cv2. Here the figures normalise once, visibly, under a labelled
 colour bar, and :func:`grad_cam` returns the raw (ReLU'd, upsampled) maps.
@@ -87,6 +87,8 @@ def load_subject(spec: str | os.PathLike, *, which: str = "best", in_channels: i
         meta = ckpt["meta"]
         return model, {**meta, "label": f"{meta['model']} trained on {meta['data']} ({path.name}, {which}.pt)"}
     name = str(spec)
+    if in_channels < 1:
+        raise CnnzooError(f"--in-channels must be >= 1, got {in_channels}")
     if name in list_models():
         # Pretrained weights (issue 16) plug in here: a name with weights loads them into this model and says so in
         # the label ("pretrained on ImageNet"); a plain name is a fresh initialisation.
