@@ -28,6 +28,7 @@ REGENERATE = os.environ.get("CNNZOO_REGENERATE") == "1"
 # name -> (input (C, H, W), builder options). Inputs are each net's own size, except resnet1202 (1202 layers) at 8x8.
 CASES: dict[str, tuple[tuple[int, int, int], dict]] = {
     "alexnet_paper": ((3, 227, 227), {}),
+    "alexnet_2tower_paper": ((3, 227, 227), {}),
     "googlenet_paper": ((3, 224, 224), {}),
     "alexnet_cifar": ((3, 32, 32), {}),
     "vgg11_cifar": ((3, 32, 32), {}),

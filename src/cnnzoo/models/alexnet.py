@@ -167,44 +167,41 @@ class AlexNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, name=self.name, in_channels=self.in_channels, min_size=self.min_size, exact_size=self.exact_size)
-        # N x 3 x 227 x 227 (paper)
+        # N x 3 x 227 x 227 (torchvision: 224 x 224, cifar: 32 x 32)
         x = self.features(x)
-        # N x 256 x 6 x 6
+        # N x 256 x 6 x 6 (cifar: 4 x 4)
         x = self.avgpool(x)
-        # N x 256 x 6 x 6 (cifar: N x 256 x 4 x 4)
+        # N x 256 x 6 x 6 (cifar: 4 x 4)
         x = torch.flatten(x, 1)
-        # N x 9216
+        # N x 9216 (cifar: 4096)
         x = self.classifier(x)
         # N x num_classes
         return x
 
 
+def _alexnet(name: str, style: Style, num_classes: int, in_channels: int, dropout: float, towers: int = 1) -> AlexNet:
+    return AlexNet(name, style=style, num_classes=num_classes, in_channels=in_channels, dropout=dropout, towers=towers)
+
+
 @register_model(family="alexnet", paper=PAPER)
 def alexnet(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
     """torchvision's AlexNet (one tower, 64-192-384-256-256, no LRN); min input 63x63."""
-    return AlexNet("alexnet", style="torchvision", num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+    return _alexnet("alexnet", "torchvision", num_classes, in_channels, dropout)
 
 
 @register_model(family="alexnet", paper=PAPER, input_size=(3, 227, 227))
 def alexnet_paper(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
     """The paper's AlexNet as one tower (96-256-384-384-256, LRN, 3x3/2 pools), input 227x227; 1.14 GMACs."""
-    return AlexNet("alexnet_paper", style="paper", num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+    return _alexnet("alexnet_paper", "paper", num_classes, in_channels, dropout)
 
 
 @register_model(family="alexnet", paper=PAPER, input_size=(3, 227, 227))
 def alexnet_2tower_paper(*, num_classes: int = 1000, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
     """The paper's two-tower AlexNet: conv2, conv4, conv5 and the LRNs split in two groups (Figure 2); 0.72 GMACs."""
-    return AlexNet(
-        "alexnet_2tower_paper",
-        style="paper",
-        towers=2,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        dropout=dropout,
-    )
+    return _alexnet("alexnet_2tower_paper", "paper", num_classes, in_channels, dropout, towers=2)
 
 
 @register_model(family="alexnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def alexnet_cifar(*, num_classes: int = 10, in_channels: int = 3, dropout: float = 0.5) -> AlexNet:
     """AlexNet sized for 32x32 (and 28x28) images; see the module docstring for the design and its source."""
-    return AlexNet("alexnet_cifar", style="cifar", num_classes=num_classes, in_channels=in_channels, dropout=dropout)
+    return _alexnet("alexnet_cifar", "cifar", num_classes, in_channels, dropout)
