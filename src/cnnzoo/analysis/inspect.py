@@ -42,15 +42,25 @@ def cmd_models(args: argparse.Namespace) -> int:
         "classes for ImageNet-size nets, 10 for 32x32 ones; aux = training-only auxiliary classifiers; "
         "MACs = multiply-accumulates per image)"
     )
-    columns = ("name", "family", "paper", "input", "params", "aux params", "MACs")
+    cells = [
+        {
+            "name": r["name"],
+            "family": r["family"],
+            "paper": r["paper"].split(",")[0],
+            "input": "x".join(map(str, r["input_size"])),
+            "params": f"{r['params']:,}",
+            "aux params": f"+{r['aux_params']:,}" if r["aux_params"] else "",
+            "MACs": human(r["macs"]),
+        }
+        for r in rows
+    ]
+    columns = [c for c in cells[0] if c != "aux params" or any(row[c] for row in cells)] if cells else []
     for col in columns:
-        table.add_column(col, justify="left" if col in columns[:3] else "right", no_wrap=col != "paper")
-    for r in rows:
-        aux = f"+{r['aux_params']:,}" if r["aux_params"] else ""
-        shape = "x".join(map(str, r["input_size"]))
-        table.add_row(
-            r["name"], r["family"], r["paper"].split(",")[0], shape, f"{r['params']:,}", aux, human(r["macs"])
-        )
+        # Every column but the paper keeps its full width (a narrow terminal folds the paper, never a number).
+        width = None if col == "paper" else max(len(col), *(len(row[col]) for row in cells))
+        table.add_column(col, justify="left" if col in ("name", "family", "paper") else "right", min_width=width)
+    for row in cells:
+        table.add_row(*(row[c] for c in columns))
     console.print(table)
     return 0
 
