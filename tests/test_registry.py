@@ -172,7 +172,7 @@ def test_family_labels_follow_one_rule():
         assert arch in {"alexnet", "vgg", "googlenet", "resnet", "plain"}, name
         assert info.family.endswith("_cifar") == (name in SMALL), name
         assert name.startswith(arch), name
-        assert re.fullmatch(r"[A-Z][\w ,&.]+ \d{4}, [^()]+ \([A-Za-z]+ \d{4}(, arXiv:\d{4}\.\d{5})?\)", info.paper), (
+        assert re.fullmatch(r"[A-Z][\w ,&.]+ \d{4}, [^()]+ \([A-Za-z]+ \d{4}(, arXiv:\d{4}\.\d{4,5})?\)", info.paper), (
             name
         )
 
@@ -201,7 +201,7 @@ def test_cam_layer_and_stages_name_submodules(name):
             return
         shapes = {}
         watched = {*model.stages, model.cam_layer}
-        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.setdefault(n, o.shape)) for n in watched]
+        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape)) for n in watched]
         model(torch.empty(1, c, h, w))
         for hk in hooks:
             hk.remove()
