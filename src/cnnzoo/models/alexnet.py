@@ -1,7 +1,7 @@
 """AlexNet: ReLU, local response normalisation, overlapping pooling and dropout.
 
 Krizhevsky, Sutskever, Hinton, "ImageNet Classification with Deep Convolutional Neural Networks", NeurIPS 2012.
-(The one-tower variant torchvision follows: Krizhevsky, "One weird trick for parallelizing convolutional neural
+(The one-tower form torchvision follows: Krizhevsky, "One weird trick for parallelizing convolutional neural
 networks", 2014, arXiv:1404.5997.)
 
 The paper's network (section 3.5, Figure 2): five convs (96 11x11/4, 256 5x5, 384 3x3, 384 3x3, 256 3x3) and three
