@@ -93,10 +93,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _blocks(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
-    """(name, block, last BN of its branch) for every residual/plain block (modules with a bool ``shortcut``)."""
+    """(name, block, last BN of its branch) for every residual/plain block (modules with a ``shortcut`` attribute:
+    "A", "B", or None in the plain twins)."""
     out = []
     for name, m in model.named_modules():
-        if isinstance(getattr(m, "shortcut", None), bool):
+        if hasattr(m, "shortcut"):
             out.append((name, m, m.bn3 if hasattr(m, "bn3") else m.bn2))
     return out
 
