@@ -92,12 +92,13 @@ class VGG(nn.Module):
     Style "torchvision": three FC layers on a 7x7x512 map. Style "cifar": one linear layer on the 512-d global
     average of the last map.
 
-    ``cam_layer``: ``features``, the last conv block's map after its max pool (7x7 at 224, 1x1 at 32 px: at CIFAR
-    size Grad-CAM has one position left, so read a stage of ``stages`` instead). ``stages``: the five max pools,
-    the block boundaries of Table 1.
+    ``cam_layer``: the ReLU of the last conv layer, before the fifth max pool: the layer Grad-CAM reads in VGG-16
+    (Selvaraju et al. 2017, "conv5_3", 14x14 at 224). At 32 px that map is 2x2, where the pooled ``features``
+    output would leave one position and a uniform map. ``stages``: the five max pools, the block boundaries of
+    Table 1.
     """
 
-    cam_layer = "features"
+    cam_layer: str
     stages: tuple[str, ...]
 
     def __init__(
@@ -130,6 +131,8 @@ class VGG(nn.Module):
                 nn.Linear(4096, num_classes),  # FC8
             )  # fmt: skip
         self.stages = tuple(f"features.{i}" for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d))
+        last_relu = max(i for i, m in enumerate(self.features) if isinstance(m, nn.ReLU))
+        self.cam_layer = f"features.{last_relu}"
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
