@@ -8,22 +8,29 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnzoo.data.bundle import DataBundle, DataError, channel_stats, generator, to_channels
+from cnnzoo.data.bundle import (
+    AUGMENTS,
+    DataBundle,
+    DataError,
+    Stream,
+    channel_stats,
+    default_home,
+    generator,
+    to_channels,
+)
 from cnnzoo.data.device_loader import DeviceLoader, EmptyLoader
 from cnnzoo.data.folders import SMALL_MAX, Streamed, decode_file, load_folder
 from cnnzoo.data.sources import Decoded, load_cifar, load_digits, load_mnist
 from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD, StreamLoader, eval_transform
 
 NAMED = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
-AUGMENTS = ("standard", "none")
-_VAL_SPLIT = 2  # generator stream tag for the validation carve
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """Where named datasets live: ``data_dir``, else ``$CNNZOO_DATA_DIR``, else ``~/.cache/cnnzoo/data``."""
     if data_dir:
         return Path(data_dir).expanduser()
-    return Path(os.environ.get("CNNZOO_DATA_DIR") or Path.home() / ".cache" / "cnnzoo" / "data")
+    return Path(os.environ.get("CNNZOO_DATA_DIR") or default_home() / "data")
 
 
 def decode(
@@ -49,7 +56,7 @@ def carve(n: int, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch
         raise DataError(f"val_size as a fraction must be in [0, 1), got {val_size}")
     if count < 0 or count >= n:
         raise DataError(f"val_size {val_size} leaves no training images (the training split has {n})")
-    perm = torch.randperm(n, generator=generator("cpu", seed, _VAL_SPLIT))
+    perm = torch.randperm(n, generator=generator("cpu", seed, Stream.VAL_SPLIT))
     return perm[count:].sort().values, perm[:count].sort().values
 
 
@@ -140,7 +147,7 @@ def _train_val(n: int, val_size: int | float, seed: int, subset: int | None) -> 
     if subset is not None:
         if subset < 1:
             raise DataError(f"subset must be >= 1, got {subset}")
-        keep = torch.randperm(len(train_idx), generator=generator("cpu", seed, _VAL_SPLIT + 1))[:subset]
+        keep = torch.randperm(len(train_idx), generator=generator("cpu", seed, Stream.SUBSET))[:subset]
         train_idx = train_idx[keep.sort().values]
     return train_idx, val_idx
 
