@@ -88,6 +88,9 @@ def make_plan(runs: list[Run], stop: StopSignal) -> Plan:
             continue
         with backend_settings(run.config, device):
             plan.step_seconds[model] = time_steps(run.config, bundle, images, labels, device)
+    del bundle, images, labels
+    if device.type == "cuda":
+        torch.cuda.empty_cache()  # the runs (this process's or spawned ones) need the memory, not this cache
     return plan
 
 
