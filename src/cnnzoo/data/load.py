@@ -169,8 +169,10 @@ def _stream_bundle(
         return [d.train_files[i] for i in idx.tolist()], d.train_labels[idx]
 
     train = StreamLoader(*split(train_idx), batch_size=batch_size, train=True, seed=seed, **common)
-    val = StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common) if len(val_idx) else EmptyLoader(
-        eval_batch_size
+    val = (
+        StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common)
+        if len(val_idx)
+        else EmptyLoader(eval_batch_size)
     )
     test = StreamLoader(d.test_files, d.test_labels, batch_size=eval_batch_size, **common)
     info = dict(d.info, train=len(train_idx), val=len(val_idx), test=len(d.test_files), streamed=True)
