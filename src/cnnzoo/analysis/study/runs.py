@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.errors import CnnzooError
+from cnnzoo.train.api import RESUME_OVERRIDES
 from cnnzoo.train.config import TrainConfig, build_config, read_config
 
 # Where and how fast a run trains, not what it computes: a stored run may differ from the asked one in these.
@@ -124,7 +125,8 @@ def train_run(run: Run, *, stop_after: int | None = None) -> dict[str, Any]:
     if not needs_training(run):
         return run.report()
     if run.started and not config_difference(read_config(run.run_dir / "config.toml").to_dict(), cfg.to_dict()):
-        return train(resume=run.run_dir, stop_after=stop_after, quiet=True, device=cfg.device, data_dir=cfg.data_dir)
+        place = {k: getattr(cfg, k) for k in PLACE_FIELDS if k in RESUME_OVERRIDES}  # where it runs may change
+        return train(resume=run.run_dir, stop_after=stop_after, quiet=True, **place)
     values = {k: v for k, v in cfg.to_dict().items() if k not in ("model", "data", "recipe")}
     return train(
         cfg.model,
