@@ -16,7 +16,6 @@ import json
 import multiprocessing
 import signal
 import threading
-import time
 from dataclasses import dataclass
 from multiprocessing.connection import wait
 from pathlib import Path
@@ -227,10 +226,10 @@ def _train_parallel(
         for sentinel in wait(list(active), timeout=1.0):
             proc, run = active.pop(sentinel)
             proc.join()
-            if proc.exitcode != 0 and not (stop.reason or failure):
+            if proc.exitcode == 3:  # the trainer stopped it (stop_after): an interruption
+                stop.reason = stop.reason or "stopped"
+            elif proc.exitcode != 0 and not (stop.reason or failure):
                 failure = errors.get() if not errors.empty() else f"{run.name}: crashed (exit code {proc.exitcode})"
-                if proc.exitcode == 3:  # stopped by stop_after: as an interruption
-                    stop.reason, failure = "stopped", ""
         if stop.reason or failure:
             for proc, _ in active.values():
                 if proc.is_alive():
@@ -242,10 +241,3 @@ def _train_parallel(
         raise CnnzooError(failure)
     if stop.reason:
         raise interrupted(stop.reason, runs)
-
-
-def wait_for(seconds: float, stop: StopSignal) -> None:
-    """Sleep in short steps, returning early when stopped."""
-    end = time.monotonic() + seconds
-    while time.monotonic() < end and not stop.reason:
-        time.sleep(0.1)
