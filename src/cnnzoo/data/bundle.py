@@ -19,7 +19,8 @@ import torch
 
 from cnnzoo.errors import CnnzooError
 
-AUGMENTS = ("standard", "none")  # the training augmentations ``load_data(augment=...)`` and ``--augment`` accept
+PAPER_AUGMENTS = ("alexnet", "vgg", "googlenet", "resnet")  # the papers' own (cnnzoo.data.augment; streamed folders)
+AUGMENTS = ("standard", "none", *PAPER_AUGMENTS)  # what ``load_data(augment=...)`` and ``--augment`` accept
 
 
 def default_home() -> Path:
