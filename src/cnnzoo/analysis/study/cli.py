@@ -138,6 +138,22 @@ def shorten(args: argparse.Namespace) -> dict:
     return {k: v for k, v in kw.items() if v is not None}
 
 
+def _study_options(args: argparse.Namespace) -> dict:
+    """The keyword arguments both training studies take from their command line."""
+    return dict(
+        data=args.data,
+        recipe=args.recipe,
+        seeds=seeds_arg(args.seeds),
+        out=args.out,
+        data_dir=args.data_dir,
+        overrides=shorten(args),
+        jobs=args.jobs,
+        label=args.label,
+        overwrite=args.overwrite,
+        log=say,
+    )
+
+
 def _stopped(e: StudyInterrupted) -> int:
     print(e, file=sys.stderr)
     return e.exit_code
@@ -166,19 +182,7 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 def cmd_degradation(args: argparse.Namespace) -> int:
     depths = depths_arg(args.depths, PLAIN_DEPTHS, "degradation (plain and residual)")
     try:
-        rows = run_degradation(
-            depths,
-            data=args.data,
-            recipe=args.recipe,
-            seeds=seeds_arg(args.seeds),
-            out=args.out,
-            data_dir=args.data_dir,
-            overrides=shorten(args),
-            jobs=args.jobs,
-            label=args.label,
-            overwrite=args.overwrite,
-            log=say,
-        )
+        rows = run_degradation(depths, **_study_options(args))
     except StudyInterrupted as e:
         return _stopped(e)
     print(Path(args.out, "degradation.md").read_text())
@@ -189,20 +193,7 @@ def cmd_degradation(args: argparse.Namespace) -> int:
 def cmd_depth(args: argparse.Namespace) -> int:
     allowed = RESNET_DEPTHS if args.family == "resnet_cifar" else PLAIN_DEPTHS
     try:
-        rows = run_depth(
-            depths_arg(args.depths, allowed, args.family),
-            family=args.family,
-            data=args.data,
-            recipe=args.recipe,
-            seeds=seeds_arg(args.seeds),
-            out=args.out,
-            data_dir=args.data_dir,
-            overrides=shorten(args),
-            jobs=args.jobs,
-            label=args.label,
-            overwrite=args.overwrite,
-            log=say,
-        )
+        rows = run_depth(depths_arg(args.depths, allowed, args.family), family=args.family, **_study_options(args))
     except StudyInterrupted as e:
         return _stopped(e)
     for r in rows:
