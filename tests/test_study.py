@@ -231,3 +231,17 @@ def test_every_study_option_has_help_text():
         for action in parser._actions:
             if not isinstance(action, argparse._HelpAction):
                 assert action.help, f"study {name} {action.dest} has no help text"
+
+
+def test_the_estimate_warns_when_a_study_takes_more_than_an_hour(tmp_path):
+    """The paper's 64k iterations at a timed 0.1 s per step: 6,400 s of steps plus 183 validations of 5,000 images."""
+    from cnnzoo.analysis.study.plan import Plan, describe
+    from cnnzoo.analysis.study.runs import plan_runs
+
+    runs = plan_runs(["resnet20"], [0], tmp_path, data="cifar10", recipe="resnet-cifar-paper")
+    plan = Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {"resnet20": 0.1})
+    lines = describe("degradation", runs, plan, jobs=1)
+    assert "183 epochs = 64,000 iterations of batch 128" in lines[0]
+    assert lines[2].startswith("estimated time: 1:50:") and "resnet20 100.0 ms" in lines[2]
+    assert lines[3].startswith("warning: this study should take more than an hour")
+    assert len(describe("degradation", runs, Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {}), jobs=1)) == 3
