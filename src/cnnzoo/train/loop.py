@@ -28,14 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.atomic import write_atomic
-from cnnzoo.data.bundle import DataBundle, generator
+from cnnzoo.data.bundle import DataBundle, Stream, generator
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.engine import GraphedStep, StepContext, mix_batch, set_lr, train_step
 from cnnzoo.train.schedule import lr_at, num_epochs, total_steps
 
-_MIX_STREAM = 7  # generator stream tag for mixup/cutmix draws (distinct from the data layer's tags)
+_MIX_STREAM = Stream.MIX  # generator stream tag for mixup/cutmix draws (cnnzoo.data.bundle.Stream)
 _FINITE_EVERY = 50  # steps between NaN/inf checks on an accelerator
 
 

@@ -238,7 +238,7 @@ def open_run(run_dir: str | Path) -> dict[str, Any]:
             f"--resume {run_dir}: no last.pt (the run stopped before its first checkpoint): "
             f"train it again with --out {run_dir}"
         )
-    ckpt = checkpoint.load(run_dir / "last.pt")
+    ckpt = checkpoint.load(run_dir / "last.pt", resume=True)
     if ckpt["meta"].get("run_id") != marker["id"]:
         raise CnnzooError(f"--resume {run_dir}: last.pt is not the checkpoint of the run in {MARKER}")
     if ckpt["best"]["epoch"] >= 1:  # finish() tests best.pt: it must be there, and this run's
@@ -370,7 +370,11 @@ def _announce(run: RunState) -> None:
 def continue_run(run: RunState, ckpt: dict[str, Any]) -> None:
     """Continue ``run`` from its ``last.pt`` (``ckpt``) at the exact batch it stopped, on the same data."""
     check_data_matches(ckpt["meta"], run.data, f"--resume {run.run_dir}")
-    load_state(run, ckpt)
+    try:
+        load_state(run, ckpt)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # a hand-edited or foreign last.pt
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnzooError(f"{run.run_dir / 'last.pt'}: cannot resume from it ({first})") from None
     if run.dist.main:
         _remove_temp_files(run.run_dir)
         for name in FINAL_FILES:  # a finished run resumed for more epochs: its old report no longer describes it
@@ -473,7 +477,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
     """The model a checkpoint was trained as, with its weights, in eval mode."""
     meta, cfg = ckpt["meta"], config_from_dict(ckpt["config"])
     model = build_model(cfg, meta["num_classes"], meta["in_channels"])
-    model.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(model, ckpt["model"], f"the {meta['model']} checkpoint")
     return model.to(device).eval()
 
 
