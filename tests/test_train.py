@@ -43,7 +43,7 @@ def test_bad_options_are_user_errors():
         build_config("resnet20", optimizer="adam")
     with pytest.raises(CnnzooError, match="unknown recipe"):
         build_config("resnet20", recipe="nope")
-    with pytest.raises(CnnzooError, match="must be a number"):
+    with pytest.raises(CnnzooError, match="must be a finite number"):
         build_config("resnet20", lr="fast")
 
 
