@@ -37,6 +37,7 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError
 
+
 def model_layers(model: nn.Module) -> tuple[str, tuple[str, ...]]:
     """``(cam_layer, stages)``: the submodule names Grad-CAM reads from and the feature maps are taken after."""
     cam, stages = getattr(model, "cam_layer", None), getattr(model, "stages", None)
