@@ -15,8 +15,6 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import torch
-
 
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[BinaryIO]:
@@ -43,6 +41,8 @@ def _replacing(path: Path) -> Iterator[BinaryIO]:
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save(obj, path)``, atomically."""
+    import torch  # here, not at the top: the config writes its files through this module without torch
+
     with _replacing(Path(path)) as f:
         torch.save(obj, f)
 

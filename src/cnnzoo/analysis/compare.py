@@ -24,8 +24,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
+    import torch
 
 from cnnzoo.analysis.profile import parse_input, profile_model
 from cnnzoo.errors import CnnzooError
@@ -45,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("compare", help="params, MACs, memory, speed and accuracy side by side; table + chart")
     p.add_argument("models", nargs="*", help=f"default: {' '.join(DEFAULT_224)} (or the CIFAR nets at 3x32x32)")
     p.add_argument("--input", default="3x224x224", help="input shape CxHxW (default 3x224x224)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 8 on the CPU")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (after warm-up)")
     p.add_argument("--num-classes", type=int, default=None,
@@ -64,11 +66,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
 def _peak_mb(device: torch.device) -> float:
+    import torch
+
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
@@ -89,6 +95,8 @@ def _median_seconds(fn, repeats: int, device: torch.device) -> float:
 def _timers(model: torch.nn.Module, cfg, shape, batch: int, device: torch.device, num_classes: int):
     """Closures for one inference at batch 1, one at ``batch``, and one training step at ``batch``, set up by the
     trainer's own :func:`~cnnzoo.train.engine.setup_training` for ``cfg``."""
+    import torch
+
     from cnnzoo.train.engine import setup_training, train_step
 
     net, optimizer, ctx = setup_training(model, cfg, device)
@@ -118,6 +126,8 @@ def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str
     Timed as the trainer runs: its ``fast`` recipe's step, under the trainer's process-wide backend flags (threads,
     cudnn autotuning, TF32), which are restored afterwards.
     """
+    import torch
+
     from cnnzoo.train.config import build_config
     from cnnzoo.train.engine import backend_settings
 
@@ -129,6 +139,8 @@ def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str
 
 def _measure(name, cfg, shape, batch, device, repeats, vs_torchvision, num_classes) -> dict:
     """The body of :func:`measure`, inside the backend settings."""
+    import torch
+
     from cnnzoo.models import create_model
 
     torch.manual_seed(0)
@@ -180,6 +192,8 @@ def _versus_torchvision(name, ours, cfg, shape, batch, device, repeats, num_clas
 
 
 def _measure_in_child(args: tuple) -> dict:
+    import torch
+
     name, shape, batch, device, repeats, vs_tv, classes = args
     try:
         return measure(name, shape, batch, device, repeats, vs_tv, classes)
@@ -253,6 +267,8 @@ def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device:
     ``num_classes`` defaults to 1000 above 64x64 (the ImageNet nets whose published accuracy and parameter counts the
     overview shows) and 10 below (CIFAR).
     """
+    import torch
+
     from cnnzoo.models import get_model_info
 
     for name in models:
@@ -290,6 +306,8 @@ def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device:
 
 
 def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
+    import torch
+
     with open(out / "compare.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
@@ -380,6 +398,9 @@ def _plot(rows: list[dict], path: Path, device: str) -> None:
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Measure, print the table, write the files."""
+    import torch
+
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     from rich.console import Console
     from rich.table import Table
 

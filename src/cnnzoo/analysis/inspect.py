@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-from rich.console import Console
-from rich.progress import Progress
-from rich.table import Table
+from cnnzoo.errors import CnnzooError
 
-from cnnzoo.analysis.profile import count_params, human, layer_summary, parse_input, profile_model
-from cnnzoo.models import create_model, get_model_info, list_models
+# torch, rich and the models are imported in the commands: `cnnzoo --help` and `cnnzoo models` need none of them
+# (the table comes from the cache, :func:`cnnzoo.analysis.profile.zoo_table`).
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``models`` and ``summary`` subcommands."""
-    families = sorted({get_model_info(n).family for n in list_models()})
     p = sub.add_parser("models", help="list every network: family, paper, input size, params, MACs")
-    p.add_argument("--family", choices=families, help="only this family")
+    p.add_argument("--family", help="only this family (alexnet, vgg, googlenet, resnet, ...)")
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("summary", help="one network layer by layer: output shape, params, MACs")
@@ -29,14 +25,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the zoo: params and MACs counted on the meta device at each model's default input size."""
-    names = list_models(family=args.family)
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnzoo.analysis.profile import human, zoo_table
+
+    rows = zoo_table()
+    if args.family:
+        families = sorted({r["family"] for r in rows})
+        if args.family not in families:
+            raise CnnzooError(f"unknown family {args.family!r}; families: {', '.join(families)}")
+        rows = [r for r in rows if r["family"] == args.family]
     console = Console()
-    rows = []
-    with Progress(transient=True, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task("counting", total=len(names))
-        for name in names:
-            rows.append(profile_model(name))
-            progress.advance(task)
     table = Table(
         title="cnnzoo models (params and MACs of the network used at inference, at the input size shown; 1000 "
         "classes for ImageNet-size nets, 10 for 32x32 ones; aux = training-only auxiliary classifiers; "
@@ -67,6 +67,13 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     """Print one model's per-layer table and totals (the network used at inference; auxiliary heads apart)."""
+    import torch
+    from rich.console import Console
+    from rich.table import Table
+
+    from cnnzoo.analysis.profile import count_params, human, layer_summary, parse_input
+    from cnnzoo.models import create_model, get_model_info
+
     info = get_model_info(args.name)
     shape = parse_input(args.input) if args.input else info.input_size
     classes = args.num_classes or info.num_classes

@@ -14,10 +14,13 @@ two auxiliary classifiers at 1000 classes. Models can be built on the meta devic
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
 
 from cnnzoo.errors import CnnzooError
 
@@ -41,6 +44,8 @@ def count_params(model: nn.Module) -> tuple[int, int]:
 
 
 def _device_of(model: nn.Module) -> torch.device:
+    import torch
+
     p = next(model.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
 
@@ -53,6 +58,9 @@ def _counted_forward(
     Returns the counter and the names of the modules that ran, in the order they finished. ``hook(name, output)``,
     if given, sees every module's output.
     """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     ran: list[str] = []
 
     def record(name: str):
@@ -117,6 +125,8 @@ def layer_summary(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[
     from hand-written formulas. A module called twice (none of the zoo's are) would show its last output shape and
     its summed MACs.
     """
+    import torch
+
     leaves = {name: m for name, m in model.named_modules() if name and not list(m.children())}
     shapes: dict[str, tuple[int, ...]] = {}
 
@@ -146,6 +156,8 @@ def profile_model(
     ``num_classes`` defaults to the builder's own (1000 for ImageNet-size nets, 10 for the CIFAR ones). ``meta=True``
     builds the model on the meta device (no memory, no arithmetic; counts are identical, see the tests).
     """
+    import torch
+
     from cnnzoo.models import create_model, get_model_info
 
     info = get_model_info(name)
@@ -172,3 +184,41 @@ def human(n: float, unit: str = "") -> str:
         if abs(n) >= scale:
             return f"{n / scale:.2f}{suffix}{unit}"
     return f"{n:.0f}{unit}"
+
+
+def zoo_table() -> list[dict]:
+    """:func:`profile_model` of every registered built-in model, in ``list_models()`` order.
+
+    Counting builds and runs every network on the meta device (seconds; resnet1202's forward alone takes ~10 s on
+    two cores), so the table is cached as JSON in the cache dir (``$CNNZOO_CACHE_DIR``), keyed by the package
+    version and a hash of the sources that decide the numbers (``cnnzoo/models/*.py`` and this file): any change to
+    a model or to the counting gives a new key, and a cache that cannot be read or written is only recomputed.
+    """
+    import hashlib
+    import json
+
+    from cnnzoo import __version__
+    from cnnzoo.atomic import write_atomic
+    from cnnzoo.data.cache import cache_dir
+
+    digest = hashlib.sha256(__version__.encode())
+    here = Path(__file__).resolve()
+    for source in [here, *sorted((here.parent.parent / "models").glob("*.py"))]:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    path = cache_dir() / "zoo" / f"models-{digest.hexdigest()[:16]}.json"
+    try:
+        rows = json.loads(path.read_text())
+        if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
+            return rows
+    except (OSError, ValueError):
+        pass
+    from cnnzoo.models import list_models
+
+    rows = [profile_model(name) for name in list_models()]
+    rows = json.loads(json.dumps(rows))  # the cached form (tuples become lists), so both paths return the same
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(rows))
+    except OSError:
+        pass  # a read-only cache dir: the table is still right, only slower next time
+    return rows

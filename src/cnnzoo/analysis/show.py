@@ -29,11 +29,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-from torch import nn
+if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
+    import numpy as np
+    import torch
+    from torch import nn
 
 from cnnzoo.errors import CnnzooError
 
@@ -62,6 +63,8 @@ def load_subject(spec: str | os.PathLike, *, which: str = "best", in_channels: i
     """``(model in eval mode, meta)`` for a run directory (its trained weights) or a model name (a fresh, seeded
     initialisation, for contrast). ``meta`` has the checkpoint's metadata (classes, in_channels, image_size, mean,
     std) when there is one, and ``label``, a caption for figures."""
+    import torch
+
     from cnnzoo.models import create_model, list_models
     from cnnzoo.train.run import load_run
 
@@ -98,6 +101,8 @@ def load_run_images(meta: dict, paths: list[str | os.PathLike]) -> torch.Tensor:
 
 def to_display(images: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:
     """Normalised ``(N, C, H, W)`` -> ``(N, H, W, C)`` in [0, 1] for ``imshow``."""
+    import torch
+
     c = images.shape[1]
     x = images.detach().float().cpu() * torch.tensor(std).view(1, c, 1, 1) + torch.tensor(mean).view(1, c, 1, 1)
     return x.clamp(0, 1).permute(0, 2, 3, 1).numpy()
@@ -117,6 +122,8 @@ def class_index(meta: dict, name: str, where: str) -> int:
 
 def first_conv(model: nn.Module) -> nn.Conv2d:
     """The first convolution (every family registers its stem convolution first)."""
+    from torch import nn
+
     conv = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
     if conv is None:
         raise CnnzooError(f"{type(model).__name__}: no convolution to show")
@@ -130,6 +137,8 @@ def filter_images(model: nn.Module) -> np.ndarray:
     Each kernel is scaled to its own min..max, as in Krizhevsky et al. 2012, Figure 3: the pictures show each
     filter's pattern, not the kernels' relative strength.
     """
+    import torch
+
     w = first_conv(model).weight.detach().float().cpu()  # (out, in, kh, kw)
     if w.shape[1] != 3:
         w = w.mean(1, keepdim=True)
@@ -143,6 +152,8 @@ def filter_mosaic(images: np.ndarray, cols: int | None = None, gap: int = 1) -> 
     """Tile ``(N, kh, kw, C)`` kernel images into one ``(rows * (kh + gap) - gap, cols * (kw + gap) - gap, C)``
     picture, row by row, ``gap`` pixels apart; the gaps (and unused tiles) are NaN, so no kernel value is mistaken for
     background."""
+    import numpy as np
+
     n, kh, kw, c = images.shape
     cols = cols or math.ceil(math.sqrt(n * 1.5))  # a little wider than tall, as a page is
     rows = math.ceil(n / cols)
@@ -159,6 +170,8 @@ def feature_maps(
     """The output of each stage for one image ``(1, C, H, W)``: a list (input to output) of dicts with ``stage``,
     ``shape`` ``(C, H, W)``, ``channels`` (the ``top`` most active, by mean activation, most active first) and
     ``maps`` (float ``(top, H, W)``)."""
+    import torch
+
     stages = stages or model_layers(model)[1]
     outputs: dict[str, torch.Tensor] = {}
     handles = []
@@ -192,6 +205,8 @@ def grad_cam(
     bilinearly to the input size, unnormalised), ``target`` ``(N,)``, ``probs`` ``(N, classes)``, ``layer`` and
     ``layer_size`` (the map's ``(h, w)`` before upsampling).
     """
+    import torch
+
     layer_gradcam, layer_attribution = _captum()
     layer = layer or model_layers(model)[0]
     model.eval()
@@ -221,6 +236,9 @@ def find_mistakes(
     predicted and the true class), ``classes``, ``layer``, ``layer_size``, ``n_test``, ``n_wrong``, ``model`` and
     ``data``.
     """
+    import numpy as np
+    import torch
+
     from cnnzoo.train.config import config_from_dict
     from cnnzoo.train.engine import resolve_device
     from cnnzoo.train.loop import Dist
@@ -315,6 +333,7 @@ def _overlay(ax, image: np.ndarray, cam: np.ndarray):
 
 def plot_filters(images: np.ndarray, path: str | os.PathLike, *, title: str) -> Path:
     """The kernels of :func:`filter_images` as one tiled picture (gaps in light blue, not a kernel colour)."""
+    import numpy as np
     from matplotlib.figure import Figure
 
     n, kh, kw, c = images.shape
@@ -463,6 +482,8 @@ def cmd_filters(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    import torch
+
     if args.top < 1:
         raise CnnzooError(f"--top must be >= 1, got {args.top}")
     model, meta = load_subject(_run_dir(args.run), which=args.checkpoint)

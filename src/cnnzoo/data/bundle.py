@@ -12,10 +12,10 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-import numpy as np
-import torch
+if TYPE_CHECKING:  # imported where used: the config reads this module's constants, and `cnnzoo --help` needs no torch
+    import torch
 
 from cnnzoo.errors import CnnzooError
 
@@ -84,12 +84,16 @@ class DataBundle:
 
 def mix_seed(*keys: int) -> int:
     """A 63-bit seed that depends on every key (``numpy.random.SeedSequence`` hashes them; nearby keys decorrelate)."""
+    import numpy as np
+
     hi, lo = np.random.SeedSequence([int(k) for k in keys]).generate_state(2)  # two uint32 words
     return (int(hi) << 31) | (int(lo) >> 1)
 
 
 def generator(device: torch.device | str, *keys: int) -> torch.Generator:
     """A torch.Generator on ``device`` seeded by ``keys`` (device generators keep random draws off the host)."""
+    import torch
+
     g = torch.Generator(device=device)
     g.manual_seed(mix_seed(*keys))
     return g
@@ -112,6 +116,8 @@ def to_channels(images: torch.Tensor, in_channels: int) -> torch.Tensor:
     Grey to RGB repeats the channel; RGB to grey uses the ITU-R 601-2 luma weights (what PIL's ``convert("L")``
     and torchvision's ``rgb_to_grayscale`` use).
     """
+    import torch
+
     c = images.shape[1]
     if c == in_channels:
         return images
@@ -128,6 +134,8 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
 
     Accumulated in float64 chunks so 60,000 CIFAR images need no float copy of the whole set.
     """
+    import torch
+
     c = images.shape[1]
     total = torch.zeros(c, dtype=torch.float64, device=images.device)
     total_sq = torch.zeros(c, dtype=torch.float64, device=images.device)
@@ -181,6 +189,8 @@ class Shard:
 
     def indices(self, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """This rank's sample indices for ``epoch``, in the order they are served, on ``device``."""
+        import torch
+
         if not self.train:
             return torch.arange(self.start, self.start + self.num_samples, device=device)
         g = generator(device, self.seed, Stream.PERMUTATION, epoch)
@@ -193,6 +203,8 @@ def normaliser(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(scale, shift)``, each ``(channels,)`` float32 on ``device``, with ``(x / 255 - mean) / std == x * scale +
     shift`` for uint8 pixel values ``x``: normalisation as one multiply-add. A single mean/std serves every channel."""
+    import torch
+
     std_t = torch.tensor(std, dtype=torch.float32, device=device).expand(channels)
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).expand(channels)
     return (1.0 / (255.0 * std_t)).contiguous(), (-mean_t / std_t).contiguous()

@@ -16,8 +16,10 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
+    pass
 
 from cnnzoo.atomic import save_atomic
 from cnnzoo.data.bundle import default_home
@@ -73,6 +75,8 @@ def _passes(check: Callable[[dict], bool], payload: dict) -> bool:
 
 
 def _read(path: Path, key: str) -> dict | None:
+    import torch
+
     if not path.is_file():
         return None
     try:

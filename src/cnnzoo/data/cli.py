@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
-import torch
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
 
-from cnnzoo.data.folders import Streamed
-from cnnzoo.data.load import decode
+    pass
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def describe(data: str, *, data_dir: str | None = None, strict: bool = False, download: bool | None = None) -> dict:
     """The facts ``cnnzoo data`` prints, as a dict (the same decode and checks as :func:`cnnzoo.data.load_data`)."""
+    import torch
+
+    from cnnzoo.data.folders import Streamed
+    from cnnzoo.data.load import decode
+
     d = decode(data, data_dir=data_dir, strict=strict, download=download or None)
     if isinstance(d, Streamed):
         train_y, test_y, kind = d.train_labels, d.test_labels, f"streamed image files ({d.in_channels} channels)"
@@ -38,6 +41,9 @@ def describe(data: str, *, data_dir: str | None = None, strict: bool = False, do
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Print the dataset's facts; bad data raises a DataError (one line, exit 2) from the shared checks."""
+    from rich.console import Console
+    from rich.table import Table
+
     facts = describe(args.data, data_dir=args.data_dir, strict=args.strict, download=args.download)
     info = facts["info"]
     console = Console()

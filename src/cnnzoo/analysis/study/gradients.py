@@ -11,10 +11,11 @@ no schedule, fp32.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-import torch.nn.functional as F
-from torch import nn
+if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
+    import torch
+    from torch import nn
 
 from cnnzoo.errors import CnnzooError
 
@@ -46,6 +47,10 @@ def gradient_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
     block's input), ``branch`` and ``shortcut`` (the parts of dL/dx that flow through the residual branch and
     through the shortcut; for plain blocks the shortcut part is 0).
     """
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
     model.train()
     found = blocks(model)
     names = [n for n, _, _ in found]
@@ -133,6 +138,8 @@ def run_gradients(
     label: str | None = None,
 ) -> list[dict]:
     """Measure every model at initialisation and after ``steps`` training steps; write gradients.csv and .png."""
+    import torch
+
     from cnnzoo.analysis.study.plots import plot_gradients
     from cnnzoo.analysis.study.tables import write_csv
     from cnnzoo.data import load_data

@@ -12,8 +12,10 @@ import datetime
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
+    import torch
 
 from cnnzoo.analysis.study.runs import Run, StopSignal, check_reuse, interrupted, needs_training, train_all
 
@@ -66,6 +68,8 @@ class Plan:
 
 def make_plan(runs: list[Run], stop: StopSignal) -> Plan:
     """Load the study's data once on its device and time a few steps of each model that still has to train."""
+    import torch
+
     from cnnzoo.train.engine import backend_settings, resolve_device
     from cnnzoo.train.loop import Dist
     from cnnzoo.train.run import load_bundle
@@ -96,6 +100,8 @@ def make_plan(runs: list[Run], stop: StopSignal) -> Plan:
 
 def time_steps(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
     """Seconds per training step of ``cfg``'s model at its batch size: the trainer's step, timed."""
+    import torch
+
     from cnnzoo.train.engine import make_optimizer, step_context, train_step, use_channels_last
     from cnnzoo.train.run import build_model
 
@@ -114,6 +120,8 @@ def time_steps(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: 
 
 
 def _sync(device: torch.device) -> None:
+    import torch
+
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

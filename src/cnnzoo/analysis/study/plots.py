@@ -7,8 +7,6 @@ import math
 import statistics
 from pathlib import Path
 
-from matplotlib.ticker import FuncFormatter, MaxNLocator
-
 from cnnzoo.analysis.study.tables import num
 
 WHOLE = {"integer": True, "min_n_ticks": 1}
@@ -26,6 +24,7 @@ def _thousands(x: float, _pos: object) -> str:
 def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
     """Per-layer gradient norms on a log scale, one column per phase; ``rows`` as in gradients.csv."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rows = [dict(r, index=int(r["index"]), norm=float(r["norm"])) for r in rows]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -92,6 +91,7 @@ def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
     plain nets left, ResNets right, 110 layers in a panel of its own; the mean over seeds. ``curves`` as in
     degradation_curves.csv."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MaxNLocator
 
     by_model: dict[tuple[str, int], dict[int, list[dict]]] = {}
     for r in curves:
