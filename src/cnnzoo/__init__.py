@@ -16,8 +16,7 @@ _LAZY = {
     "get_model_info": "cnnzoo.models",
     "list_models": "cnnzoo.models",
     "register_model": "cnnzoo.models",
-    "train": "cnnzoo.train.api",
-    "load_run": "cnnzoo.train.run",
+    "load_run": "cnnzoo.train.trained",
 }
 
 
@@ -26,8 +25,6 @@ def __getattr__(name: str):
         import importlib
 
         value = getattr(importlib.import_module(_LAZY[name]), name)
-        # The public function wins the attribute over the subpackage of the same name: importing any
-        # cnnzoo.train.* module binds ``cnnzoo.train`` to the package, so pin the function here.
         globals()[name] = value
         return value
     raise AttributeError(f"module 'cnnzoo' has no attribute {name!r}")
@@ -35,3 +32,9 @@ def __getattr__(name: str):
 
 def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
+
+
+# The public function wins the attribute over the subpackage of the same name (importing any cnnzoo.train.*
+# module would otherwise rebind ``cnnzoo.train`` to the package), so it is bound eagerly: cnnzoo.train.api imports
+# neither torch nor the trainer until called.
+from cnnzoo.train.api import train  # noqa: E402

@@ -202,11 +202,26 @@ def load_images(
     """
     if not paths:
         raise DataError("no image files given")
-    out = []
+    images = []
     for path in paths:
         if not Path(path).is_file():
             raise DataError(f"{path}: no such file (expected an image file)")
-        x = to_channels(decode_file(path, 1 if in_channels == 1 else 3)[None], in_channels)[0]
+        images.append(decode_file(path, 1 if in_channels == 1 else 3))
+    return preprocess_images(images, in_channels=in_channels, image_size=image_size, mean=mean, std=std)
+
+
+def preprocess_images(
+    images: list[torch.Tensor],
+    *,
+    in_channels: int,
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> torch.Tensor:
+    """uint8 images ``(C, H, W)`` (C 1 or 3, any size) preprocessed as :func:`load_images` does its files."""
+    out = []
+    for image in images:
+        x = to_channels(image[None], in_channels)[0]
         if image_size > SMALL_MAX:
             x = eval_transform(image_size)(x)
         elif x.shape[1:] != (image_size, image_size):

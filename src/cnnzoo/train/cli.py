@@ -15,6 +15,9 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import FIELDS
 
 _NOT_FLAGS = {"model", "data", "recipe"}  # positional / named explicitly below
+# Short and alternative spellings users of torchvision's reference train.py and timm's train.py type by habit
+# (`--model` and `--output-dir` are added in ``register``, `--amp` in ``_add_config_flags``).
+ALIASES = {"batch_size": ("-b",)}
 
 
 def _parse_list(kind: type):
@@ -33,20 +36,26 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         if name in _NOT_FLAGS:
             continue
         flag = "--" + name.replace("_", "-")
+        flags = (flag, *ALIASES.get(name, ()))
         kind = f.type.replace(" | None", "")
         default = f.default if not callable(f.default_factory) else f.default_factory()
         help_text = f"{f.metadata['help']} (default: {default})"
         common = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
         if kind == "bool":
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+            group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
         elif kind.startswith("list"):
-            group.add_argument(flag, type=_parse_list(int if "int" in kind else float), metavar="X,Y", **common)
+            group.add_argument(*flags, type=_parse_list(int if "int" in kind else float), metavar="X,Y", **common)
         else:
             choices = f.metadata.get("choices")
             metavar = "{" + ",".join(choices) + "}" if choices else kind.upper()
             group.add_argument(
-                flag, type={"int": int, "float": float}.get(kind, str), choices=choices, metavar=metavar, **common
+                *flags, type={"int": int, "float": float}.get(kind, str), choices=choices, metavar=metavar, **common
             )
+    # torchvision's references/classification/train.py and timm's train.py spell mixed precision --amp; here it is
+    # the default "auto" (bf16 autocast on CUDA, fp32 on the CPU and elsewhere), given to override a recipe's fp32.
+    group.add_argument("--amp", dest="precision", action="store_const", const="auto", default=argparse.SUPPRESS,
+                       help="mixed precision, as torchvision's and timm's train.py: the same as --precision auto "
+                       "(bf16 autocast on CUDA, fp32 elsewhere)")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,9 +66,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Train MODEL on --data; flags override the --recipe; see `cnnzoo recipes`.",
     )
     p.add_argument("model", nargs="?", help="model name (`cnnzoo models`); omit with --resume")
+    p.add_argument("--model", dest="model_flag", default=None, metavar="MODEL", help="the model, as a flag (timm's)")
     p.add_argument("--data", default=None, help="dataset name or image folder (default: digits)")
     p.add_argument("--recipe", default=None, help="recipe name (`cnnzoo recipes`) or a .toml file")
-    p.add_argument("--out", default=None, help="run directory (default: runs/<model>-<data>-<time>)")
+    p.add_argument("--out", "--output-dir", default=None, help="run directory (default: runs/<model>-<data>-<time>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last.pt")
     p.add_argument(
         "--seeds",
@@ -110,13 +120,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_recipes)
 
 
+def train_model(args: argparse.Namespace) -> str | None:
+    """The model named positionally or with ``--model`` (both: they must agree)."""
+    if args.model and args.model_flag and args.model != args.model_flag:
+        raise CnnzooError(f"two models given: {args.model!r} and --model {args.model_flag!r}")
+    return args.model or args.model_flag
+
+
+def config_overrides(args: argparse.Namespace) -> dict:
+    """The :class:`TrainConfig` fields given on the command line (flags not given keep the recipe's values)."""
+    return {name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS and hasattr(args, name)}
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Exit status: 0 trained (or stopped by --stop-after), 128 + N stopped by signal N; errors: see ``cnnzoo.cli``."""
     from cnnzoo.train.api import train
 
-    overrides = {name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS and hasattr(args, name)}
     result = train(
-        args.model,
+        train_model(args),
         args.data,
         recipe=args.recipe,
         out=args.out,
@@ -125,7 +146,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         stop_after=args.stop_after,
         overwrite=args.overwrite,
         quiet=args.quiet,
-        **overrides,
+        **config_overrides(args),
     )
     if result.get("interrupted") and result.get("signal"):
         # Stopped by a signal: last.pt is saved, but the run is not done. 128 + the signal number (130 for SIGINT,

@@ -79,24 +79,14 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best
 
 
 def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best") -> list[dict]:
-    """For each image file: its ``top_k`` classes as ``(name, probability)`` pairs, most likely first."""
-    from cnnzoo.data import load_images
+    """For each image file: its ``top_k`` classes as ``(name, probability)`` pairs, most likely first
+    (:meth:`cnnzoo.train.trained.TrainedRun.predict`)."""
+    from cnnzoo.train.trained import load_run as load_trained
 
     if top_k < 1:
         raise CnnzooError(f"--top-k must be >= 1, got {top_k}")
-    ckpt, model = load_run(run_dir, which)
-    meta = ckpt["meta"]
-    x = load_images([str(p) for p in images], in_channels=meta["in_channels"], image_size=meta["image_size"],
-                    mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # fmt: skip
-    with torch.no_grad():
-        probs = model(x).float().softmax(1)
-    k = min(top_k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    classes = meta["classes"]
-    return [
-        {"image": str(path), "top": [(classes[i], p) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]}
-        for path, vals, idx in zip(images, top.values, top.indices, strict=True)
-    ]
+    tops = load_trained(run_dir, which).predict([str(p) for p in images], top_k=top_k)
+    return [{"image": str(path), "top": top} for path, top in zip(images, tops, strict=True)]
 
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # export (torch.onnx dynamo exporter) and the check

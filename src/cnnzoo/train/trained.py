@@ -1,0 +1,111 @@
+"""A finished run as one object: ``cnnzoo.load_run(run_dir)`` -> :class:`TrainedRun`.
+
+The model (eval mode), its class names and preprocessing come from the run's checkpoint (``best.pt`` by default,
+loaded with ``weights_only=True`` by :func:`cnnzoo.train.run.load_run`), the report from ``report.json`` when the
+run finished. ``run.predict(...)`` is what ``cnnzoo predict`` prints.
+
+    run = cnnzoo.load_run("runs/demo")
+    run.predict(["cat.png", "dog.png"], top_k=3)  # [[("cat", 0.91), ("dog", 0.05), ...], ...]
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cnnzoo.errors import CnnzooError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from cnnzoo.train.config import TrainConfig
+
+
+@dataclass
+class TrainedRun:
+    """A trained model with what it needs to be used: class names, preprocessing, config and report."""
+
+    run_dir: Path
+    model: nn.Module  # in eval mode, on the CPU
+    classes: list[str]
+    in_channels: int
+    image_size: int  # square inputs: image_size x image_size
+    mean: tuple[float, ...]  # normalisation, per channel, on pixel values in [0, 1]
+    std: tuple[float, ...]
+    config: TrainConfig
+    report: dict[str, Any] | None = None  # report.json, or None before the run finished
+    checkpoint: str = "best"
+    meta: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def preprocess(self, images: Any) -> torch.Tensor:
+        """A float32 ``(N, C, image_size, image_size)`` batch from image files (paths), PIL images, uint8 ``(C, H,
+        W)`` tensors, or a tensor batch: a uint8 ``(N, C, H, W)`` batch is preprocessed, a floating one is taken as
+        already preprocessed (normalised at this run's size)."""
+        import torch
+        from torchvision.transforms.v2.functional import pil_to_tensor
+
+        from cnnzoo.data.load import load_images, preprocess_images
+
+        size = dict(in_channels=self.in_channels, image_size=self.image_size, mean=self.mean, std=self.std)
+        if isinstance(images, torch.Tensor):
+            if images.dim() != 4 or images.shape[1] not in (1, 3):
+                raise CnnzooError(f"expected an image batch (N, C, H, W) with C 1 or 3, got {tuple(images.shape)}")
+            if images.is_floating_point():
+                return images.float()
+            return preprocess_images(list(images), **size)
+        if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
+            images = [images]
+        if all(isinstance(i, (str, os.PathLike)) for i in images):
+            return load_images(list(images), **size)
+        tensors = []
+        for image in images:
+            if isinstance(image, torch.Tensor):
+                tensors.append(image)
+            elif hasattr(image, "convert"):  # a PIL image
+                tensors.append(pil_to_tensor(image.convert("L" if self.in_channels == 1 else "RGB")))
+            else:
+                raise CnnzooError(f"cannot predict {type(image).__name__}: expected paths, PIL images or tensors")
+        return preprocess_images(tensors, **size)
+
+    def predict(self, images: Any, top_k: int = 5) -> list[list[tuple[str, float]]]:
+        """For each image, its ``top_k`` classes as ``(name, probability)``, most likely first."""
+        import torch
+
+        if top_k < 1:
+            raise CnnzooError(f"top_k must be >= 1, got {top_k}")
+        x = self.preprocess(images)
+        with torch.no_grad():
+            probs = self.model(x).float().softmax(1)
+        top = probs.topk(min(top_k, probs.shape[1]), dim=1)
+        return [
+            [(self.classes[i], p) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
+            for vals, idx in zip(top.values, top.indices, strict=True)
+        ]
+
+
+def load_run(run_dir: str | Path, which: str = "best") -> TrainedRun:
+    """The trained model of ``run_dir`` (its ``best.pt``, or ``last.pt`` with ``which="last"``), ready to predict."""
+    from cnnzoo.train.config import config_from_dict
+    from cnnzoo.train.run import load_run as load_checkpoint
+    from cnnzoo.train.tools import read_report
+
+    run_dir = Path(run_dir)
+    ckpt, model = load_checkpoint(run_dir, which)
+    meta = ckpt["meta"]
+    report = read_report(run_dir) if (run_dir / "report.json").is_file() else None
+    return TrainedRun(
+        run_dir=run_dir,
+        model=model,
+        classes=list(meta["classes"]),
+        in_channels=meta["in_channels"],
+        image_size=meta["image_size"],
+        mean=tuple(meta["mean"]),
+        std=tuple(meta["std"]),
+        config=config_from_dict(ckpt["config"]),
+        report=report,
+        checkpoint=which,
+        meta=meta,
+    )
