@@ -53,9 +53,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             )
     # torchvision's references/classification/train.py and timm's train.py spell mixed precision --amp; here it is
     # the default "auto" (bf16 autocast on CUDA, fp32 on the CPU and elsewhere), given to override a recipe's fp32.
-    group.add_argument("--amp", dest="precision", action="store_const", const="auto", default=argparse.SUPPRESS,
-                       help="mixed precision, as torchvision's and timm's train.py: the same as --precision auto "
-                       "(bf16 autocast on CUDA, fp32 elsewhere)")  # fmt: skip
+    group.add_argument(
+        "--amp",
+        dest="precision",
+        action="store_const",
+        const="auto",
+        default=argparse.SUPPRESS,
+        help="mixed precision, as in torchvision's and timm's train.py: the same as --precision auto (bf16 autocast "
+        "on CUDA, fp32 elsewhere)",
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,8 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes of image files with a trained run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
+    p = sub.add_parser("predict", help="top-k classes of image files with a trained run or an exported .onnx")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory, or a .onnx file written by `cnnzoo export`")
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
@@ -172,9 +178,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnnzoo.train.tools import predict
+    from cnnzoo.train.tools import predict, predict_onnx
 
-    results = predict(args.run_dir, args.images, top_k=args.top_k, which=args.checkpoint)
+    if args.run_dir.endswith(".onnx"):  # an exported model: onnxruntime, preprocessing from its metadata
+        results = predict_onnx(args.run_dir, args.images, top_k=args.top_k)
+    else:
+        results = predict(args.run_dir, args.images, top_k=args.top_k, which=args.checkpoint)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0
@@ -190,8 +199,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export(args.run_dir, fmt=args.format, output=args.output, which=args.checkpoint)
     print(
-        f"wrote {result['path']} ({args.format}); checked on a batch of {result['batch']}: max |difference| "
-        f"from the eager model {result['max_abs_diff']:.2e}"
+        f"wrote {', '.join(result['files'])} ({args.format}, with class names, input size and normalisation); "
+        f"checked on a batch of {result['batch']}: max |difference| from the eager model {result['max_abs_diff']:.2e}"
     )
     return 0
 

@@ -7,10 +7,10 @@ so a run directory is self-contained.
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -89,7 +89,42 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, wh
     return [{"image": str(path), "top": top} for path, top in zip(images, tops, strict=True)]
 
 
+def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 5) -> list[dict]:
+    """:func:`predict` with an exported ``.onnx`` file, run by onnxruntime: preprocessing and class names come from
+    the file's metadata (:func:`export_metadata`)."""
+    from cnnzoo.data import load_images
+    from cnnzoo.train.trained import top_classes
+
+    if top_k < 1:
+        raise CnnzooError(f"--top-k must be >= 1, got {top_k}")
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise CnnzooError(f"{path}: running an ONNX file needs onnxruntime: pip install cnnzoo[onnx]")
+    import onnxruntime
+
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's own exception types: a missing, truncated or foreign file
+        raise CnnzooError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+    meta = read_onnx_metadata(session.get_modelmeta().custom_metadata_map, path)
+    x = load_images([str(p) for p in images], in_channels=meta["in_channels"], image_size=meta["image_size"],
+                    mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # fmt: skip
+    logits = session.run(None, {session.get_inputs()[0].name: x.contiguous().numpy()})[0]
+    tops = top_classes(torch.from_numpy(logits), meta["classes"], top_k)
+    return [{"image": str(p), "top": top} for p, top in zip(images, tops, strict=True)]
+
+
+def read_onnx_metadata(props: dict[str, str], path: str | Path) -> dict[str, Any]:
+    """The :func:`export_metadata` of an ONNX file's ``metadata_props``, decoded; one line when it has none."""
+    try:
+        return {key: json.loads(props[f"{ONNX_PREFIX}{key}"]) for key in EXPORT_KEYS}
+    except (KeyError, ValueError):
+        raise CnnzooError(f"{path}: no cnnzoo metadata (class names, input size): not from `cnnzoo export`") from None
+
+
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # export (torch.onnx dynamo exporter) and the check
+ONNX_PREFIX = "cnnzoo."  # metadata_props keys: cnnzoo.classes, cnnzoo.mean, ... (export_metadata)
+EXPORT_KEYS = ("model", "classes", "in_channels", "image_size", "mean", "std")  # export_metadata
+TORCHSCRIPT_EXTRA = "cnnzoo.json"  # the TorchScript extra file holding export_metadata
 
 
 def export(run_dir: str | Path, *, fmt: str, output: str | Path | None = None, which: str = "best",
@@ -97,9 +132,14 @@ def export(run_dir: str | Path, *, fmt: str, output: str | Path | None = None, w
     """Write the model as TorchScript (``torch.jit.trace``) or ONNX, then run the written file on a random batch
     and compare with the eager model; a mismatch beyond 1e-4 (absolute, on logits) is an error.
 
-    The destination is checked before any work, the file is written under a temporary name in the destination's
-    folder and moved into place (``os.replace``) only once it has passed the check: a failure leaves no file and
-    an existing one untouched.
+    The file carries what a user needs to feed it (:func:`export_metadata`: class names, input size and channels,
+    normalisation): ONNX as ``metadata_props``, TorchScript as the extra file ``cnnzoo.json``. The ONNX input
+    ``images`` has a dynamic batch axis named ``batch``.
+
+    The destination is checked before any work, the files are written into a temporary folder beside it and moved
+    into place (``os.replace``) only once they have passed the check: a failure leaves no file and an existing one
+    untouched. ``files`` in the result names every file written (ONNX past 2 GB keeps its weights in a second file,
+    ``NAME.data``).
     """
     if fmt not in ("torchscript", "onnx"):
         raise CnnzooError(f"unknown export format {fmt!r}: expected onnx or torchscript")
@@ -116,21 +156,30 @@ def export(run_dir: str | Path, *, fmt: str, output: str | Path | None = None, w
                     generator=torch.Generator().manual_seed(0))  # fmt: skip
     with torch.no_grad():
         expected = model(x)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        diff = (_write_torchscript if fmt == "torchscript" else _write_onnx)(model, x, expected, tmp)
+        # Written under the final name inside the temporary folder: an ONNX file refers to its external data file
+        # by name, so the pair must keep the names it was written with.
+        write = _write_torchscript if fmt == "torchscript" else _write_onnx
+        diff = write(model, x, expected, tmp_dir / path.name, export_metadata(meta))
         if not diff <= 1e-4:
             raise CnnzooError(f"exported model disagrees with the eager model (max |difference| {diff:.3g})")
-        os.replace(tmp, path)
+        written = sorted(tmp_dir.iterdir(), key=lambda f: f.name != path.name)  # the model file first
+        for f in written:
+            os.replace(f, path.parent / f.name)
     except OSError as e:  # the disk filled, the folder vanished or turned read-only meanwhile
         raise CnnzooError(f"{path}: cannot write the exported model ({e.strerror or e})") from None
     finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".data")):  # .data: where ONNX puts weights past 2 GB
-            with contextlib.suppress(OSError):
-                leftover.unlink()
-    return {"path": str(path), "format": fmt, "batch": batch, "max_abs_diff": diff}
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    files = [str(path.parent / f.name) for f in written]
+    return {"path": str(path), "files": files, "format": fmt, "batch": batch, "max_abs_diff": diff}
+
+
+def export_metadata(meta: dict[str, Any]) -> dict[str, str]:
+    """What an exported file carries about its input and output, as strings (JSON values): ``classes``,
+    ``in_channels``, ``image_size`` (square), ``mean`` and ``std`` (per channel, on pixels scaled to [0, 1]),
+    ``model``. :func:`read_onnx_metadata` reads it back."""
+    return {key: json.dumps(list(meta[key]) if key in ("classes", "mean", "std") else meta[key]) for key in EXPORT_KEYS}
 
 
 def _check_destination(path: Path) -> None:
@@ -146,32 +195,38 @@ def _check_destination(path: Path) -> None:
         raise CnnzooError(f"{path}: exists and is not a regular file")
 
 
-def _write_torchscript(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
-    """Trace ``model`` to ``path``, reload it, and return the max |difference| of its logits from ``expected``."""
+def _write_torchscript(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path,
+                       metadata: dict[str, str]) -> float:  # fmt: skip
+    """Trace ``model`` to ``path`` with ``metadata`` as the extra file ``cnnzoo.json``, reload it, and return the max
+    |difference| of its logits from ``expected``."""
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ marks TorchScript deprecated; asked for here
         traced = torch.jit.trace(model, x)
-        traced.save(str(path))
+        torch.jit.save(traced, str(path), _extra_files={TORCHSCRIPT_EXTRA: json.dumps(metadata)})
         got = torch.jit.load(str(path))(x)
     return (got.float() - expected.float()).abs().max().item()
 
 
-def _write_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
-    """Export ``model`` to ONNX at ``path`` (dynamic batch), run it with onnxruntime at the batch of ``x`` and at
-    batch 1, and return the max |difference| from ``expected``."""
+def _write_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path,
+               metadata: dict[str, str]) -> float:  # fmt: skip
+    """Export ``model`` to ONNX at ``path`` (batch axis dynamic, named ``batch``) with ``metadata`` as its
+    ``metadata_props``, run it with onnxruntime at the batch of ``x`` and at batch 1, and return the max
+    |difference| from ``expected``."""
     import onnxruntime
 
     # The dynamo exporter (torch.export -> onnxscript); the batch dimension stays dynamic.
-    torch.onnx.export(
+    program = torch.onnx.export(
         model,
         (x,),
-        str(path),
         input_names=["images"],
         output_names=["logits"],
         dynamo=True,
-        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
         verbose=False,
     )
+    for key, value in metadata.items():
+        program.model.metadata_props[f"{ONNX_PREFIX}{key}"] = value
+    program.save(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
     one = torch.from_numpy(session.run(None, {"images": x[:1].numpy()})[0])  # another batch size, same file

@@ -78,12 +78,17 @@ class TrainedRun:
             raise CnnzooError(f"top_k must be >= 1, got {top_k}")
         x = self.preprocess(images)
         with torch.no_grad():
-            probs = self.model(x).float().softmax(1)
-        top = probs.topk(min(top_k, probs.shape[1]), dim=1)
-        return [
-            [(self.classes[i], p) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
-            for vals, idx in zip(top.values, top.indices, strict=True)
-        ]
+            return top_classes(self.model(x), self.classes, top_k)
+
+
+def top_classes(logits: torch.Tensor, classes: list[str], top_k: int) -> list[list[tuple[str, float]]]:
+    """Per row of ``logits`` ``(N, K)``: the ``top_k`` ``(class name, softmax probability)``, most likely first."""
+    probs = logits.float().softmax(1)
+    top = probs.topk(min(top_k, probs.shape[1]), dim=1)
+    return [
+        [(classes[i], p) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]
+        for vals, idx in zip(top.values, top.indices, strict=True)
+    ]
 
 
 def load_run(run_dir: str | Path, which: str = "best") -> TrainedRun:
