@@ -223,7 +223,7 @@ def test_export_failing_midway_leaves_the_previous_file_and_no_temporary(run_dir
     dest = tmp_path / "m.pt"
     dest.write_bytes(b"the previous export")
 
-    def disk_full(model, x, expected, path):
+    def disk_full(model, x, expected, path, metadata):
         path.write_bytes(b"half a model")
         raise OSError(errno.ENOSPC, "No space left on device")
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import subprocess
 import sys
@@ -84,7 +85,10 @@ def test_models_table_whole_zoo_matches_resnet1202():
     assert rows["resnet1202"]["params"] == profile.count_params(model)[0] == 19_424_026  # He et al. 2016: 19.4M
 
 
-def test_models_command_from_cache(capsys):
+def test_models_command_from_cache(capsys, monkeypatch):
+    import cnnzoo.models
+
+    monkeypatch.setattr(cnnzoo.models, "list_models", lambda: ["alexnet_cifar", "googlenet"])
     assert main(["models", "--family", "googlenet"]) == 0
     assert "googlenet" in capsys.readouterr().out
     assert main(["models", "--family", "nope"]) == 2
@@ -131,13 +135,13 @@ def test_load_run_predicts_paths_pil_and_tensors(tiny_run, tmp_path):
     run = cnnzoo.load_run(run_dir)
     assert not run.model.training
     assert run.classes == [str(d) for d in range(10)] and run.report["test"]["top1"] == report["test"]["top1"]
-    assert (run.in_channels, run.image_size) == (3, 32) and len(run.mean) == len(run.std)
+    assert (run.in_channels, run.image_size) == (1, 32) and len(run.mean) == len(run.std) == 1  # digits: grey
     assert run.config.model == "resnet20"
-    pixels = torch.randint(0, 256, (2, 3, 20, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    pixels = torch.randint(0, 256, (2, 1, 20, 24), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     paths = []
     for i, image in enumerate(pixels):
         paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(image.permute(1, 2, 0).numpy()).save(paths[-1])
+        Image.fromarray(image[0].numpy()).save(paths[-1])
     by_path = run.predict(paths, top_k=3)
     by_pil = run.predict([Image.open(p) for p in paths], top_k=3)
     by_batch = run.predict(pixels, top_k=3)
@@ -168,3 +172,79 @@ def test_readme_python_runs_twice(tmp_path, monkeypatch):
     for _ in range(2):
         exec(compile(code, "README.md", "exec"), {})
     assert (tmp_path / "runs" / "demo" / "report.json").is_file()
+
+
+def test_torchscript_export_carries_its_metadata(tiny_run, tmp_path, capsys):
+    import json
+
+    run_dir, _ = tiny_run
+    dest = tmp_path / "m.ts.pt"
+    assert main(["export", str(run_dir), "--format", "torchscript", "--output", str(dest)]) == 0
+    assert f"wrote {dest} (torchscript" in capsys.readouterr().out
+    extra = {"cnnzoo.json": ""}
+    torch.jit.load(str(dest), _extra_files=extra)
+    meta = {k: json.loads(v) for k, v in json.loads(extra["cnnzoo.json"]).items()}
+    run = cnnzoo.load_run(run_dir)
+    assert meta == {
+        "model": "resnet20",
+        "classes": run.classes,
+        "in_channels": 1,
+        "image_size": 32,
+        "mean": list(run.mean),
+        "std": list(run.std),
+    }
+
+
+onnx_packages = pytest.mark.skipif(
+    not all(importlib.util.find_spec(n) for n in ("onnx", "onnxscript", "onnxruntime")),
+    reason="needs the onnx extra (pip install cnnzoo[onnx]; in the dev extra, so CI runs it)",
+)
+
+
+@onnx_packages
+def test_onnx_export_metadata_named_batch_and_predict_matches_eager(tiny_run, tmp_path, capsys):
+    import json
+
+    import onnx
+    from PIL import Image
+
+    run_dir, _ = tiny_run
+    dest = tmp_path / "m.onnx"
+    assert main(["export", str(run_dir), "--format", "onnx", "--output", str(dest)]) == 0
+    assert f"wrote {dest} (onnx" in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temporary folder left behind
+    model = onnx.load(str(dest))
+    props = {p.key: p.value for p in model.metadata_props}
+    run = cnnzoo.load_run(run_dir)
+    assert json.loads(props["cnnzoo.classes"]) == run.classes and json.loads(props["cnnzoo.image_size"]) == 32
+    assert json.loads(props["cnnzoo.mean"]) == list(run.mean) and json.loads(props["cnnzoo.std"]) == list(run.std)
+    batch_dim = model.graph.input[0].type.tensor_type.shape.dim[0]
+    assert batch_dim.dim_param == "batch" and not batch_dim.HasField("dim_value")
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray((torch.rand(28, 28, 3) * 255).to(torch.uint8).numpy()).save(paths[-1])
+    assert main(["predict", str(dest), *map(str, paths), "--top-k", "3", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    eager = run.predict(paths, top_k=3)
+    for g, e in zip(got, eager, strict=True):
+        assert [c for c, _ in g["top"]] == [c for c, _ in e]
+        assert [p for _, p in g["top"]] == pytest.approx([p for _, p in e], abs=1e-4)
+
+
+def test_predict_onnx_without_onnxruntime_says_what_to_install(tmp_path, monkeypatch, capsys):
+    from cnnzoo.train import tools
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(tools.importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    assert main(["predict", str(tmp_path / "m.onnx"), "x.png"]) == 2
+    err = capsys.readouterr().err
+    assert "pip install cnnzoo[onnx]" in err and len(err.strip().splitlines()) == 1
+
+
+@onnx_packages
+def test_predict_onnx_refuses_a_file_without_metadata(tmp_path, capsys):
+    torch.onnx.export(torch.nn.Conv2d(3, 2, 1), (torch.zeros(1, 3, 4, 4),), str(tmp_path / "bare.onnx"), dynamo=True)
+    assert main(["predict", str(tmp_path / "bare.onnx"), "x.png"]) == 2
+    assert "no cnnzoo metadata" in capsys.readouterr().err

@@ -106,8 +106,8 @@ def predict_onnx(path: str | Path, images: list[str | Path], *, top_k: int = 5) 
     except Exception as e:  # onnxruntime's own exception types: a missing, truncated or foreign file
         raise CnnzooError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
     meta = read_onnx_metadata(session.get_modelmeta().custom_metadata_map, path)
-    x = load_images([str(p) for p in images], in_channels=meta["in_channels"], image_size=meta["image_size"],
-                    mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # fmt: skip
+    size = {key: meta[key] for key in ("in_channels", "image_size")}
+    x = load_images([str(p) for p in images], **size, mean=tuple(meta["mean"]), std=tuple(meta["std"]))
     logits = session.run(None, {session.get_inputs()[0].name: x.contiguous().numpy()})[0]
     tops = top_classes(torch.from_numpy(logits), meta["classes"], top_k)
     return [{"image": str(p), "top": top} for p, top in zip(images, tops, strict=True)]
@@ -195,8 +195,9 @@ def _check_destination(path: Path) -> None:
         raise CnnzooError(f"{path}: exists and is not a regular file")
 
 
-def _write_torchscript(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path,
-                       metadata: dict[str, str]) -> float:  # fmt: skip
+def _write_torchscript(
+    model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path, metadata: dict[str, str]
+) -> float:
     """Trace ``model`` to ``path`` with ``metadata`` as the extra file ``cnnzoo.json``, reload it, and return the max
     |difference| of its logits from ``expected``."""
     with torch.no_grad(), warnings.catch_warnings():
@@ -207,8 +208,9 @@ def _write_torchscript(model: torch.nn.Module, x: torch.Tensor, expected: torch.
     return (got.float() - expected.float()).abs().max().item()
 
 
-def _write_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path,
-               metadata: dict[str, str]) -> float:  # fmt: skip
+def _write_onnx(
+    model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path, metadata: dict[str, str]
+) -> float:
     """Export ``model`` to ONNX at ``path`` (batch axis dynamic, named ``batch``) with ``metadata`` as its
     ``metadata_props``, run it with onnxruntime at the batch of ``x`` and at batch 1, and return the max
     |difference| from ``expected``."""
