@@ -53,6 +53,12 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
 
 
+def write_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> None:
+    """Save a matplotlib ``Figure`` as PNG to ``path``, atomically (every chart cnnzoo draws goes through here)."""
+    with _replacing(Path(path)) as f:
+        fig.savefig(f, format="png", dpi=dpi)
+
+
 def temp_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
     """The temporary files that interrupted atomic writes of ``folder/<name>`` (for each of ``names``) left behind."""
     folder = Path(folder)
