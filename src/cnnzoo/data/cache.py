@@ -16,10 +16,6 @@ import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
-    pass
 
 from cnnzoo.atomic import save_atomic
 from cnnzoo.data.bundle import default_home

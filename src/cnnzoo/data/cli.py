@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
-
-    pass
+# torch, rich and the data layer are imported in the functions: `cnnzoo --help` needs none of them.
 
 
 def register(sub: argparse._SubParsersAction) -> None:
