@@ -3,7 +3,8 @@
 ``cnnzoo.train(...)`` (the function, :func:`cnnzoo.train.api.train`) is the entry point. Modules: ``config``
 (TrainConfig, recipes, config.toml), ``schedule`` (lr_at), ``engine`` (setup_training, make_optimizer, train_step),
 ``loop`` (train_one_epoch, evaluate, fit), ``checkpoint`` (atomic, weights_only), ``run`` (one run end to end, the run
-directory), ``plots``, ``tools`` (eval, predict, export), ``api``, ``cli``. Import submodules with
+directory), ``plots``, ``tools`` (eval, predict, export), ``trained``
+(``cnnzoo.load_run``: a finished run as one object that predicts), ``api``, ``cli``. Import submodules with
 ``from cnnzoo.train.X import Y``: after ``import cnnzoo`` the attribute ``cnnzoo.train`` is the function, not this
 package.
 
