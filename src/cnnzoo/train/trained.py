@@ -54,6 +54,9 @@ class TrainedRun:
             if images.dim() != 4 or images.shape[1] not in (1, 3):
                 raise CnnzooError(f"expected an image batch (N, C, H, W) with C 1 or 3, got {tuple(images.shape)}")
             if images.is_floating_point():
+                if images.shape[1:] != (self.in_channels, self.image_size, self.image_size):
+                    want = f"({self.in_channels}, {self.image_size}, {self.image_size})"
+                    raise CnnzooError(f"a preprocessed batch must be (N, *{want}), got {tuple(images.shape)}")
                 return images.float()
             return preprocess_images(list(images), **size)
         if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
@@ -62,12 +65,15 @@ class TrainedRun:
             return load_images(list(images), **size)
         tensors = []
         for image in images:
-            if isinstance(image, torch.Tensor):
+            if isinstance(image, torch.Tensor) and image.dtype == torch.uint8 and image.dim() == 3:
                 tensors.append(image)
             elif hasattr(image, "convert"):  # a PIL image
                 tensors.append(pil_to_tensor(image.convert("L" if self.in_channels == 1 else "RGB")))
             else:
-                raise CnnzooError(f"cannot predict {type(image).__name__}: expected paths, PIL images or tensors")
+                raise CnnzooError(
+                    f"cannot predict {type(image).__name__}: expected paths, PIL images, uint8 (C, H, W) "
+                    "tensors or a tensor batch"
+                )
         return preprocess_images(tensors, **size)
 
     def predict(self, images: Any, top_k: int = 5) -> list[list[tuple[str, float]]]:
