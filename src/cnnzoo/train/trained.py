@@ -55,8 +55,8 @@ class TrainedRun:
                 raise CnnzooError(f"expected an image batch (N, C, H, W) with C 1 or 3, got {tuple(images.shape)}")
             if images.is_floating_point():
                 if images.shape[1:] != (self.in_channels, self.image_size, self.image_size):
-                    want = f"({self.in_channels}, {self.image_size}, {self.image_size})"
-                    raise CnnzooError(f"a preprocessed batch must be (N, *{want}), got {tuple(images.shape)}")
+                    want = f"(N, {self.in_channels}, {self.image_size}, {self.image_size})"
+                    raise CnnzooError(f"a preprocessed batch must be {want}, got {tuple(images.shape)}")
                 return images.float()
             return preprocess_images(list(images), **size)
         if isinstance(images, (str, os.PathLike)) or not isinstance(images, (list, tuple)):
