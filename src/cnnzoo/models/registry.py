@@ -57,12 +57,20 @@ def get_model_info(name: str) -> ModelInfo:
         raise CnnzooError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Module:
+def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, weights: str | None = None,
+                 download: bool = False, **kwargs) -> nn.Module:  # fmt: skip
     """Build the model registered as ``name``.
 
     ``num_classes`` and ``in_channels`` are passed to every builder; other keyword arguments are family options
     (``aux_logits``, ``variant``, ``shortcut``, ...). An unknown option is a :class:`CnnzooError`.
+    ``weights``: start from these (:mod:`cnnzoo.models.weights`: a torchvision weights name, a state_dict file or a
+    run directory); ``download`` lets a torchvision file missing from torch.hub's cache be fetched.
     """
+    if weights is not None:
+        from cnnzoo.models.weights import create_pretrained
+
+        return create_pretrained(name, weights, num_classes=num_classes, in_channels=in_channels, download=download,
+                                 **kwargs)  # fmt: skip
     info = get_model_info(name)
     if num_classes < 1:
         raise CnnzooError(f"num_classes must be >= 1, got {num_classes}")
