@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # One GPU session's measurements, run from the repository root on a machine with a CUDA GPU:
 #   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
-# PARTS: comma-separated, default "data,compare,speed"; also "step", "step_big", "fast", "speed_all", "paper56" and
-# "gradients,degradation" (issue 6; the degradation study alone takes about 10 minutes). A device call may run 10
-# minutes at most: give each call a few parts, most valuable first ("data,speed", then "paper56,fast", then "step",
-# "step_big", "compare,speed_all") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
+# PARTS: comma-separated, default "data,compare,speed"; also "step_profile", "step", "step_big", "fast", "speed_all",
+# "paper56" and "gradients,degradation" (issue 6; the degradation study alone takes about 10 minutes). A device call may
+# run 10 minutes at most: give each call a few parts, most valuable first ("step_profile" alone, about 4 minutes and no
+# data needed: issue 12 says measure it first; then "data,speed", "paper56,fast", "step", "step_big",
+# "compare,speed_all") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
 # while the machine stays warm. Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
 # Data: CIFAR-10 (JPEG q75). Checkpoints are deleted at the end; tar OUT_DIR to bring it back in one file.
 set -euo pipefail
@@ -14,12 +15,21 @@ export PYTHONPATH=src
 PY=${PY:-python3}
 LABEL="CIFAR-10 (JPEG q75)"
 mkdir -p "$OUT" .data/cifar10
-[ -d .data/cifar10/train ] || tar -xzf "$TAR" -C .data/cifar10
 DATA=.data/cifar10
 has() { [[ ",$PARTS," == *",$1,"* ]]; }
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"; nproc; } > "$OUT/env.txt"
-$PY -m cnnzoo data $DATA > "$OUT/data.txt"   # decodes once into the uint8 cache that every run below reuses
+if [[ "$PARTS" != "step_profile" ]]; then  # step_profile alone trains on synthetic data: no unpacking, no decoding
+  [ -d .data/cifar10/train ] || tar -xzf "$TAR" -C .data/cifar10
+  $PY -m cnnzoo data $DATA > "$OUT/data.txt"   # decodes once into the uint8 cache that every run below reuses
+fi
+
+# Issue 12 part 1: where a resnet56 step's time goes, on synthetic data already on the GPU: eager vs the whole-step
+# graph (its own GPU time vs the real loop), kernels by class and idle time, batch 256, bf16 vs fp32+TF32,
+# channels_last vs NCHW, every host sync of an epoch and its end, torch.compile + graph. JSON after each measurement.
+if has step_profile; then
+  $PY benchmarks/step_profile.py --device cuda --out "$OUT/step_profile.json" 2>&1 | tee "$OUT/step_profile.log"
+fi
 
 # Issue 3: device-resident augmentation against resnet18_cifar's training throughput (must be >= 20x).
 if has data; then
