@@ -180,8 +180,10 @@ def _norm(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
 
 def _check_norm(norm, in_channels: int) -> int:
     if norm is not None and len(norm[0]) != in_channels:
-        raise DataError(f"the normalisation has {len(norm[0])} channels (mean {list(norm[0])}), the data "
-                        f"{in_channels}: pass --in-channels {len(norm[0])} or a --mean/--std of {in_channels}")  # fmt: skip
+        raise DataError(
+            f"the normalisation has {len(norm[0])} channels (mean {list(norm[0])}), the data {in_channels}: "
+            f"pass --in-channels {len(norm[0])} or a --mean/--std of {in_channels} values"
+        )
     return in_channels
 
 

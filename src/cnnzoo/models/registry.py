@@ -57,8 +57,15 @@ def get_model_info(name: str) -> ModelInfo:
         raise CnnzooError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, weights: str | None = None,
-                 download: bool = False, **kwargs) -> nn.Module:  # fmt: skip
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    in_channels: int = 3,
+    weights: str | None = None,
+    download: bool = False,
+    **kwargs,
+) -> nn.Module:
     """Build the model registered as ``name``.
 
     ``num_classes`` and ``in_channels`` are passed to every builder; other keyword arguments are family options
@@ -69,8 +76,8 @@ def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, we
     if weights is not None:
         from cnnzoo.models.weights import create_pretrained
 
-        return create_pretrained(name, weights, num_classes=num_classes, in_channels=in_channels, download=download,
-                                 **kwargs)  # fmt: skip
+        sizes = {"num_classes": num_classes, "in_channels": in_channels}
+        return create_pretrained(name, weights, download=download, **sizes, **kwargs)
     info = get_model_info(name)
     if num_classes < 1:
         raise CnnzooError(f"num_classes must be >= 1, got {num_classes}")

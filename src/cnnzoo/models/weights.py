@@ -72,7 +72,8 @@ class WeightsSpec:
 
 def looks_like_path(spec: str) -> bool:
     """A spec names a file or folder (rather than a torchvision weights name)."""
-    return os.sep in spec or "/" in spec or spec.startswith((".", "~")) or spec.endswith((".pt", ".pth", ".safetensors"))
+    suffixes = (".pt", ".pth", ".safetensors")
+    return os.sep in spec or "/" in spec or spec.startswith((".", "~")) or spec.endswith(suffixes)
 
 
 def resolve_weights(model: str, spec: str) -> WeightsSpec:
@@ -178,8 +179,9 @@ def sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def fetch_state_dict(spec: WeightsSpec, *, download: bool = False, progress: bool = True
-                     ) -> tuple[dict[str, torch.Tensor], str]:  # fmt: skip
+def fetch_state_dict(
+    spec: WeightsSpec, *, download: bool = False, progress: bool = True
+) -> tuple[dict[str, torch.Tensor], str]:
     """(state_dict, sha256 of its file) for ``spec``. A torchvision file missing from the cache is downloaded by
     torchvision's own code only with ``download=True``; else a one-line error says which file to put where."""
     if spec.source == "torchvision":
@@ -215,7 +217,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         try:
             from safetensors.torch import load_file
         except ImportError:
-            raise CnnzooError(f"{path}: reading .safetensors needs the safetensors package: pip install safetensors")
+            raise CnnzooError(f"{path}: reading .safetensors needs the package: pip install safetensors") from None
         try:
             obj: Any = load_file(str(path))
         except Exception as e:  # safetensors raises its own SafetensorError on a bad header
@@ -284,8 +286,9 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str)
         notes.append(f"{source}: the weights have no auxiliary classifiers; aux1, aux2 keep a fresh initialisation")
         missing = []
     unexpected = [k for k in use if k not in own]
-    shapes = [f"{k} {tuple(use[k].shape)} vs {tuple(own[k].shape)}" for k in use if k in own
-              and use[k].shape != own[k].shape]  # fmt: skip
+    shapes = [
+        f"{k} {tuple(use[k].shape)} vs {tuple(own[k].shape)}" for k in use if k in own and use[k].shape != own[k].shape
+    ]
     problems = [("missing", missing), ("unexpected", unexpected), ("shape (weights vs model)", shapes)]
     found = [f"{what}: {_few(keys)}" for what, keys in problems if keys]
     if found:
@@ -299,8 +302,15 @@ def _few(keys: list[str], most: int = 6) -> str:
     return ", ".join(keys[:most]) + more
 
 
-def create_pretrained(name: str, spec: str, *, num_classes: int | None = None, in_channels: int | None = None,
-                      download: bool = False, **kwargs) -> nn.Module:  # fmt: skip
+def create_pretrained(
+    name: str,
+    spec: str,
+    *,
+    num_classes: int | None = None,
+    in_channels: int | None = None,
+    download: bool = False,
+    **kwargs,
+) -> nn.Module:
     """``create_model(name, weights=spec)``: the model built for the weights' class count (unless ``num_classes``
     says another: the classifier is then new, and a warning says so) with the weights loaded."""
     from cnnzoo.models.registry import create_model
@@ -309,9 +319,12 @@ def create_pretrained(name: str, spec: str, *, num_classes: int | None = None, i
     state, _ = fetch_state_dict(spec_, download=download)
     if num_classes is None:
         num_classes = spec_.num_classes or _classes_of(state)
-    model = create_model(name, num_classes=num_classes, in_channels=in_channels, **{**spec_.options, **kwargs})
+    if in_channels is None and spec_.mean is not None:
+        in_channels = len(spec_.mean)
+    sizes = {k: v for k, v in (("num_classes", num_classes), ("in_channels", in_channels)) if v is not None}
+    model = create_model(name, **sizes, **{**spec_.options, **kwargs})
     for note in load_state(model, state, source=spec_.name):
-        warnings.warn(note, stacklevel=2)
+        warnings.warn(note, stacklevel=3)  # the caller of create_model
     return model
 
 

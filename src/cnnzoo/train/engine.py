@@ -191,8 +191,9 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
 # --- optimizer -----------------------------------------------------------------------------------------------------
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool = True,
-                 lr_scales: dict[str, float] | None = None) -> list[dict]:  # fmt: skip
+def param_groups(
+    model: nn.Module, weight_decay: float, exclude_bn_bias: bool = True, lr_scales: dict[str, float] | None = None
+) -> list[dict]:
     """Decayed weights, and (if ``exclude_bn_bias``) undecayed 1-d tensors (BN scale/shift, biases); each split
     again by ``lr_scales`` (parameter name -> factor on the scheduled lr, default 1: see ``train.finetune``), which
     every group carries as ``lr_scale`` for :func:`set_lr`. Frozen parameters (``requires_grad=False``) are left out."""
@@ -202,8 +203,11 @@ def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool = 
             decay = not (exclude_bn_bias and p.ndim <= 1)
             groups.setdefault((decay, (lr_scales or {}).get(name, 1.0)), []).append(p)
     order = sorted(groups, key=lambda k: (not k[0], k[1] != 1.0))  # decayed first, then the classifier's scale
-    return [{"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]}
-            for k in order if groups[k] or k == (True, 1.0)]  # fmt: skip
+    return [
+        {"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]}
+        for k in order
+        if groups[k] or k == (True, 1.0)
+    ]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:

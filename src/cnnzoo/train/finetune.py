@@ -1,7 +1,7 @@
 """Fine-tuning from starting weights: what a run takes from ``--weights``, freezing, layer-wise learning rates.
 
 - :func:`start_config`: the config with what the weights prescribe filled in where the user gave nothing:
-  normalisation mean/std and input size (torchvision's ``weights.transforms()``, or the source run's), GoogLeNet's
+  normalisation mean/std, input channels and size (torchvision's ``weights.transforms()``, or the source run's), GoogLeNet's
   ``transform_input``, and the canonical weights name (``DEFAULT`` becomes ``ResNet50_Weights.IMAGENET1K_V2``, a
   path becomes absolute). The resolved values go into ``config.toml`` and every checkpoint, so evaluating and
   resuming the run never needs the weights again.
@@ -46,6 +46,8 @@ def start_config(cfg: TrainConfig) -> TrainConfig:
     values: dict[str, Any] = {"weights": spec.name}
     if not cfg.mean and spec.mean is not None:
         values["mean"], values["std"] = list(spec.mean), list(spec.std)
+        if cfg.in_channels is None:  # grey data is repeated to the weights' 3 channels
+            values["in_channels"] = len(spec.mean)
     if cfg.image_size is None and spec.crop_size is not None:
         values["image_size"] = spec.crop_size
     if cfg.transform_input is None and "transform_input" in spec.options:
@@ -91,8 +93,9 @@ def frozen_layers(model: nn.Module, cfg: TrainConfig) -> list[str]:
     names = [n for n, _ in model.named_modules()]
     if stage not in names or stage == "":
         stages = getattr(model, "stages", None) or [n for n, _ in model.named_children()]
-        raise CnnzooError(f"--freeze-until {stage}: {cfg.model} has no layer of that name (its stages: "
-                          f"{', '.join(stages)})")  # fmt: skip
+        raise CnnzooError(
+            f"--freeze-until {stage}: {cfg.model} has no layer of that name (its stages: {', '.join(stages)})"
+        )
     # Every module registered up to the end of STAGE's subtree (registration order is forward order in every family).
     end = max(i for i, n in enumerate(names) if n == stage or n.startswith(stage + "."))
     keep = set(names[: end + 1])
@@ -102,9 +105,9 @@ def frozen_layers(model: nn.Module, cfg: TrainConfig) -> list[str]:
     return frozen
 
 
-def freeze(model: nn.Module, cfg: TrainConfig) -> list[str]:
+def freeze(model: nn.Module, cfg: TrainConfig, log=None) -> list[str]:
     """Apply ``cfg.freeze`` / ``cfg.freeze_until`` to ``model`` (before its optimizer is made); returns the frozen
-    module names."""
+    module names (and ``log``s a line saying how many parameters still train)."""
     frozen = frozen_layers(model, cfg)
     modules = dict(model.named_modules())
     for name in frozen:
@@ -114,6 +117,8 @@ def freeze(model: nn.Module, cfg: TrainConfig) -> list[str]:
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.train = types.MethodType(_eval_only_train, module)  # a bound method: deepcopy (EMA) rebinds it
             module.eval()
+    if frozen and log is not None:
+        log(describe_freeze(model, frozen))
     return frozen
 
 

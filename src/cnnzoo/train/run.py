@@ -22,7 +22,7 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model, get_model_info
-from cnnzoo.train import checkpoint
+from cnnzoo.train import checkpoint, finetune
 from cnnzoo.train.config import TrainConfig, config_from_dict, write_config
 from cnnzoo.train.engine import (
     GraphedStep,
@@ -78,6 +78,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
         if "aux_logits" not in inspect.signature(get_model_info(cfg.model).builder).parameters:
             raise CnnzooError(f"--aux-logits: {cfg.model} has no auxiliary classifiers (the GoogLeNets have)")
         options["aux_logits"] = cfg.aux_logits
+    options.update(finetune.model_options(cfg))  # GoogLeNet's transform_input for torchvision's weights
     model = create_model(cfg.model, num_classes=num_classes, in_channels=in_channels, **options)
     if cfg.dropout is not None and set_dropout(model, cfg.dropout) == 0:
         raise CnnzooError(f"--dropout given but {cfg.model} has no dropout layers")
@@ -99,7 +100,7 @@ def load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, *, augment: 
         eval_batch_size=cfg.eval_batch_size or 2 * per_rank, device=device,
         image_size=cfg.image_size, in_channels=cfg.in_channels, val_size=val_size, seed=cfg.seed,
         augment=cfg.augment if augment else "none", cutout=cfg.cutout, rank=dist.rank, world_size=dist.world_size,
-        subset=cfg.subset,
+        subset=cfg.subset, mean=tuple(cfg.mean) or None, std=tuple(cfg.std) or None,
     )  # fmt: skip
 
 
@@ -124,6 +125,8 @@ def run_training(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume:
     """
     dist, device = init_distributed(cfg)
     log = log if dist.main else (lambda *a, **k: None)
+    if not resume:
+        cfg = finetune.start_config(cfg)  # the --weights' preprocessing, unless given
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
     if not resume and (run_dir / "last.pt").exists():
         if not overwrite:
@@ -141,6 +144,9 @@ def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, r
     seed_everything(cfg.seed)
     data = load_bundle(cfg, device, dist)
     model = build_model(cfg, data.num_classes, data.in_channels).to(device)
+    if cfg.weights and not resume:
+        cfg.weights_sha256 = finetune.load_start(model, cfg, log)
+    finetune.freeze(model, cfg, log)
     if cfg.sync_bn and device.type != "cuda":
         raise CnnzooError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on the CPU)")
     if dist.world_size > 1 and cfg.sync_bn:
@@ -238,6 +244,7 @@ def finish(run: RunState) -> dict[str, Any]:
         "precision": run.ctx.precision,
         "world_size": run.dist.world_size,
         "run_dir": str(run_dir),
+        "start_weights": {"source": run.cfg.weights, "sha256": run.cfg.weights_sha256} if run.cfg.weights else None,
     }
     if run.dist.main:
         (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
