@@ -23,6 +23,9 @@ from cnnzoo.train.config import build_config
 from cnnzoo.train.engine import lr_at, make_optimizer, set_lr, step_context, train_step
 
 
+LOAD_FROM_URL = torch.hub.load_state_dict_from_url  # torchvision's Weights.get_state_dict calls this
+
+
 def _no_network(*args, **kwargs):
     raise AssertionError("the network was touched")
 
@@ -34,6 +37,7 @@ def hub(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(torch.hub, "_hub_dir", None)  # a set_dir() elsewhere would win over TORCH_HOME
     monkeypatch.setattr(torch.hub, "download_url_to_file", _no_network)
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", _no_network)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", _no_network)
     folder = tmp_path / "torch" / "hub" / "checkpoints"
     folder.mkdir(parents=True)
     return folder
@@ -63,6 +67,23 @@ def test_missing_file_is_one_line_naming_file_and_folder(hub):
     message = str(e.value)
     assert "\n" not in message
     assert "resnet18-f37072fd.pth" in message and str(hub) in message and "--download" in message
+
+
+def test_download_goes_through_torchvision_into_the_cache(hub, monkeypatch):
+    """With download=True (--download) a missing file is fetched by torch.hub's code, hash-checked against the name."""
+    state = torchvision.models.resnet18().state_dict()
+    calls = []
+
+    def fake_download(url, dst, hash_prefix=None, progress=True):
+        calls.append((url, hash_prefix))
+        torch.save(state, dst)
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", fake_download)
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", LOAD_FROM_URL)
+    model = create_model("resnet18", weights="IMAGENET1K_V1", download=True)
+    assert calls == [("https://download.pytorch.org/models/resnet18-f37072fd.pth", "f37072fd")]
+    assert (hub / "resnet18-f37072fd.pth").is_file()
+    assert torch.equal(model.state_dict()["layer3.1.conv2.weight"], state["layer3.1.conv2.weight"])
 
 
 def test_unknown_names_and_models_are_one_line_errors(hub):
