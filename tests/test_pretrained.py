@@ -22,7 +22,6 @@ from cnnzoo.train import finetune
 from cnnzoo.train.config import build_config
 from cnnzoo.train.engine import lr_at, make_optimizer, set_lr, step_context, train_step
 
-
 LOAD_FROM_URL = torch.hub.load_state_dict_from_url  # torchvision's Weights.get_state_dict calls this
 
 
@@ -134,7 +133,9 @@ def test_classifier_layers_of_each_family():
     assert classifier_layers(create_model("alexnet", num_classes=3)) == ["classifier.6"]
     assert classifier_layers(create_model("resnet20", num_classes=3)) == ["fc"]
     assert classifier_layers(create_model("googlenet_cifar", num_classes=3, aux_logits=True)) == [
-        "aux1.fc2", "aux2.fc2", "fc"
+        "aux1.fc2",
+        "aux2.fc2",
+        "fc",
     ]
 
 
@@ -249,9 +250,10 @@ def test_finetuned_run_records_its_start_evaluates_and_resumes(hub, tmp_path, ca
     _, path = _cache(hub, "resnet18")
     digest = sha256(path)
     out = tmp_path / "run"
-    args = ["train", "resnet18", "--data", "digits", "--weights", "IMAGENET1K_V1", "--image-size", "32",
-            "--subset", "64", "--val-size", "32", "--batch-size", "32", "--epochs", "2", "--freeze-until", "layer3",
-            "--backbone-lr-scale", "0.1", "--lr", "0.05", "--out", str(out), "--quiet"]  # fmt: skip
+    args = (
+        "train resnet18 --data digits --weights IMAGENET1K_V1 --image-size 32 --subset 64 --val-size 32 --batch-size 32 "
+        "--epochs 2 --freeze-until layer3 --backbone-lr-scale 0.1 --lr 0.05 --quiet"
+    ).split() + ["--out", str(out)]
     main([*args, "--stop-after", "3"])  # interrupted mid-way through epoch 2
     assert (out / "last.pt").is_file() and not (out / "report.json").exists()
     path.unlink()

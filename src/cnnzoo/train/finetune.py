@@ -1,10 +1,10 @@
 """Fine-tuning from starting weights: what a run takes from ``--weights``, freezing, layer-wise learning rates.
 
 - :func:`start_config`: the config with what the weights prescribe filled in where the user gave nothing:
-  normalisation mean/std, input channels and size (torchvision's ``weights.transforms()``, or the source run's), GoogLeNet's
-  ``transform_input``, and the canonical weights name (``DEFAULT`` becomes ``ResNet50_Weights.IMAGENET1K_V2``, a
-  path becomes absolute). The resolved values go into ``config.toml`` and every checkpoint, so evaluating and
-  resuming the run never needs the weights again.
+  normalisation mean/std, input channels and size (torchvision's ``weights.transforms()``, or the source run's),
+  GoogLeNet's ``transform_input``, and the canonical weights name (``DEFAULT`` becomes
+  ``ResNet50_Weights.IMAGENET1K_V2``, a path becomes absolute). The resolved values go into ``config.toml`` and every
+  checkpoint, so evaluating and resuming the run never needs the weights again.
 - :func:`load_start`: reads the weights (``weights_only=True``), copies them into the new run's model (a new class
   count re-initialises the classifier, and the log says so) and records the file's SHA-256.
 - :func:`freeze`: ``--freeze backbone`` trains only the classifier (a linear probe); ``--freeze-until STAGE`` keeps
