@@ -250,10 +250,9 @@ def test_finetuned_run_records_its_start_evaluates_and_resumes(hub, tmp_path, ca
     _, path = _cache(hub, "resnet18")
     digest = sha256(path)
     out = tmp_path / "run"
-    args = (
-        "train resnet18 --data digits --weights IMAGENET1K_V1 --image-size 32 --subset 64 --val-size 32 --batch-size 32 "
-        "--epochs 2 --freeze-until layer3 --backbone-lr-scale 0.1 --lr 0.05 --quiet"
-    ).split() + ["--out", str(out)]
+    flags = "--image-size 32 --subset 64 --val-size 32 --batch-size 32 --epochs 2 --lr 0.05 --quiet"
+    finetuning = "--weights IMAGENET1K_V1 --freeze-until layer3 --backbone-lr-scale 0.1"
+    args = ["train", "resnet18", "--data", "digits", *flags.split(), *finetuning.split(), "--out", str(out)]
     main([*args, "--stop-after", "3"])  # interrupted mid-way through epoch 2
     assert (out / "last.pt").is_file() and not (out / "report.json").exists()
     path.unlink()
