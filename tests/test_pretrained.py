@@ -129,6 +129,20 @@ def test_state_dict_file_with_ddp_prefix_loads(tmp_path):
     assert all(torch.equal(own[k], v) for k, v in state.items())
 
 
+def test_safetensors_file_loads(tmp_path):
+    safetensors = pytest.importorskip("safetensors.torch")  # the optional extra: pip install cnnzoo[safetensors]
+    state = torchvision.models.resnet18().state_dict()
+    path = tmp_path / "r18.safetensors"
+    safetensors.save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    model = create_model("resnet18", weights=str(path))
+    assert torch.equal(
+        model.state_dict()["layer4.0.downsample.1.running_var"], state["layer4.0.downsample.1.running_var"]
+    )
+    path.write_bytes(b"not a safetensors file")
+    with pytest.raises(CnnzooError, match="not a readable safetensors file"):
+        create_model("resnet18", weights=str(path))
+
+
 def test_classifier_layers_of_each_family():
     assert classifier_layers(create_model("alexnet", num_classes=3)) == ["classifier.6"]
     assert classifier_layers(create_model("resnet20", num_classes=3)) == ["fc"]
