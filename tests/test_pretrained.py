@@ -156,7 +156,7 @@ def test_classifier_layers_of_each_family():
 def test_googlenet_weights_as_torchvision_builds_them(hub):
     """torchvision's GoogLeNet weights come with aux heads and need transform_input=True: same outputs as
     torchvision's own GoogLeNet holding the same tensors; aux_logits=False drops the aux heads."""
-    _cache(hub, "googlenet", aux_logits=True, init_weights=True)
+    _cache(hub, "googlenet", aux_logits=True, init_weights=False)
     ours = create_model("googlenet", weights="DEFAULT").eval()
     assert ours.transform_input
     theirs = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True, init_weights=False)
@@ -258,6 +258,7 @@ def test_predict_without_a_run_names_the_weights_categories(hub, tmp_path, capsy
     assert [line.split("%", 1)[1].strip() for line in lines[1:]] == names
 
 
+@pytest.mark.slow  # two short runs and an eval of resnet18: ~25 s of CPU
 def test_finetuned_run_records_its_start_evaluates_and_resumes(hub, tmp_path, capsys):
     """A fine-tuning run from torchvision weights: preprocessing and provenance stored; stopped and resumed with the
     weights file gone (the run directory is all a resume needs); `cnnzoo eval` reproduces the report."""
