@@ -8,14 +8,15 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from cnnzoo.data.augment import PAPER_AUGMENTS, eval_transform
 from cnnzoo.data.bundle import DataBundle, DataError, channel_stats, generator, to_channels
 from cnnzoo.data.device_loader import DeviceLoader, EmptyLoader
 from cnnzoo.data.folders import SMALL_MAX, Streamed, decode_file, load_folder
 from cnnzoo.data.sources import Decoded, load_cifar, load_digits, load_mnist
-from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD, StreamLoader, eval_transform
+from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD, StreamLoader
 
 NAMED = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
-AUGMENTS = ("standard", "none")
+AUGMENTS = ("standard", "none", *PAPER_AUGMENTS)
 _VAL_SPLIT = 2  # generator stream tag for the validation carve
 
 
@@ -82,7 +83,9 @@ def load_data(
     ``val_size``: images carved from the training split for validation (an int, or a fraction in [0, 1)); None
     means 5,000 for CIFAR and 10% otherwise; 0 gives an empty ``val``. ``subset``: keep only this many training
     images (after the validation carve). ``augment``: ``"standard"`` = random crop with padding 4 (at 32 px) and,
-    where flips keep the class, horizontal flip; ``"none"``. ``cutout``: side of the cutout square, 0 = off.
+    where flips keep the class, horizontal flip; ``"none"``; streamed folders: :mod:`cnnzoo.data.augment`
+    (``alexnet | vgg | googlenet | resnet``: the papers' own, refused for data held on the device).
+    ``cutout``: side of the cutout square, 0 = off.
     ``download``: True fetches a missing named dataset; None/False never touch the network.
     ``num_workers``: DataLoader workers for streamed (large-image) folders; default min(8, CPUs).
     ``mean``, ``std``: the normalisation to use (e.g. pretrained weights'); None = the data's own statistics
@@ -103,8 +106,12 @@ def load_data(
         return _stream_bundle(
             decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
             image_size=image_size or 224, in_channels=in_channels, val_size=val_size, seed=seed, rank=rank,
-            world_size=world_size, subset=subset, num_workers=num_workers, norm=_norm(mean, std),
+            world_size=world_size, subset=subset, num_workers=num_workers, augment=augment or "none",
+            norm=_norm(mean, std),
         )  # fmt: skip
+    if augment in PAPER_AUGMENTS:  # per-sample transforms of large images; small data is augmented in batches
+        raise DataError(f"--augment {augment} applies to image folders streamed from disk (images over {SMALL_MAX} "
+                        f"px); {data} is held on the device: use --augment standard or none")  # fmt: skip
     return _device_bundle(
         decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
         image_size=image_size, in_channels=in_channels, val_size=val_size, seed=seed, augment=augment or "none",
@@ -151,7 +158,7 @@ def _train_val(n: int, val_size: int | float, seed: int, subset: int | None) -> 
 
 def _stream_bundle(
     d: Streamed, *, batch_size, eval_batch_size, device, image_size, in_channels, val_size, seed, rank, world_size,
-    subset, num_workers, norm,
+    subset, num_workers, augment, norm,
 ) -> DataBundle:  # fmt: skip
     """Loaders that decode a large-image folder each epoch; ImageNet's normalisation (no pass over the data)."""
     in_channels = _check_norm(norm, in_channels or d.in_channels)
@@ -165,7 +172,7 @@ def _stream_bundle(
     def split(idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         return [d.train_files[i] for i in idx.tolist()], d.train_labels[idx]
 
-    train = StreamLoader(*split(train_idx), batch_size=batch_size, train=True, seed=seed, **common)
+    train = StreamLoader(*split(train_idx), batch_size=batch_size, train=True, seed=seed, augment=augment, **common)
     val = StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common) if len(val_idx) else EmptyLoader(
         eval_batch_size
     )

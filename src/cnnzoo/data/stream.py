@@ -1,7 +1,8 @@
 """The streaming path for image folders too large to hold decoded (ImageNet-style): a DataLoader with workers.
 
-Training: ``RandomResizedCrop(image_size)`` (scale 0.08-1, aspect 3/4-4/3, Szegedy et al. 2015's crop, as
-torchvision's ImageNet recipe) and a horizontal flip; evaluation: ``Resize(image_size * 256 / 224)`` then
+Training (``augment="standard"``; the papers' own: cnnzoo.data.augment): ``RandomResizedCrop(image_size)``
+(scale 0.08-1, aspect 3/4-4/3, Szegedy et al. 2015's crop, as torchvision's ImageNet recipe) and a horizontal
+flip; evaluation: ``Resize(image_size * 256 / 224)`` then
 ``CenterCrop(image_size)`` (the 256 -> 224 single-crop test of Krizhevsky et al. 2012, Simonyan & Zisserman 2015).
 The transforms (torchvision.transforms.v2) run in worker processes on uint8 tensors; normalisation and the
 channels_last layout happen on the device, batched. Batches come through pinned memory on CUDA.
@@ -27,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from cnnzoo.data.augment import eval_transform, pixel_pca, train_transform, uses_pca
 from cnnzoo.data.bundle import DataError, generator, mix_seed, rank_order
 from cnnzoo.data.folders import decode_file
 
@@ -35,15 +37,6 @@ log = logging.getLogger("cnnzoo.data")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, used for streamed folders
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _PERMUTATION, _AUGMENT, _WORKERS = 0, 1, 2
-
-
-def eval_transform(image_size: int) -> v2.Transform:
-    """Resize the short side to image_size * 256 / 224, then take the centre image_size x image_size crop."""
-    return v2.Compose([v2.Resize(round(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)])
-
-
-def train_transform(image_size: int) -> v2.Transform:
-    return v2.Compose([v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()])
 
 
 class _Files(Dataset):
@@ -92,12 +85,16 @@ class StreamLoader:
         rank: int = 0,
         world_size: int = 1,
         num_workers: int | None = None,
+        augment: str = "standard",
     ) -> None:
         self.device = torch.device(device)
         self.batch_size, self.train, self.seed = batch_size, train, seed
         self.rank, self.world_size = rank, world_size
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
-        transform = train_transform(image_size) if train else eval_transform(image_size)
+        # ``augment``: a name of cnnzoo.data.augment (the papers' recipes); the PCA lighting's eigenvectors come from
+        # a seeded sample of this split's pixels.
+        pca = pixel_pca(files, channels, seed=seed) if train and uses_pca(augment) else None
+        transform = train_transform(augment, image_size, pca=pca) if train else eval_transform(image_size)
         self.dataset = _Files(files, labels, channels, transform)
         n = len(files)
         if train:

@@ -29,7 +29,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-AUGMENTS = ("standard", "none")
+AUGMENTS = ("standard", "none", "alexnet", "vgg", "googlenet", "resnet")  # data.augment.PAPER_AUGMENTS: streamed
 FREEZE = ("backbone",)
 NO_GRAPHED_FP16 = "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"
 
@@ -55,7 +55,8 @@ class TrainConfig:
     in_channels: int | None = _f(None, "input channels (default: the dataset's)")
     val_size: float | None = _f(None, "validation images carved from train: count (>=1) or fraction (<1)")
     subset: int | None = _f(None, "train on only this many training images (quick experiments)")
-    augment: str = _f("standard", "training augmentation: standard (pad-crop + flip) | none", choices=AUGMENTS)
+    augment: str = _f("standard", "training augmentation; alexnet | vgg | googlenet | resnet: the papers' (image "
+                      "folders)", choices=AUGMENTS)  # fmt: skip
     cutout: int = _f(0, "cutout square side in pixels, 0 = off")
     # How long.
     epochs: int = _f(30, "epochs to train (ignored when --iterations > 0)")

@@ -227,7 +227,7 @@ def finish(run: RunState) -> dict[str, Any]:
         "model": run.cfg.model,
         "data": data.name,
         "classes": list(data.classes),
-        "test": {"loss": test["loss"], "top1": test["top1"], "top5": test["top5"], "n": test["n"],
+        "test": {"loss": test["loss"], "top1": test["top1"], "top5": test["top5"], "n": test["n"], "protocol": "center",
                  "per_class": dict(zip(data.classes, test["per_class"], strict=True))},  # fmt: skip
         "best_epoch": run.best["epoch"],
         "best_val_top1": run.best["val_top1"],

@@ -21,8 +21,12 @@ from cnnzoo.train.loop import Dist, evaluate
 from cnnzoo.train.run import load_bundle, load_run
 
 
-def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best", device: str = "auto") -> dict:
-    """Loss, top-1, top-5 (fractions) and per-class accuracy of a run's checkpoint on ``split``."""
+def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best", device: str = "auto",
+                 protocol: str = "center") -> dict:  # fmt: skip
+    """Loss, top-1, top-5 (fractions) and per-class accuracy of a run's checkpoint on ``split``.
+
+    ``protocol``: ``center`` (the loader's single view) or a test protocol of :mod:`cnnzoo.train.protocols`.
+    """
     ckpt, model = load_run(run_dir, which)
     cfg = config_from_dict(ckpt["config"])
     dev = resolve_device(device)
@@ -34,10 +38,17 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best
     if loader.num_samples == 0:
         raise CnnzooError(f"{run_dir}: the run has no {split} split")
     ctx = step_context(cfg, dev)
-    result = evaluate(model.to(dev), loader, ctx, data.num_classes, confusion=True)
+    if protocol == "center":
+        result = evaluate(model.to(dev), loader, ctx, data.num_classes, confusion=True)
+        result.pop("confusion")
+    else:
+        from cnnzoo.train.protocols import evaluate_files, split_files
+
+        result = evaluate_files(model.to(dev), *split_files(cfg, split), protocol, image_size=data.image_size,
+                                channels=data.in_channels, mean=data.mean, std=data.std, num_classes=data.num_classes,
+                                device=dev, autocast=ctx.autocast, memory_format=ctx.memory_format)  # fmt: skip
     result["per_class"] = dict(zip(data.classes, result["per_class"], strict=True))
-    result.pop("confusion")
-    return {"data": data.name, "split": split, "checkpoint": which, **result}
+    return {"data": data.name, "split": split, "checkpoint": which, "protocol": protocol, **result}
 
 
 def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, which: str = "best") -> list[dict]:
