@@ -282,3 +282,29 @@ def test_finetuned_run_records_its_start_evaluates_and_resumes(hub, tmp_path, ca
     assert main(["eval", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert math.isclose(result["top1"], report["test"]["top1"])
+
+
+# --- torchvision reference augmentations (image folders) ------------------------------------------------------------
+
+
+def test_auto_augment_and_random_erase_on_a_streamed_folder(tmp_path):
+    from test_augment import make_folder
+
+    from cnnzoo.data import DataError, load_data
+
+    root = make_folder(tmp_path / "big", size=(96, 80))  # over 64 px: streamed, augmented per sample
+    kw = dict(image_size=32, batch_size=4, val_size=0, num_workers=0)
+    b = load_data(str(root), auto_augment="trivialaugment", random_erase=1.0, **kw)
+    steps = b.train.dataset.transform.transforms[1:]
+    assert [type(t).__name__ for t in steps] == ["TrivialAugmentWide", "RandomErasing"]
+    x, _ = next(b.train.epoch(0))
+    again, _ = next(load_data(str(root), auto_augment="trivialaugment", random_erase=1.0, **kw).train.epoch(0))
+    assert torch.equal(x, again)  # a pure function of (seed, epoch, sample), as every streamed augmentation
+    # Erased with the mean colour (the reference erases the normalised image with 0): exactly 0 after normalising.
+    assert all((image.abs().amax(0) < 0.01).sum() >= 0.02 * 32 * 32 for image in x)  # 0.5 / 255 / std: rounding
+    plain, _ = next(load_data(str(root), **kw).train.epoch(0))
+    assert (plain.abs().amax(1) < 0.01).sum() < 10  # random pixels hardly ever hit the mean colour exactly
+    with pytest.raises(DataError, match="apply to image folders streamed from disk"):
+        load_data("digits", random_erase=0.5, batch_size=4)
+    with pytest.raises(DataError, match="not after --augment resnet"):
+        load_data(str(root), augment="resnet", auto_augment="randaugment", **kw)

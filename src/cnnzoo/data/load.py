@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnzoo.data.augment import PAPER_AUGMENTS, eval_transform
+from cnnzoo.data.augment import PAPER_AUGMENTS, eval_transform, reference_extras, uses_pca
 from cnnzoo.data.bundle import DataBundle, DataError, channel_stats, generator, to_channels
 from cnnzoo.data.device_loader import DeviceLoader, EmptyLoader
 from cnnzoo.data.folders import SMALL_MAX, Streamed, decode_file, load_folder
@@ -75,6 +75,8 @@ def load_data(
     num_workers: int | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
+    auto_augment: str | None = None,
+    random_erase: float = 0.0,
 ) -> DataBundle:
     """Load ``data`` (a dataset name or an image folder) as train/val/test loaders on ``device``.
 
@@ -89,7 +91,9 @@ def load_data(
     ``download``: True fetches a missing named dataset; None/False never touch the network.
     ``num_workers``: DataLoader workers for streamed (large-image) folders; default min(8, CPUs).
     ``mean``, ``std``: the normalisation to use (e.g. pretrained weights'); None = the data's own statistics
-    (ImageNet's for streamed folders).
+    (ImageNet's for streamed folders). ``auto_augment`` (``randaugment | trivialaugment | autoaugment``),
+    ``random_erase`` (a probability): torchvision's reference augmentations, added per sample to streamed folders'
+    training images (:func:`cnnzoo.data.augment.reference_extras`); refused for data held on the device.
     """
     if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
         raise DataError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
@@ -107,8 +111,13 @@ def load_data(
             decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
             image_size=image_size or 224, in_channels=in_channels, val_size=val_size, seed=seed, rank=rank,
             world_size=world_size, subset=subset, num_workers=num_workers, augment=augment or "none",
-            norm=_norm(mean, std),
+            norm=_norm(mean, std), auto_augment=auto_augment, random_erase=random_erase,
         )  # fmt: skip
+    if auto_augment or random_erase:  # per-sample, like the papers' augmentations below
+        raise DataError(
+            f"--auto-augment and --random-erase apply to image folders streamed from disk (images over "
+            f"{SMALL_MAX} px); {data} is held on the device and augmented in batches: drop them"
+        )
     if augment in PAPER_AUGMENTS:  # per-sample transforms of large images; small data is augmented in batches
         raise DataError(f"--augment {augment} applies to image folders streamed from disk (images over {SMALL_MAX} "
                         f"px); {data} is held on the device: use --augment standard or none")  # fmt: skip
@@ -158,7 +167,7 @@ def _train_val(n: int, val_size: int | float, seed: int, subset: int | None) -> 
 
 def _stream_bundle(
     d: Streamed, *, batch_size, eval_batch_size, device, image_size, in_channels, val_size, seed, rank, world_size,
-    subset, num_workers, augment, norm,
+    subset, num_workers, augment, norm, auto_augment, random_erase,
 ) -> DataBundle:  # fmt: skip
     """Loaders that decode a large-image folder each epoch; ImageNet's normalisation (no pass over the data)."""
     in_channels = _check_norm(norm, in_channels or d.in_channels)
@@ -172,7 +181,15 @@ def _stream_bundle(
     def split(idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         return [d.train_files[i] for i in idx.tolist()], d.train_labels[idx]
 
-    train = StreamLoader(*split(train_idx), batch_size=batch_size, train=True, seed=seed, augment=augment, **common)
+    if auto_augment and uses_pca(augment):
+        raise DataError(
+            f"--auto-augment works on uint8 images: not after --augment {augment}, whose PCA lighting "
+            "makes them float; use --augment standard (torchvision's reference: crop, flip, policy)"
+        )
+    extra = reference_extras(auto_augment, random_erase, mean)
+    train = StreamLoader(
+        *split(train_idx), batch_size=batch_size, train=True, seed=seed, augment=augment, extra=extra, **common
+    )
     val = StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common) if len(val_idx) else EmptyLoader(
         eval_batch_size
     )

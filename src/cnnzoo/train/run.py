@@ -101,6 +101,7 @@ def load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, *, augment: 
         image_size=cfg.image_size, in_channels=cfg.in_channels, val_size=val_size, seed=cfg.seed,
         augment=cfg.augment if augment else "none", cutout=cfg.cutout, rank=dist.rank, world_size=dist.world_size,
         subset=cfg.subset, mean=tuple(cfg.mean) or None, std=tuple(cfg.std) or None,
+        auto_augment=cfg.auto_augment if augment else None, random_erase=cfg.random_erase if augment else 0.0,
     )  # fmt: skip
 
 
