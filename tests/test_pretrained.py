@@ -15,12 +15,14 @@ import torch
 import torchvision
 
 from cnnzoo.cli import main
+from cnnzoo.data import DataError, load_data
 from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model
 from cnnzoo.models.weights import classifier_layers, sha256
 from cnnzoo.train import finetune
 from cnnzoo.train.config import build_config
 from cnnzoo.train.engine import lr_at, make_optimizer, set_lr, step_context, train_step
+from test_augment import make_folder
 
 LOAD_FROM_URL = torch.hub.load_state_dict_from_url  # torchvision's Weights.get_state_dict calls this
 
@@ -288,10 +290,6 @@ def test_finetuned_run_records_its_start_evaluates_and_resumes(hub, tmp_path, ca
 
 
 def test_auto_augment_and_random_erase_on_a_streamed_folder(tmp_path):
-    from test_augment import make_folder
-
-    from cnnzoo.data import DataError, load_data
-
     root = make_folder(tmp_path / "big", size=(96, 80))  # over 64 px: streamed, augmented per sample
     kw = dict(image_size=32, batch_size=4, val_size=0, num_workers=0)
     b = load_data(str(root), auto_augment="trivialaugment", random_erase=1.0, **kw)
