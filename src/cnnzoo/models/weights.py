@@ -64,11 +64,6 @@ class WeightsSpec:
     resize_size: int | None = None  # evaluation: shorter side resized to this first
     options: dict[str, Any] = field(default_factory=dict)  # builder options the weights need (transform_input)
 
-    def preprocessing(self) -> dict[str, Any]:
-        """What the weights expect of their input (the keys that are known)."""
-        values = {"mean": self.mean, "std": self.std, "crop_size": self.crop_size, "resize_size": self.resize_size}
-        return {k: v for k, v in values.items() if v is not None}
-
 
 def looks_like_path(spec: str) -> bool:
     """A spec names a file or folder (rather than a torchvision weights name)."""
@@ -104,8 +99,7 @@ def torchvision_weights(model: str, name: str):
             f"{model}: torchvision has no weights for this model (torchvision names: alexnet, vgg11..19(_bn), "
             f"googlenet, resnet18..152); give --weights a .pth file or a run directory instead"
         ) from None
-    short = name.split(".")[-1] if "." in name else name
-    if "." in name:
+    if "." in name:  # the full enum name
         try:
             member = get_weight(name)
         except (ValueError, KeyError, AttributeError):
@@ -114,7 +108,7 @@ def torchvision_weights(model: str, name: str):
             raise CnnzooError(f"{name}: not a weights name of {model} (its names: {_names(enum)})")
         return member
     try:
-        return enum[short]
+        return enum[name]
     except KeyError:
         raise CnnzooError(f"{model}: no torchvision weights named {name!r} (its names: {_names(enum)})") from None
 
