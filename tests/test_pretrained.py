@@ -13,6 +13,7 @@ from urllib.parse import urlparse
 import pytest
 import torch
 import torchvision
+from PIL import Image
 
 from cnnzoo.cli import main
 from cnnzoo.data import DataError, load_data
@@ -246,13 +247,14 @@ def test_backbone_lr_scale_gives_the_expected_per_group_lrs():
 def test_predict_without_a_run_names_the_weights_categories(hub, tmp_path, capsys):
     state, _ = _cache(hub, "resnet18")
     image = tmp_path / "photo.png"
-    torchvision.io.write_png(torch.randint(0, 256, (3, 90, 120), dtype=torch.uint8), str(image))
+    pixels = torch.randint(0, 256, (90, 120, 3), dtype=torch.uint8)
+    Image.fromarray(pixels.numpy()).save(image)
     assert main(["predict", "--model", "resnet18", "--weights", "IMAGENET1K_V1", str(image), "--top-k", "3"]) == 0
     lines = capsys.readouterr().out.splitlines()
     weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
     reference = torchvision.models.resnet18()
     reference.load_state_dict(state)
-    x = weights.transforms()(torchvision.io.decode_image(str(image)))[None]
+    x = weights.transforms()(pixels.permute(2, 0, 1))[None]  # PNG is lossless: the pixels written
     with torch.no_grad():
         top = reference.eval()(x).softmax(1).topk(3)
     names = [weights.meta["categories"][i] for i in top.indices[0].tolist()]
