@@ -221,10 +221,9 @@ def runs_accuracy(run_dirs: list[str], label: str | None = None) -> dict[str, tu
     wins for a model)."""
     found = {}
     for run in run_dirs:
-        path = Path(run) if Path(run).is_file() else Path(run) / "report.json"
-        if not path.exists():
-            raise CnnzooError(f"{run}: no report.json (not a finished cnnzoo run directory)")
-        report = json.loads(path.read_text())
+        from cnnzoo.train.tools import read_report
+
+        report = read_report(run)
         found[report["model"]] = (report["test"]["top1"], label or Path(str(report["data"])).name)
     return found
 
