@@ -6,8 +6,11 @@ Accuracies are fractions in the files and percent on the axes.
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
+
+from cnnzoo.atomic import write_atomic
 
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
@@ -33,7 +36,7 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     for ax in (loss_ax, acc_ax):
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path, *, title: str = "") -> None:
@@ -50,4 +53,11 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | P
         ax=ax, include_values=k <= 20, colorbar=k <= 20, xticks_rotation="vertical" if k > 10 else "horizontal"
     )
     ax.set_title(title or "Confusion matrix (test split)")
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
+
+
+def _save(fig, path: str | Path) -> None:
+    """``fig`` as a PNG at ``path``, written atomically (a run directory never holds half a figure)."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    write_atomic(path, png.getvalue())
