@@ -22,7 +22,8 @@ from cnnzoo.models import create_model
 from cnnzoo.models.weights import classifier_layers, sha256
 from cnnzoo.train import finetune
 from cnnzoo.train.config import build_config
-from cnnzoo.train.engine import lr_at, make_optimizer, set_lr, step_context, train_step
+from cnnzoo.train.engine import make_optimizer, set_lr, step_context, train_step
+from cnnzoo.train.schedule import lr_at
 from test_augment import make_folder
 
 LOAD_FROM_URL = torch.hub.load_state_dict_from_url  # torchvision's Weights.get_state_dict calls this
