@@ -269,8 +269,11 @@ def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device:
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, name in enumerate(models, 1):
-        print(f"[{i}/{len(models)}] {name} at {'x'.join(map(str, input_shape))} on {device} ...", file=sys.stderr,
-              flush=True)  # fmt: skip
+        print(
+            f"[{i}/{len(models)}] {name} at {'x'.join(map(str, input_shape))} on {device} ...",
+            file=sys.stderr,
+            flush=True,
+        )
         row = _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision, classes)
         own = [m for m in measured if m["model"] == name]
         for m in own:  # one row per run of this model, labelled by its run directory; the costs are the model's
@@ -312,8 +315,10 @@ def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
                       "accuracy": "fraction",
                       "vs_torchvision_latency": "cnnzoo speed / torchvision speed"}}  # fmt: skip
     (out / "compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    intro = (f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
-             "image; speed vs torchvision = cnnzoo / torchvision (latency / train).\n\n")  # fmt: skip
+    intro = (
+        f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
+        "image; speed vs torchvision = cnnzoo / torchvision (latency / train).\n\n"
+    )
     (out / "compare.md").write_text(intro + tables.to_markdown(rows, _display_columns(rows)))
     overview_figure(rows, device).savefig(out / "overview.png", dpi=90)
 
@@ -402,9 +407,16 @@ def overview_figure(rows: list[dict], device: str):
                 placed.append((math.log10(x), acc))
             gap = math.sqrt(size) / 2 + 3  # marker radius in points, plus a margin
             name = f"{r['model']} ({r['run']})" if r["run"] else r["model"]
-            ax.annotate(f"{name}\n{r['params'] / 1e6:.1f}M params", (x, acc), fontsize=8, ha="center",
-                        va="top" if crowded else "bottom", xytext=(0, -gap if crowded else gap),
-                        textcoords="offset points", annotation_clip=False)  # fmt: skip
+            ax.annotate(
+                f"{name}\n{r['params'] / 1e6:.1f}M params",
+                (x, acc),
+                fontsize=8,
+                ha="center",
+                va="top" if crowded else "bottom",
+                xytext=(0, -gap if crowded else gap),
+                textcoords="offset points",
+                annotation_clip=False,
+            )
     shape = rows[0]["input"] if rows else ""
     ax_macs.set(xlabel="GMACs per image (multiply-accumulates, log scale)", xscale="log", ylabel="top-1 accuracy (%)",
                 title=f"Accuracy vs computation at {shape} (point area = parameters)")  # fmt: skip
@@ -435,11 +447,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = run_compare(models, input_shape=shape, device=args.device, batch_size=batch, repeats=args.repeats,
                        runs=args.runs, vs_torchvision=not args.no_torchvision, out=args.out,
                        num_classes=args.num_classes, label=args.label)  # fmt: skip
-    title = (f"cnnzoo compare at {args.input} on {args.device}, batch {batch} (MACs = multiply-accumulates; "
-             "speed vs torchvision = cnnzoo / torchvision, latency / train)")  # fmt: skip
+    title = (
+        f"cnnzoo compare at {args.input} on {args.device}, batch {batch} (MACs = multiply-accumulates; "
+        "speed vs torchvision = cnnzoo / torchvision, latency / train)"
+    )
     columns = _display_columns(rows)
-    tables.emit(rows, columns, args.format, fields=COLUMNS, title=title, keys=2 if columns[1].key == "run" else 1,
-                console=Console())  # fmt: skip
-    print(f"wrote {Path(args.out) / 'compare.csv'}, compare.json, compare.md, overview.png ({len(rows)} rows)",
-          file=sys.stderr)  # fmt: skip
+    tables.emit(
+        rows,
+        columns,
+        args.format,
+        fields=COLUMNS,
+        title=title,
+        keys=2 if columns[1].key == "run" else 1,
+        console=Console(),
+    )
+    print(
+        f"wrote {Path(args.out) / 'compare.csv'}, compare.json, compare.md, overview.png ({len(rows)} rows)",
+        file=sys.stderr,
+    )
     return 0

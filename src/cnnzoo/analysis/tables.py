@@ -77,8 +77,8 @@ def to_markdown(rows: Sequence[dict], columns: Sequence[Column]) -> str:
 
 def _min_width(column: Column, cells: list[str]) -> int:
     """Narrowest width that cuts nothing: the longest cell (or header word) unless the column wraps at spaces."""
-    if not column.wrap:
-        return max(len(t) for t in [*cells, *column.header.split()])
+    if not column.wrap:  # its header does not wrap either
+        return max(len(t) for t in [*cells, column.header])
     words = [len(w) for t in [*cells, column.header] for w in t.split()] or [1]
     natural = max((len(t) for t in cells), default=0)
     return max(max(words), min(natural, 16))  # a wrapped column keeps room for a few words per line
