@@ -342,7 +342,7 @@ def _display_columns(rows: list[dict]) -> list[tables.Column]:
     """The table's columns (terminal and markdown); ``run`` only when some row has one."""
     c = tables.Column
     cols = [c("model", "model", justify="left")]
-    if any(r["run"] for r in rows):
+    if any(r.get("run") for r in rows):
         cols.append(c("run", "run", justify="left"))
     return cols + [
         c("params", "params", lambda r: _fmt(r["params"], ",")),
@@ -395,8 +395,18 @@ def overview_figure(rows: list[dict], device: str):
             x, color = (r["macs"] / 1e9 if key == "macs" else r[key]), colors[r["model"]]
             if r["accuracy"] is None:  # cost known, accuracy not: a dotted line at its cost, named at the foot
                 ax.axvline(x, color=color, ls=":", lw=1.5)
-                ax.text(x, 0.02, f" {r['model']}", rotation=90, fontsize=8, ha="right", va="bottom",
-                        transform=ax.get_xaxis_transform())  # fmt: skip
+                foot = ax.get_xaxis_transform()  # x in data, y in axes fraction
+                ax.annotate(
+                    r["model"],
+                    (x, 0.02),
+                    xycoords=foot,
+                    xytext=(-2, 0),
+                    textcoords="offset points",
+                    rotation=90,
+                    fontsize=8,
+                    ha="right",
+                    va="bottom",
+                )
                 continue
             acc, size = 100 * r["accuracy"], 40 + 1200 * r["params"] / biggest
             measured = (r["accuracy_source"] or "").startswith("measured")
@@ -406,7 +416,7 @@ def overview_figure(rows: list[dict], device: str):
             if not crowded:
                 placed.append((math.log10(x), acc))
             gap = math.sqrt(size) / 2 + 3  # marker radius in points, plus a margin
-            name = f"{r['model']} ({r['run']})" if r["run"] else r["model"]
+            name = f"{r['model']} ({r['run']})" if r.get("run") else r["model"]
             ax.annotate(
                 f"{name}\n{r['params'] / 1e6:.1f}M params",
                 (x, acc),
