@@ -60,9 +60,11 @@ def _write_cifar(root, name="cifar10", per_file=3, seed=0):
     """The release layout torchvision reads (cifar-10-batches-py/data_batch_1..5, test_batch, batches.meta), tiny."""
     rng = np.random.default_rng(seed)
     if name == "cifar10":
-        folder, train_files, test_files = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], [
-            "test_batch"
-        ]
+        folder, train_files, test_files = (
+            root / "cifar-10-batches-py",
+            [f"data_batch_{i}" for i in range(1, 6)],
+            ["test_batch"],
+        )
         label_key, meta_file, meta = "labels", "batches.meta", {"label_names": CIFAR10_CLASSES, "num_vis": 3072}
         n_classes = 10
     else:
@@ -130,6 +132,92 @@ def test_truncated_cifar_batch_is_a_clear_error(tmp_path, capsys):
     _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path)], "data_batch_3", "truncated")
 
 
+class _RunsCode:
+    """A pickle payload that runs ``func(arg)`` when unpickled (what a tampered data_batch_1 could hold)."""
+
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+@pytest.mark.parametrize("how", ["os.system", "exec", "nested"])
+def test_cifar_pickle_that_would_run_code_is_refused_and_nothing_runs(tmp_path, capsys, how):
+    folder, written = _write_cifar(tmp_path)
+    marker = tmp_path / "pwned"
+    if how == "os.system":
+        payload = {"data": _RunsCode(os.system, f"touch {marker}"), "labels": [0, 1, 2]}
+    elif how == "exec":
+        payload = {"data": written["data_batch_1"][0], "labels": _RunsCode(exec, f"open({str(marker)!r}, 'w')")}
+    else:  # hidden inside a list inside the dict, after valid arrays
+        payload = {"data": written["data_batch_1"][0], "labels": [0, 1, _RunsCode(os.system, f"touch {marker}")]}
+    with open(folder / "data_batch_1", "wb") as fh:
+        pickle.dump(payload, fh, protocol=2)
+    _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path)], "data_batch_1", "refused global")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", [2, 4, 5])
+def test_cifar_pickles_of_every_protocol_still_read(tmp_path, protocol):
+    """The restricted unpickler admits what numpy arrays need in each protocol (the release is a protocol-2 pickle)."""
+    folder, written = _write_cifar(tmp_path)
+    data, labels = written["test_batch"]
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(
+            {
+                "batch_label": b"testing batch 1 of 1",
+                "labels": labels,
+                "data": data,
+                "filenames": [b"x.png"] * 3,
+                "scalar": np.int64(3),
+            },
+            fh,
+            protocol=protocol,
+        )
+    b = load_data("cifar10", data_dir=str(tmp_path), val_size=0, batch_size=4, eval_batch_size=3)
+    x, y = _eval_images(b, b.test)
+    assert torch.equal(x, torch.from_numpy(data).view(3, 3, 32, 32)) and y.tolist() == labels
+
+
+def test_cifar_md5_differing_from_the_release_warns_once_and_matching_is_silent(tmp_path, caplog, monkeypatch):
+    from torchvision import datasets
+    from torchvision.datasets.utils import calculate_md5
+
+    folder, _ = _write_cifar(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_data("cifar10", data_dir=str(tmp_path), val_size=0, batch_size=4)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "\n" not in warnings[0], warnings
+    assert "data_batch_1" in warnings[0] and "batches.meta" in warnings[0] and "md5" in warnings[0]
+    caplog.clear()
+    real = {f: calculate_md5(str(folder / f)) for f in os.listdir(folder)}  # pretend these are the release's sums
+    cls = datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", [[f, real[f]] for f, _ in cls.train_list])
+    monkeypatch.setattr(cls, "test_list", [[f, real[f]] for f, _ in cls.test_list])
+    monkeypatch.setattr(cls, "meta", dict(cls.meta, md5=real["batches.meta"]))
+    with caplog.at_level(logging.WARNING, logger="cnnzoo.data"):
+        load_data("cifar10", data_dir=str(tmp_path), val_size=0, batch_size=4)
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@pytest.mark.parametrize(
+    "payload, fragment",
+    [
+        ([1, 2, 3], "not a cifar10 batch file"),
+        ({"data": "text", "labels": [0]}, "not a cifar10 batch file"),
+        ({"data": np.zeros((2, 3072), np.uint8), "labels": [0]}, "2 images but 1 labels"),
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": [-1]}, "naming every label"),
+        ({"data": np.zeros((1, 3072), np.uint8), "labels": [10]}, "naming every label"),
+    ],
+)
+def test_cifar_batch_of_the_wrong_shape_is_one_line(tmp_path, capsys, payload, fragment):
+    folder, _ = _write_cifar(tmp_path)
+    with open(folder / "test_batch", "wb") as fh:
+        pickle.dump(payload, fh)
+    _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path)], fragment)
+
+
 # --- MNIST: idx files, tiny ------------------------------------------------------------------------------------
 
 
@@ -173,7 +261,28 @@ def test_missing_and_corrupt_mnist(tmp_path, capsys):
                    "train-images-idx3-ubyte", str(tmp_path / "MNIST" / "raw"), "--download")  # fmt: skip
     raw, _ = _write_idx(tmp_path)
     (raw / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03garbage")
-    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "could not read the idx files")
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "train-images-idx3-ubyte", "truncated")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("which", ["train-images-idx3-ubyte", "t10k-labels-idx1-ubyte"])
+def test_idx_file_of_random_bytes_is_one_line_not_a_traceback(tmp_path, capsys, which, seed):
+    """Random bytes (today a traceback from deep in torchvision's reader), with and without a valid magic."""
+    raw, _ = _write_idx(tmp_path)
+    rng = np.random.default_rng(seed)
+    junk = rng.integers(0, 256, int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
+    if seed % 2:  # a plausible magic and absurd dimensions: the header must be checked against the file size
+        junk = bytes((0, 0, 8, 3 if "images" in which else 1)) + junk
+    (raw / which).write_bytes(junk)
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], which)
+
+
+def test_idx_header_claiming_more_data_than_the_file_holds(tmp_path, capsys):
+    raw, _ = _write_idx(tmp_path)
+    (raw / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">BBBBiii", 0, 0, 8, 3, 2**31 - 1, 28, 28) + b"x" * 99)
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "the header says", "truncated")
+    (raw / "t10k-images-idx3-ubyte").write_bytes(struct.pack(">BBBBiii", 0, 0, 8, 3, -5, 28, 28))
+    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "impossible dimensions")
 
 
 # --- Image folders --------------------------------------------------------------------------------------------
@@ -263,11 +372,19 @@ def test_all_grey_folder_is_one_channel_and_single_folder_gets_a_stratified_test
     [
         (lambda r: _folder(r, classes=("only",)), ["found 1 class folder(s); expected at least two"]),
         (lambda r: (_folder(r), (r / "train" / "emu").mkdir()), ["train/emu: empty class folder"]),
-        (lambda r: (_folder(r), (r / "train" / "dog" / "0.png").write_text("x"), (r / "train" / "dog" / "1.png")
-                    .write_text("x"), (r / "train" / "dog" / "2.png").write_text("x")),
-         ["train/dog: no usable image in this class folder"]),  # fmt: skip
-        (lambda r: (_folder(r), shutil.move(r / "test" / "dog", r / "test" / "wolf")),
-         ["its classes differ from the training split's (missing: dog; extra: wolf)"]),  # fmt: skip
+        (
+            lambda r: (
+                _folder(r),
+                (r / "train" / "dog" / "0.png").write_text("x"),
+                (r / "train" / "dog" / "1.png").write_text("x"),
+                (r / "train" / "dog" / "2.png").write_text("x"),
+            ),
+            ["train/dog: no usable image in this class folder"],
+        ),  # fmt: skip
+        (
+            lambda r: (_folder(r), shutil.move(r / "test" / "dog", r / "test" / "wolf")),
+            ["its classes differ from the training split's (missing: dog; extra: wolf)"],
+        ),  # fmt: skip
     ],
     ids=["one-class", "empty-class", "class-without-usable-images", "test-classes-differ"],
 )
@@ -337,17 +454,48 @@ def test_cache_is_used_then_rebuilt_when_the_folder_changes(tmp_path, monkeypatc
     assert load_data(str(root), val_size=0, batch_size=2).train.num_samples == 7 and len(builds) == 4
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "other-version", "other-key"])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "truncated",
+        "garbage",
+        "other-version",
+        "other-key",
+        "runs-code",
+        "labels-edited",
+        "file-outside",
+        "images-dtype",
+        "payload-not-dict",
+        "a-folder",
+    ],
+)
 def test_damaged_or_foreign_cache_is_rebuilt_never_used(tmp_path, monkeypatch, caplog, damage):
     root = _folder(tmp_path / "pets")
     builds = _count_builds(monkeypatch)
     load_data(str(root), val_size=0, batch_size=2)
     path = _cache_file(root)
     blob = path.read_bytes()
+    marker = tmp_path / "pwned"
     if damage == "truncated":
         path.write_bytes(blob[: len(blob) // 2])
     elif damage == "garbage":
         path.write_bytes(b"\0" * 100)
+    elif damage == "runs-code":  # a cache file is a torch pickle: weights_only refuses globals like os.system
+        torch.save({"format": cache_mod.FORMAT, "payload": _RunsCode(os.system, f"touch {marker}")}, path)
+    elif damage == "a-folder":
+        path.unlink()
+        path.mkdir()
+    elif damage in ("labels-edited", "file-outside", "images-dtype", "payload-not-dict"):
+        obj = torch.load(path, weights_only=True)  # the right header and key, a hand-edited payload
+        if damage == "labels-edited":
+            obj["payload"]["train_labels"] = torch.full_like(obj["payload"]["train_labels"], 7)
+        elif damage == "file-outside":
+            obj["payload"]["train_files"][0] = "../../etc/passwd"
+        elif damage == "images-dtype":
+            obj["payload"]["train_images"] = obj["payload"]["train_images"].float()
+        else:
+            obj["payload"] = [1, 2, 3]
+        torch.save(obj, path)
     else:
         obj = torch.load(path, weights_only=True)
         if damage == "other-version":
@@ -358,8 +506,12 @@ def test_damaged_or_foreign_cache_is_rebuilt_never_used(tmp_path, monkeypatch, c
         torch.save(obj, path)
     with caplog.at_level(logging.INFO, logger="cnnzoo.data"):
         b = load_data(str(root), val_size=0, batch_size=2, augment="none")
-    assert len(builds) == 2 and "rebuilding" in caplog.text
+    said = "could not write the decoded cache" if damage == "a-folder" else "rebuilding"
+    assert len(builds) == 2 and said in caplog.text and not marker.exists()
     assert _eval_images(b, b.train)[0].float().std() > 30  # real random pixels, not the zeros
+    assert sorted(torch.bincount(_eval_images(b, b.train)[1]).tolist()) == [3, 3]
+    if damage == "a-folder":  # a cache that cannot be written costs only the log line
+        return
     assert torch.load(path, weights_only=True)["version"] == cache_mod.VERSION  # the rebuilt file replaced it
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
 

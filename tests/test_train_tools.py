@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -116,3 +117,128 @@ def test_real_googlenet_auxiliary_heads_enter_the_loss():
     ce = nn.functional.cross_entropy
     expected = ce(out[0], y) + 0.3 * (ce(out[1], y) + ce(out[2], y))
     assert torch.equal(logits, out[0]) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+# --- hostile inputs: each test is the failure it prevents --------------------------------------------------------
+
+
+def _fails_in_one_line(capsys, argv: list[str], *fragments: str) -> str:
+    """``cnnzoo ARGV`` exits non-zero with exactly one ``error: ...`` line on stderr and no traceback."""
+    from cnnzoo.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0 and err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, (fragment, err)
+    return err
+
+
+class _RunsCode:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+def _copy_run(run_dir, tmp_path):
+    import shutil
+
+    out, _ = run_dir
+    return Path(shutil.copytree(out, tmp_path / "copy"))
+
+
+def test_checkpoint_that_would_run_code_is_refused_without_suggesting_weights_only_false(run_dir, tmp_path, capsys):
+    import os
+
+    copy = _copy_run(run_dir, tmp_path)
+    marker = tmp_path / "pwned"
+    good = torch.load(copy / "best.pt", weights_only=True)
+    torch.save(dict(good, extra=_RunsCode(os.system, f"touch {marker}")), copy / "best.pt")
+    for argv in (["eval", str(copy), "--device", "cpu"], ["export", str(copy), "--format", "torchscript"]):
+        err = _fails_in_one_line(capsys, argv, "best.pt", "refused", "system")
+        assert "weights_only=False" not in err and "weights_only" not in err.replace("weights_only=True", "")
+        assert "trust" not in err
+    assert not marker.exists() and not (copy / "model.ts.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, fragment",
+    [
+        (lambda c: c.pop("meta"), "'meta' is missing"),
+        (lambda c: c["meta"].update(classes=["a"]), "classes for num_classes"),
+        (lambda c: c["meta"].update(mean=["x"]), "'mean' must hold"),
+        (lambda c: c.update(model={"conv1.weight": torch.zeros(1)}), "weights do not fit"),
+        (lambda c: c.update(model=[1, 2]), "'model' is missing or not a table"),
+        (lambda c: c.update(format=99), "no format marker"),
+    ],
+    ids=["no-meta", "classes", "mean", "weights", "model-list", "format"],
+)
+def test_hand_edited_checkpoint_is_one_line(run_dir, tmp_path, capsys, edit, fragment):
+    copy = _copy_run(run_dir, tmp_path)
+    ckpt = torch.load(copy / "best.pt", weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, copy / "best.pt")
+    _fails_in_one_line(capsys, ["eval", str(copy), "--device", "cpu"], fragment)
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_export_to_a_destination_that_cannot_be_written_is_one_line_and_writes_nothing(run_dir, tmp_path, capsys):
+    out, _ = run_dir
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "a-file").write_text("mine")
+    before, run_before = _tree(tmp_path), _tree(out)
+    cases = [
+        (tmp_path / "a-folder", "is a folder"),
+        (tmp_path / "missing" / "m.pt", "no such folder"),
+        (tmp_path / "a-file" / "m.pt", "not a folder"),
+    ]
+    for dest, fragment in cases:
+        _fails_in_one_line(capsys, ["export", str(out), "--format", "torchscript", "--output", str(dest)], fragment)
+    assert _tree(tmp_path) == before and _tree(out) == run_before
+
+
+def test_export_to_a_read_only_folder_is_one_line(run_dir, tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        _fails_in_one_line(
+            capsys,
+            ["export", str(run_dir[0]), "--format", "torchscript", "--output", str(ro / "m.pt")],
+            "permission denied",
+        )
+        assert not any(ro.iterdir())
+    finally:
+        ro.chmod(0o755)
+
+
+def test_export_failing_midway_leaves_the_previous_file_and_no_temporary(run_dir, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from cnnzoo.train import tools
+
+    out, _ = run_dir
+    dest = tmp_path / "m.pt"
+    dest.write_bytes(b"the previous export")
+
+    def disk_full(model, x, expected, path):
+        path.write_bytes(b"half a model")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tools, "_write_torchscript", disk_full)
+    _fails_in_one_line(
+        capsys,
+        ["export", str(out), "--format", "torchscript", "--output", str(dest)],
+        str(dest),
+        "No space left on device",
+    )
+    assert dest.read_bytes() == b"the previous export" and sorted(p.name for p in tmp_path.iterdir()) == ["m.pt"]

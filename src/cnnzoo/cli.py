@@ -19,6 +19,7 @@ COMMAND_MODULES = {
     "cnnzoo.train.cli": "train, eval, predict, export, recipes",
     "cnnzoo.analysis.compare": "compare",
     "cnnzoo.analysis.study": "study",
+    "cnnzoo.analysis.show": "show",
 }
 
 

@@ -223,17 +223,20 @@ def runs_accuracy(run_dirs: list[str], label: str | None = None) -> list[dict]:
     ``run`` labels the run in the table and chart: its directory's name, or as many trailing path parts as it takes
     to tell runs with the same name apart (``a/resnet20``, ``b/resnet20``). Two runs of one model both stay.
     """
+    from cnnzoo.train.tools import read_report
+
     found = []
     for run in run_dirs:
-        path = Path(run) if Path(run).is_file() else Path(run) / "report.json"
-        if not path.exists():
-            raise CnnzooError(f"{run}: no report.json (not a finished cnnzoo run directory)")
-        try:
-            report = json.loads(path.read_text())
-            entry = {"model": report["model"], "accuracy": report["test"]["top1"]}
-        except (ValueError, KeyError, TypeError) as e:
-            raise CnnzooError(f"{path}: not a cnnzoo report (expected JSON with model and test.top1): {e}") from None
-        found.append(dict(entry, data=label or Path(str(report.get("data", ""))).name, dir=path.parent.resolve()))
+        path = Path(run) / "report.json" if Path(run).is_dir() else Path(run)
+        report = read_report(path)  # checked: model, data, test.top1
+        found.append(
+            {
+                "model": report["model"],
+                "accuracy": report["test"]["top1"],
+                "data": label or Path(report["data"]).name,
+                "dir": path.resolve().parent,
+            }
+        )
     dirs = [e.pop("dir").parts for e in found]
     for entry, parts in zip(found, dirs, strict=True):
         depth = 1  # enough trailing parts that no other run's directory ends the same way

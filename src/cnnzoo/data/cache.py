@@ -36,7 +36,7 @@ def content_key(entries: list[tuple[str, int, int]], *extra: object) -> str:
     """sha256 over the sorted (relative path, size, mtime_ns) entries, the cache version and ``extra`` options."""
     h = hashlib.sha256(f"{FORMAT} v{VERSION} {extra!r}\n".encode())
     for rel, size, mtime in sorted(entries):
-        h.update(f"{rel}\0{size}\0{mtime}\n".encode())
+        h.update(f"{rel}\0{size}\0{mtime}\n".encode("utf-8", "surrogateescape"))  # file names need not be UTF-8
     return h.hexdigest()
 
 
@@ -46,10 +46,14 @@ def cache_path(source: Path, kind: str) -> Path:
     return cache_dir() / kind / f"{source.resolve().name}-{where}.pt"
 
 
-def load_or_build(path: Path, key: str, build: Callable[[], dict]) -> dict:
-    """The payload stored at ``path`` for ``key``; when absent, stale, truncated or of another version, ``build()``
-    it and store it atomically. A cache that cannot be written (read-only disk) only costs a log line."""
+def load_or_build(path: Path, key: str, build: Callable[[], dict], check: Callable[[dict], bool] | None = None) -> dict:
+    """The payload stored at ``path`` for ``key``; when absent, stale, truncated, of another version or failing
+    ``check`` (a hand-edited file), ``build()`` it and store it atomically. A cache that cannot be written (read-only
+    disk) only costs a log line."""
     payload = _read(path, key)
+    if payload is not None and check is not None and not _passes(check, payload):
+        log.info("decoded cache %s does not hold what its header says; rebuilding", path)
+        payload = None
     if payload is not None:
         return payload
     payload = build()
@@ -60,8 +64,15 @@ def load_or_build(path: Path, key: str, build: Callable[[], dict]) -> dict:
     return payload
 
 
+def _passes(check: Callable[[dict], bool], payload: dict) -> bool:
+    try:
+        return bool(check(payload))
+    except Exception:  # a check reading a malformed payload may raise anything; all mean "rebuild"
+        return False
+
+
 def _read(path: Path, key: str) -> dict | None:
-    if not path.exists():
+    if not path.is_file():
         return None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -73,5 +84,8 @@ def _read(path: Path, key: str) -> dict | None:
         return None
     if obj.get("key") != key:
         log.info("decoded cache %s is stale (the source changed); rebuilding", path)
+        return None
+    if not isinstance(obj.get("payload"), dict):
+        log.info("decoded cache %s holds no payload; rebuilding", path)
         return None
     return obj["payload"]

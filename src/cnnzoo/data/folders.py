@@ -23,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import stat
 import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -79,9 +80,13 @@ def load_folder(root: str | Path, *, strict: bool = False) -> Decoded | Streamed
         skipped += test_skipped
         stats += test_stats
     key = content_key(stats, "folder", str(train_dir.relative_to(root)), test_dir and str(test_dir.relative_to(root)))
-    payload = load_or_build(cache_path(root, "folders"), key, lambda: _build(root, classes, train, test))
+    payload = load_or_build(
+        cache_path(root, "folders"),
+        key,
+        lambda: _build(root, classes, train, test),
+        check=lambda p: _payload_ok(p, train, test),
+    )
     skipped += [tuple(s) for s in payload["skipped"]]
-    _report_skipped(root, skipped, strict)
 
     labels = {s: torch.as_tensor(payload[f"{s}_labels"], dtype=torch.int64) for s in ("train", "test")}
     for split, split_dir in (("train", train_dir), ("test", test_dir)):
@@ -91,24 +96,26 @@ def load_folder(root: str | Path, *, strict: bool = False) -> Decoded | Streamed
         if (counts == 0).any():
             empty = classes[int((counts == 0).nonzero()[0])]
             raise DataError(f"{split_dir / empty}: no usable image in this class folder (expected at least one)")
+    _report_skipped(root, skipped, strict)  # after the errors above: a failing command prints its one line only
     info = {
-        "source": str(root),
+        "source": _shown(str(root)),  # printable and storable even when the folder's name is not UTF-8
         "sizes": dict(payload["sizes"]),
         "modes": dict(payload["modes"]),
         "skipped": [list(s) for s in skipped],
-        "test_split": str(test_dir) if test_dir else f"stratified {FOLDER_TEST_FRACTION:.0%} of {root}, seed 0",
+        "test_split": _shown(str(test_dir) if test_dir else f"stratified {FOLDER_TEST_FRACTION:.0%} of {root}, seed 0"),
     }
     if payload["small"]:
         train_x, train_y = payload["train_images"], labels["train"]
         test_x, test_y = payload["test_images"], labels["test"]
         if test_dir is None:
             (train_x, train_y), (test_x, test_y) = _split_test(train_x, train_y)
-        return Decoded(root.name, classes, train_x, train_y, test_x, test_y, flip=True, default_val=0.1, info=info)
+        name = _shown(root.name)
+        return Decoded(name, classes, train_x, train_y, test_x, test_y, flip=True, default_val=0.1, info=info)
     files = {s: [str(root / rel) for rel in payload[f"{s}_files"]] for s in ("train", "test")}
     train_f, train_y, test_f, test_y = files["train"], labels["train"], files["test"], labels["test"]
     if test_dir is None:
         (train_f, train_y), (test_f, test_y) = _split_test(train_f, train_y)
-    return Streamed(root.name, classes, train_f, train_y, test_f, test_y, payload["channels"], info=info)
+    return Streamed(_shown(root.name), classes, train_f, train_y, test_f, test_y, payload["channels"], info=info)
 
 
 def decode_file(path: str | Path, channels: int) -> torch.Tensor:
@@ -119,6 +126,7 @@ def decode_file(path: str | Path, channels: int) -> torch.Tensor:
         data = Path(path).read_bytes()
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    _check_pixels(path, data)
     webp = data[:4] == b"RIFF" and data[8:12] == b"WEBP"
     try:
         with warnings.catch_warnings():  # torchvision 0.29 deprecates its decoders in favour of torchcodec
@@ -147,6 +155,24 @@ def decode_file(path: str | Path, channels: int) -> torch.Tensor:
         raise DataError(f"{path}: truncated or corrupt ({type(e).__name__}: {e})") from None
 
 
+def _check_pixels(path: str | Path, data: bytes) -> None:
+    """Refuse a decompression bomb before decoding: a small file whose header claims more pixels than PIL's limit
+    (``Image.MAX_IMAGE_PIXELS``, about 179 million) would take gigabytes to decode. Reads only the header."""
+    limit = Image.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:  # raises DecompressionBombError itself past twice the limit
+                size = im.size
+    except Image.DecompressionBombError:
+        size = None
+    except Exception:  # not readable by PIL: the decoders below say why
+        return
+    if size is None or (limit and size[0] * size[1] > limit):
+        claimed = f"{size[0]}x{size[1]} pixels" if size else "its header claims"
+        raise DataError(f"{path}: {claimed}, more than the {limit:,} pixels an image may have (a decompression bomb?)")
+
+
 def _split_dirs(root: Path) -> tuple[Path, Path | None]:
     if (root / "train").is_dir():
         for name in ("test", "val"):
@@ -158,7 +184,13 @@ def _split_dirs(root: Path) -> tuple[Path, Path | None]:
 
 def _list_split(split_dir: Path, root: Path, expected: list[str] | None):
     """Classes, ``(relative path, label)`` of candidate image files, skipped files, and stat entries for the key."""
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    try:
+        classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+    except OSError as e:
+        raise DataError(f"{split_dir}: cannot list this folder ({e.strerror or e})") from None
+    for name in classes:
+        if not _utf8(name):
+            raise DataError(f"{split_dir / _shown(name)}: a class folder whose name is not valid UTF-8; rename it")
     if expected is not None and classes != expected:
         missing, extra = sorted(set(expected) - set(classes)), sorted(set(classes) - set(expected))
         raise DataError(
@@ -169,30 +201,87 @@ def _list_split(split_dir: Path, root: Path, expected: list[str] | None):
         raise DataError(f"{split_dir}: found {len(classes)} class folder(s); expected at least two class subfolders")
     files, skipped, stats = [], [], []
     for label, name in enumerate(classes):
-        found = 0
-        for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True):
-            dirnames.sort()
-            for fname in sorted(filenames):
-                path = Path(dirpath) / fname
-                rel = str(path.relative_to(root))
-                st = path.stat()
-                stats.append((rel, st.st_size, st.st_mtime_ns))
-                hidden = any(part.startswith(".") for part in path.relative_to(split_dir).parts)
-                if hidden:
-                    skipped.append((rel, "hidden file"))
-                elif path.suffix.lower() not in IMAGE_SUFFIXES:
-                    skipped.append((rel, "not an image"))
-                else:
-                    files.append((rel, label))
-                    found += 1
+        found = _scan_class(split_dir, name, root, skipped, stats)
         if not found:
             raise DataError(f"{split_dir / name}: empty class folder (expected image files: JPEG, PNG, BMP, WebP)")
+        files += [(rel, label) for rel in found]
     return classes, files, skipped, stats
+
+
+def _scan_class(split_dir: Path, name: str, root: Path, skipped: list, stats: list) -> list[str]:
+    """The candidate image files below ``split_dir/name`` (relative to ``root``), recursively and following
+    symlinks as ``ImageFolder`` does, but each folder once (a symlink loop ends there). What cannot be used (hidden,
+    not an image suffix, not a regular file, unreadable, a name that is not UTF-8) goes to ``skipped``."""
+    found: list[str] = []
+    seen: set[tuple[int, int]] = set()
+
+    def unreadable(e: OSError) -> None:
+        skipped.append((_shown(str(Path(e.filename).relative_to(root))), f"cannot read folder ({e.strerror})"))
+
+    for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True, onerror=unreadable):
+        here = Path(dirpath)
+        try:
+            st = here.stat()
+        except OSError:
+            dirnames.clear()
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink: a loop, or a second way in
+            skipped.append((_shown(str(here.relative_to(root))), "folder seen before (symlink loop)"))
+            dirnames.clear()
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirnames.sort()
+        for fname in sorted(filenames):
+            path = here / fname
+            rel = str(path.relative_to(root))
+            reason = _unusable(path, split_dir, stats, rel)
+            if reason:
+                skipped.append((_shown(rel), reason))
+            else:
+                found.append(rel)
+    return found
+
+
+def _unusable(path: Path, split_dir: Path, stats: list, rel: str) -> str | None:
+    """Why the file at ``path`` cannot be a training image, or None; records its stat entry for the cache key."""
+    try:
+        st = path.stat()
+    except OSError as e:  # a dangling symlink, a symlink loop, no permission
+        stats.append((rel, -1, -1))
+        return f"cannot read ({e.strerror})"
+    stats.append((rel, st.st_size, st.st_mtime_ns))
+    if any(part.startswith(".") for part in path.relative_to(split_dir).parts):
+        return "hidden file"
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return "not an image"
+    if not stat.S_ISREG(st.st_mode):  # a FIFO named x.png would block the reader forever
+        return "not a regular file"
+    if not _utf8(rel):
+        return "name is not valid UTF-8"
+    if not os.access(path, os.R_OK):
+        return "cannot read (permission denied)"
+    return None
+
+
+def _utf8(name: str) -> bool:
+    """Whether a file name decoded by Python (``surrogateescape`` for bytes that are not UTF-8) is valid UTF-8."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _shown(name: str) -> str:
+    """A file name safe to print and store: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], str]:
     """(width, height) and PIL mode from the file's header; raises DataError (the reason a skip reports) if unusable."""
     try:
+        if path.stat().st_size == 0:
+            raise DataError("empty file (0 bytes)")
         with Image.open(path) as im:
             if im.format not in PIL_FORMATS:
                 raise DataError(f"unsupported format ({im.format}; JPEG, PNG, BMP, WebP are read)")
@@ -263,6 +352,43 @@ def _build(root: Path, classes: list[str], train: list[tuple[str, int]], test: l
             payload[f"{split}_files"] = [e[1] for e, _ in good if e[0] == split]
     payload["skipped"] = [list(s) for s in skipped]
     return payload
+
+
+def _payload_ok(p: dict, train: list[tuple[str, int]], test: list[tuple[str, int]]) -> bool:
+    """Whether a cached payload is one :func:`_build` could have made from this scan: every file it names is a
+    scanned file with the scanned label, and the tensors have the shapes and types the loaders expect."""
+    if not (
+        isinstance(p.get("sizes"), dict)
+        and isinstance(p.get("modes"), dict)
+        and p.get("channels") in (1, 3)
+        and isinstance(p.get("small"), bool)
+        and isinstance(p.get("skipped"), list)
+    ):
+        return False
+    if not all(
+        isinstance(s, (list, tuple)) and len(s) == 2 and all(isinstance(v, str) for v in s) for s in p["skipped"]
+    ):
+        return False
+    for split, scanned in (("train", dict(train)), ("test", dict(test))):
+        files, labels = p.get(f"{split}_files"), p.get(f"{split}_labels")
+        if not (
+            isinstance(files, list)
+            and isinstance(labels, torch.Tensor)
+            and labels.dtype == torch.int64
+            and labels.shape == (len(files),)
+        ):
+            return False
+        if any(not isinstance(f, str) or scanned.get(f) != int(y) for f, y in zip(files, labels.tolist(), strict=True)):
+            return False
+        images = p.get(f"{split}_images")
+        if p["small"] and not (
+            isinstance(images, torch.Tensor)
+            and images.dtype == torch.uint8
+            and images.ndim == 4
+            and images.shape[:2] == (len(files), p["channels"])
+        ):
+            return False
+    return not p["small"] or p["train_images"].shape[2:] == p["test_images"].shape[2:]
 
 
 def _decode_small(path: Path, channels: int, h: int, w: int) -> torch.Tensor:

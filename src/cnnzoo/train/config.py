@@ -110,7 +110,12 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise :class:`CnnzooError` on a value no run could use."""
+        """Raise :class:`CnnzooError` on a value no run could use, so every argument is refused before any work."""
+        from cnnzoo.models import get_model_info
+
+        for name in FIELDS:  # each value of its field's type (the Python API may pass anything), nan/inf refused
+            setattr(self, name, _coerce(name, getattr(self, name)))
+        get_model_info(self.model)  # an unknown model name, with close matches
         checks = [
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
@@ -118,10 +123,32 @@ class TrainConfig:
             (self.compile_mode in COMPILE_MODES,
              f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}"),
             (self.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"),
+            (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.epochs >= 1 or self.iterations >= 1, "need epochs >= 1 or iterations >= 1"),
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.lr > 0 and math.isfinite(self.lr), f"lr must be a positive number, got {self.lr}"),
+            (self.eval_batch_size is None or self.eval_batch_size >= 1,
+             f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (self.image_size is None or self.image_size >= 1, f"image_size must be >= 1, got {self.image_size}"),
+            (self.in_channels in (None, 1, 3), f"in_channels must be 1 or 3, got {self.in_channels}"),
+            (self.val_size is None or self.val_size >= 0, f"val_size must be >= 0, got {self.val_size}"),
+            (self.val_size is None or self.val_size < 1 or float(self.val_size).is_integer(),
+             f"val_size must be a count of images (>= 1) or a fraction (< 1), got {self.val_size}"),
+            (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
+            (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
+            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
+            (self.lr > 0, f"lr must be a positive number, got {self.lr}"),
+            (0 <= self.momentum < 1,
+             f"momentum must be in [0, 1) (SGD momentum, AdamW beta1), got {self.momentum}"),
+            (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+             "nesterov needs SGD with momentum > 0"),
+            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
+            (0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}"),
+            (self.warmup_lr >= 0, f"warmup_lr must be >= 0, got {self.warmup_lr}"),
+            (all(m >= 0 for m in self.milestones) and all(m >= 0 for m in self.milestone_steps),
+             "milestones must be >= 0"),
+            (self.aux_weight >= 0, f"aux_weight must be >= 0, got {self.aux_weight}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
             (self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
@@ -161,23 +188,27 @@ def _coerce(name: str, value: Any) -> Any:
     if base.startswith("list"):
         items = value if isinstance(value, (list, tuple)) else [value]
         item = int if "int" in base else float
-        try:
-            return [item(v) for v in items]
-        except (TypeError, ValueError):
-            raise CnnzooError(f"{name} must be a list of numbers, got {value!r}") from None
+        if not all(_finite_number(v) and (item is float or float(v).is_integer()) for v in items):
+            kind = "integers" if item is int else "numbers"
+            raise CnnzooError(f"{name} must be a list of finite {kind}, got {value!r}")
+        return [item(v) for v in items]
     if base == "bool":
         if not isinstance(value, bool):
             raise CnnzooError(f"{name} must be true or false, got {value!r}")
         return value
     if base in ("int", "float"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise CnnzooError(f"{name} must be a number, got {value!r}")
-        if base == "int" and float(value) != int(value):
+        if not _finite_number(value):  # nan and inf are never a setting (TOML and float() both accept them)
+            raise CnnzooError(f"{name} must be a finite number, got {value!r}")
+        if base == "int" and not float(value).is_integer():
             raise CnnzooError(f"{name} must be an integer, got {value!r}")
         return int(value) if base == "int" else float(value)
     if not isinstance(value, str):
         raise CnnzooError(f"{name} must be a string, got {value!r}")
     return value
+
+
+def _finite_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_keys(keys, where: str) -> None:
@@ -199,30 +230,63 @@ def list_recipes() -> dict[str, str]:
     return {p.stem: read_recipe(p.stem).get("description", "") for p in sorted(recipes_dir().glob("*.toml"))}
 
 
+MAX_TOML_BYTES = 1 << 20  # a recipe or config.toml is a few hundred bytes; anything near this is not one
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """The parsed TOML file ``path`` (a ``what``: "recipe", "run config"); anything that is not a small UTF-8 TOML
+    file (a folder, a huge or binary file, invalid TOML) is a one-line :class:`CnnzooError` naming it."""
+    if path.is_dir():
+        raise CnnzooError(f"{path}: is a folder, not a {what} file (TOML)")
+    try:
+        size = path.stat().st_size
+        if size > MAX_TOML_BYTES:
+            raise CnnzooError(f"{path}: {size:,} bytes, too large for a {what} file (at most {MAX_TOML_BYTES:,})")
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CnnzooError(f"{path}: not UTF-8 text (byte {e.start}); a {what} file is TOML") from None
+    except OSError as e:
+        raise CnnzooError(f"{path}: cannot read the {what} file ({e.strerror or e})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise CnnzooError(f"{path}: invalid TOML: {str(e).splitlines()[0]}") from None
+
+
 def read_recipe(name: str) -> dict[str, Any]:
     """The parsed TOML of a shipped recipe, or of a ``.toml`` file path."""
-    path = Path(name) if name.endswith(".toml") else recipes_dir() / f"{name}.toml"
-    if not path.is_file():
+    if name.endswith(".toml"):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise CnnzooError(f"{path}: no such recipe file")
+        return read_toml(path, "recipe")
+    path = recipes_dir() / f"{name}.toml"
+    if "/" in name or not path.is_file():
         names = ", ".join(p.stem for p in sorted(recipes_dir().glob("*.toml")))
-        raise CnnzooError(f"unknown recipe {name!r}; recipes: {names}")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise CnnzooError(f"{path}: invalid TOML: {e}") from None
+        raise CnnzooError(f"unknown recipe {name!r}; recipes: {names} (or the path of a .toml file)")
+    return read_toml(path, "recipe")
 
 
 def recipe_values(name: str, model: str) -> dict[str, Any]:
-    """The config values a recipe sets for ``model``: its flat keys, then its ``[models.<model>]`` table."""
+    """The config values a recipe sets for ``model``: its flat keys, then its ``[models.<model>]`` table, each
+    checked against its field's type (an error names the recipe)."""
     raw = read_recipe(name)
     per_model = raw.pop("models", {})
-    raw.pop("description", None)
+    description = raw.pop("description", "")
+    if not isinstance(description, str):
+        raise CnnzooError(f"recipe {name!r}: description must be a string, got {description!r}")
+    if not isinstance(per_model, dict) or not all(isinstance(t, dict) for t in per_model.values()):
+        raise CnnzooError(f"recipe {name!r}: models must hold tables [models.NAME] of options")
     _check_keys(raw, f"recipe {name!r}")
     values = dict(raw)
     for model_name, table in per_model.items():
         _check_keys(table, f"recipe {name!r} [models.{model_name}]")
         if model_name == model:
             values.update(table)
-    return values
+    try:
+        return {k: _coerce(k, v) for k, v in values.items()}
+    except CnnzooError as e:
+        raise CnnzooError(f"recipe {name!r}: {e}") from None
 
 
 def build_config(model: str | None = None, data: str | None = None, *, recipe: str | None = None,
@@ -241,8 +305,23 @@ def build_config(model: str | None = None, data: str | None = None, *, recipe: s
     if recipe is not None:
         values.update(recipe_values(recipe, given.get("model", FIELDS["model"].default)))
         values["recipe"] = recipe
+    from_recipe = dict(values)
     values.update(given)
-    return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    try:
+        return TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    except CnnzooError as e:
+        if recipe is not None and _refuses(from_recipe, str(e)):  # the recipe's own value: say which recipe
+            raise CnnzooError(f"recipe {recipe!r}: {e}") from None
+        raise
+
+
+def _refuses(values: dict[str, Any], message: str) -> bool:
+    """Whether ``values`` alone (on the defaults) are refused with ``message``."""
+    try:
+        TrainConfig(**values)
+    except CnnzooError as e:
+        return str(e) == message
+    return False
 
 
 # --- config.toml ---------------------------------------------------------------------------------------------------
@@ -277,14 +356,14 @@ def write_config(cfg: TrainConfig, path: str | Path) -> None:
 def read_config(path: str | Path) -> TrainConfig:
     """Read a ``config.toml`` written by :func:`write_config`."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise CnnzooError(f"{path}: no such file (not a cnnzoo run directory?)")
-    try:
-        values = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise CnnzooError(f"{path}: invalid TOML: {e}") from None
+    values = read_toml(path, "run config")
     _check_keys(values, str(path))
-    return config_from_dict(values)
+    try:
+        return config_from_dict(values)
+    except CnnzooError as e:
+        raise CnnzooError(f"{path}: {e}") from None
 
 
 def config_from_dict(values: dict[str, Any]) -> TrainConfig:

@@ -169,8 +169,12 @@ def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, r
         write_config(cfg, run_dir / "config.toml")
     if resume:
         ckpt = checkpoint.load(run_dir / "last.pt", model=cfg.model, num_classes=data.num_classes,
-                               in_channels=data.in_channels)  # fmt: skip
-        load_state(run, ckpt)
+                               in_channels=data.in_channels, resume=True)  # fmt: skip
+        try:
+            load_state(run, ckpt)
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # a hand-edited or foreign last.pt
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CnnzooError(f"{run_dir / 'last.pt'}: cannot resume from it ({first})") from None
         if dist.main:
             write_metrics(run)  # drop any line written after the checkpoint
         log(f"resuming {run_dir} at epoch {run.epoch + 1}, batch {run.batch} (step {run.step})")
@@ -268,7 +272,7 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
     """The model a checkpoint was trained as, with its weights, in eval mode."""
     meta, cfg = ckpt["meta"], config_from_dict(ckpt["config"])
     model = build_model(cfg, meta["num_classes"], meta["in_channels"])
-    model.load_state_dict(ckpt["model"])
+    checkpoint.load_weights(model, ckpt["model"], f"the {meta['model']} checkpoint")
     return model.to(device).eval()
 
 

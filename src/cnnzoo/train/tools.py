@@ -7,7 +7,11 @@ so a run directory is self-contained.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,6 +23,31 @@ from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.engine import resolve_device, step_context
 from cnnzoo.train.loop import Dist, evaluate
 from cnnzoo.train.run import load_bundle, load_run
+
+MAX_REPORT_BYTES = 16 << 20  # a report.json is a few kB; anything near this is not one
+
+
+def read_report(path: str | Path) -> dict:
+    """A finished run's ``report.json`` (or the run directory holding it), checked: UTF-8 JSON of an object with
+    ``model``, ``data`` and ``test.top1``; anything else (garbage, a hand edit, a folder) is one line naming it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise CnnzooError(f"{path}: no such report (not a finished cnnzoo run directory)")
+    try:
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise CnnzooError(f"{path}: too large for a cnnzoo report.json")
+        report = json.loads(path.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CnnzooError(f"{path}: not a cnnzoo report (not UTF-8 JSON: {str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise CnnzooError(f"{path}: cannot read ({e.strerror or e})") from None
+    ok = isinstance(report, dict) and isinstance(report.get("model"), str) and isinstance(report.get("data"), str)
+    top1 = report["test"].get("top1") if ok and isinstance(report.get("test"), dict) else None
+    if not isinstance(top1, (int, float)) or isinstance(top1, bool):
+        raise CnnzooError(f"{path}: not a cnnzoo report (expected model, data and test.top1)")
+    return report
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best", device: str = "auto",
@@ -78,40 +107,87 @@ ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # export (torch.onnx dyna
 def export(run_dir: str | Path, *, fmt: str, output: str | Path | None = None, which: str = "best",
            batch: int = 4) -> dict[str, Any]:  # fmt: skip
     """Write the model as TorchScript (``torch.jit.trace``) or ONNX, then run the written file on a random batch
-    and compare with the eager model; a mismatch beyond 1e-4 (absolute, on logits) is an error."""
+    and compare with the eager model; a mismatch beyond 1e-4 (absolute, on logits) is an error.
+
+    The destination is checked before any work, the file is written under a temporary name in the destination's
+    folder and moved into place (``os.replace``) only once it has passed the check: a failure leaves no file and
+    an existing one untouched.
+    """
+    if fmt not in ("torchscript", "onnx"):
+        raise CnnzooError(f"unknown export format {fmt!r}: expected onnx or torchscript")
+    if fmt == "onnx":
+        missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
+        if missing:
+            raise CnnzooError(f"ONNX export needs the package(s) {', '.join(missing)}: pip install {' '.join(missing)}")
+    run_dir = Path(run_dir)
+    path = Path(output) if output else run_dir / ("model.ts.pt" if fmt == "torchscript" else "model.onnx")
+    _check_destination(path)
     ckpt, model = load_run(run_dir, which)
     meta = ckpt["meta"]
     x = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"],
                     generator=torch.Generator().manual_seed(0))  # fmt: skip
     with torch.no_grad():
         expected = model(x)
-    run_dir = Path(run_dir)
-    if fmt == "torchscript":
-        path = Path(output) if output else run_dir / "model.ts.pt"
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ marks TorchScript deprecated; asked for here
-            traced = torch.jit.trace(model, x)
-            traced.save(str(path))
-            got = torch.jit.load(str(path))(x)
-    elif fmt == "onnx":
-        missing = [name for name in ONNX_PACKAGES if importlib.util.find_spec(name) is None]
-        if missing:
-            raise CnnzooError(f"ONNX export needs the package(s) {', '.join(missing)}: pip install {' '.join(missing)}")
-        path = Path(output) if output else run_dir / "model.onnx"
-        import onnxruntime
-
-        # The dynamo exporter (torch.export -> onnxscript); the batch dimension stays dynamic.
-        torch.onnx.export(model, (x,), str(path), input_names=["images"], output_names=["logits"], dynamo=True,
-                          dynamic_shapes=({0: torch.export.Dim.DYNAMIC},), verbose=False)  # fmt: skip
-        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
-        one = torch.from_numpy(session.run(None, {"images": x[:1].numpy()})[0])  # another batch size, same file
-        diff1 = (one - expected[:1]).abs().max().item()
-        if not diff1 <= 1e-4:
-            raise CnnzooError(f"exported ONNX model disagrees at batch size 1 (max |difference| {diff1:.3g})")
-    else:
-        raise CnnzooError(f"unknown export format {fmt!r}: expected onnx or torchscript")
-    diff = (got.float() - expected.float()).abs().max().item()
-    if not diff <= 1e-4:
-        raise CnnzooError(f"exported model disagrees with the eager model (max |difference| {diff:.3g})")
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        diff = (_write_torchscript if fmt == "torchscript" else _write_onnx)(model, x, expected, tmp)
+        if not diff <= 1e-4:
+            raise CnnzooError(f"exported model disagrees with the eager model (max |difference| {diff:.3g})")
+        os.replace(tmp, path)
+    except OSError as e:  # the disk filled, the folder vanished or turned read-only meanwhile
+        raise CnnzooError(f"{path}: cannot write the exported model ({e.strerror or e})") from None
+    finally:
+        for leftover in (tmp, tmp.with_name(tmp.name + ".data")):  # .data: where ONNX puts weights past 2 GB
+            with contextlib.suppress(OSError):
+                leftover.unlink()
     return {"path": str(path), "format": fmt, "batch": batch, "max_abs_diff": diff}
+
+
+def _check_destination(path: Path) -> None:
+    """One line, before any work, when ``path`` cannot become the exported file."""
+    if path.is_dir():
+        raise CnnzooError(f"{path}: is a folder; --output names the file to write")
+    if not path.parent.is_dir():
+        what = "not a folder" if path.parent.exists() else "no such folder"
+        raise CnnzooError(f"{path.parent}: {what} (the folder --output writes into must exist)")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise CnnzooError(f"{path.parent}: cannot write into this folder (permission denied)")
+    if path.exists() and not path.is_file():
+        raise CnnzooError(f"{path}: exists and is not a regular file")
+
+
+def _write_torchscript(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
+    """Trace ``model`` to ``path``, reload it, and return the max |difference| of its logits from ``expected``."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.9+ marks TorchScript deprecated; asked for here
+        traced = torch.jit.trace(model, x)
+        traced.save(str(path))
+        got = torch.jit.load(str(path))(x)
+    return (got.float() - expected.float()).abs().max().item()
+
+
+def _write_onnx(model: torch.nn.Module, x: torch.Tensor, expected: torch.Tensor, path: Path) -> float:
+    """Export ``model`` to ONNX at ``path`` (dynamic batch), run it with onnxruntime at the batch of ``x`` and at
+    batch 1, and return the max |difference| from ``expected``."""
+    import onnxruntime
+
+    # The dynamo exporter (torch.export -> onnxscript); the batch dimension stays dynamic.
+    torch.onnx.export(
+        model,
+        (x,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamo=True,
+        dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+        verbose=False,
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+    one = torch.from_numpy(session.run(None, {"images": x[:1].numpy()})[0])  # another batch size, same file
+    diff1 = (one - expected[:1]).abs().max().item()
+    if not diff1 <= 1e-4:
+        raise CnnzooError(f"exported ONNX model disagrees at batch size 1 (max |difference| {diff1:.3g})")
+    return (got.float() - expected.float()).abs().max().item()
