@@ -116,3 +116,30 @@ def test_ddp_shards_are_disjoint_and_equal(world_size):
     evals = [_loader(n=50, train=False, rank=r, world_size=world_size) for r in range(world_size)]
     covered = torch.cat([torch.cat([y for _, y in e.epoch(0)]) for e in evals])
     assert len(covered) == 50 and sum(e.num_samples for e in evals) == 50
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_both_loaders_share_one_shard_and_normalisation(tmp_path, train):
+    """The streaming loader serves the same samples in the same order, in as many batches, as the device-resident one
+    (one :class:`Shard` behind both), and normalises to the same values."""
+    from cnnzoo.data.bundle import Shard
+    from cnnzoo.data.stream import StreamLoader
+
+    labels = torch.arange(23) % 5
+    files = [str(tmp_path / f"{i}.png") for i in range(23)]  # never opened: only the order is compared
+    opts = dict(batch_size=4, mean=(0.5,), std=(0.25,), train=train, seed=3, rank=1, world_size=2)
+    device = DeviceLoader(torch.zeros(23, 1, 8, 8, dtype=torch.uint8), labels, **opts)
+    stream = StreamLoader(files, labels, image_size=8, channels=1, num_workers=0, **opts)
+    assert (len(device), device.num_samples) == (len(stream), stream.num_samples)
+    assert torch.equal(device.indices(2), stream.indices(2))
+    assert torch.equal(device.indices(2), Shard(23, 4, train, 3, 1, 2).indices(2))
+    x = torch.full((1, 1, 2, 2), 191.25)  # (191.25 / 255 - 0.5) / 0.25 == 1
+    assert torch.allclose(x * stream._scale + stream._shift, torch.ones(1)) and device._scale.shape == (1,)
+
+
+def test_random_stream_tags_are_distinct_and_stable():
+    """The tags are part of every run's numbers: renumbering one would silently change every past result."""
+    from cnnzoo.data.bundle import Stream
+
+    tags = {"PERMUTATION": 0, "AUGMENT": 1, "VAL_SPLIT": 2, "SUBSET": 3, "WORKERS": 4, "MIX": 7}
+    assert {s.name: int(s) for s in Stream} == tags

@@ -43,15 +43,25 @@ def test_known_figures():
     assert round(profile_model("alexnet")["macs"] / 1e9, 2) == 0.71
 
 
-def test_summary_totals_equal_the_model_counts():
-    with torch.device("meta"):
-        from cnnzoo import create_model
+@pytest.mark.parametrize(
+    ("name", "params", "aux"),
+    [("resnet20", 269_722, 0), ("googlenet", 6_624_904, 6_379_984), ("googlenet_paper", 6_998_552, 6_379_728)],
+)
+def test_summary_rows_add_up_to_the_inference_network(name, params, aux):
+    """GoogLeNet is 6,624,904 parameters at inference (torchvision's figure), its auxiliary heads apart."""
+    from cnnzoo import create_model, get_model_info
 
-        model = create_model("resnet20", num_classes=10)
-        rows, params, macs = layer_summary(model, (3, 32, 32))
-    assert sum(r.params for r in rows) == params == count_params(model)[0]
-    assert sum(r.macs for r in rows) == macs
-    assert rows[-1].output_shape == (1, 10)
+    shape = get_model_info(name).input_size
+    with torch.device("meta"):
+        model = create_model(name)
+        rows, total, macs = layer_summary(model, shape)
+    assert sum(r.params for r in rows) == total == params
+    assert count_params(model)[0] - total == aux
+    assert sum(r.macs for r in rows) == macs == count_macs(model, shape)
+    assert not any(r.name.startswith("aux") for r in rows)
+    assert rows[-1].output_shape == (1, get_model_info(name).num_classes)
+    prof = profile_model(name)
+    assert (prof["params"], prof["aux_params"], prof["macs"]) == (params, aux, macs)
 
 
 def test_parse_input():
@@ -69,6 +79,10 @@ def test_cli_summary_and_models(capsys):
     assert main(["models", "--family", "alexnet"]) == 0
     out = capsys.readouterr().out
     assert "alexnet_paper" in out and "62,378,344" in out and "multiply-accumulates" in out
+    assert "alexnet_cifar" not in out  # family alexnet_cifar
+    assert main(["summary", "googlenet"]) == 0
+    out = capsys.readouterr().out
+    assert "6,624,904" in out and "+6,379,984" in out and "auxiliary" in out
     assert main(["summary", "resnet20", "--input", "banana"]) == 2
     assert "error: --input must look like CxHxW" in capsys.readouterr().err
 

@@ -79,14 +79,50 @@ def test_alexnet_paper_has_the_papers_parameter_count_and_init():
         model(torch.randn(1, 3, 224, 224))
 
 
+def _lrn_by_hand(a: torch.Tensor, *, k: float, alpha: float, beta: float) -> torch.Tensor:
+    """b_i = a_i / (k + alpha * sum_{j=i-2}^{i+2} a_j^2)^beta, zero maps beyond the edges."""
+    sq = torch.nn.functional.pad(a.square(), (0, 0, 0, 0, 2, 2))
+    window = sum(sq[:, j : j + a.shape[1]] for j in range(5))
+    return a / (k + alpha * window) ** beta
+
+
 def test_alexnet_lrn_is_the_papers_equation():
-    """Section 3.3: b_i = a_i / (k + alpha * sum_{j=i-n/2}^{i+n/2} a_j^2)^beta, k=2, n=5, alpha=1e-4, beta=0.75."""
-    from cnnzoo.models.alexnet import lrn
+    """Section 3.3: k=2, n=5, alpha=1e-4 on the sum of squares, beta=0.75; two towers normalise within each half."""
+    from cnnzoo.models._common import lrn
 
     a = 30 * torch.randn(2, 8, 3, 3)  # large activations, where alpha matters
-    sq = torch.nn.functional.pad(a.square(), (0, 0, 0, 0, 2, 2))  # zero maps beyond the edges
-    window = sum(sq[:, j : j + 8] for j in range(5))
-    torch.testing.assert_close(lrn()(a), a / (2 + 1e-4 * window) ** 0.75)
+    torch.testing.assert_close(
+        lrn(size=5, alpha=1e-4, beta=0.75, k=2.0)(a), _lrn_by_hand(a, k=2, alpha=1e-4, beta=0.75)
+    )
+    two = lrn(size=5, alpha=1e-4, beta=0.75, k=2.0, groups=2)(a)
+    halves = [_lrn_by_hand(h, k=2, alpha=1e-4, beta=0.75) for h in a.chunk(2, 1)]
+    torch.testing.assert_close(two, torch.cat(halves, 1))
+    assert not torch.allclose(two, lrn(size=5, alpha=1e-4, beta=0.75, k=2.0)(a))  # the towers' edge maps differ
+
+
+def test_alexnet_two_towers():
+    """The paper's grouped convs (conv2, conv4, conv5 across two GPUs): 60,965,224 parameters, 0.72 GMACs."""
+    from cnnzoo.analysis.profile import profile_model
+
+    with torch.device("meta"):
+        model = cnnzoo.create_model("alexnet_2tower_paper")
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.groups for c in convs] == [1, 2, 1, 2, 2]
+    one, two = profile_model("alexnet_paper"), profile_model("alexnet_2tower_paper")
+    assert (one["params"], two["params"]) == (62_378_344, 60_965_224)
+    assert (round(one["macs"] / 1e9, 2), round(two["macs"] / 1e9, 2)) == (1.14, 0.72)
+
+
+def test_googlenet_paper_init_is_the_bvlc_reproductions():
+    """Caffe's "xavier" filler, U(+-sqrt(3 / fan_in)); biases 0.2, the classifiers' 0 (bvlc_googlenet)."""
+    model = cnnzoo.create_model("googlenet_paper", num_classes=1000)
+    classifiers = {"fc", "aux1.fc2", "aux2.fc2"}
+    for name, m in model.named_modules():
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+            bound = (3 / m.weight[0].numel()) ** 0.5
+            w = m.weight.detach()
+            assert w.abs().max() <= bound and w.abs().max() > 0.9 * bound, name
+            assert torch.equal(m.bias, torch.full_like(m.bias, 0.0 if name in classifiers else 0.2)), name
 
 
 @pytest.mark.parametrize("name", ["googlenet", "googlenet_paper"])

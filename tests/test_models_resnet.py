@@ -134,9 +134,9 @@ def test_cifar_stem_adaptation():
 def test_plain_twins_have_no_shortcuts(name):
     model = cnnzoo.create_model(name, num_classes=10)
     assert not any("downsample" in n for n, _ in model.named_modules())
-    assert blocks(model) and all(b.shortcut is False and b.downsample is None for b in blocks(model))
+    assert blocks(model) and all(b.shortcut is None and b.downsample is None for b in blocks(model))
     twin = cnnzoo.create_model(name.replace("plain", "resnet"), num_classes=10)
-    assert all(b.shortcut is True for b in blocks(twin))
+    assert all(b.shortcut in ("A", "B") for b in blocks(twin))
     assert len(blocks(twin)) == len(blocks(model))
 
 
@@ -161,12 +161,12 @@ def test_plain_block_is_relu_of_branch_and_residual_block_adds_x(name):
 
 
 def test_plain_bottleneck_block():
-    block = Bottleneck(256, 64, shortcut=False).eval()
+    block = Bottleneck(256, 64, shortcut=None).eval()
     _zero_last_bn(block)
     with torch.no_grad():
         assert torch.equal(block(torch.randn(1, 256, 4, 4)), torch.zeros(1, 256, 4, 4))
     with pytest.raises(ValueError, match="plain block"):
-        BasicBlock(16, 32, 2, ZeroPadShortcut(16, 32, 2), shortcut=False)
+        BasicBlock(16, 32, 2, ZeroPadShortcut(16, 32, 2), shortcut=None)
 
 
 # --- zero_init_residual -------------------------------------------------------------------------------------------
@@ -191,7 +191,7 @@ def test_zero_init_residual_is_refused_for_plain_nets():
     with pytest.raises(CnnzooError, match="unexpected keyword"):
         cnnzoo.create_model("plain18", zero_init_residual=True)
     with pytest.raises(CnnzooError, match="zero_init_residual needs residual blocks"):
-        ResNet("myplain", BasicBlock, [1, 1, 1, 1], shortcut=False, zero_init_residual=True)
+        ResNet("myplain", BasicBlock, [1, 1, 1, 1], shortcut=None, zero_init_residual=True)
 
 
 # --- Option A shortcuts -------------------------------------------------------------------------------------------
@@ -244,13 +244,14 @@ def test_cifar_nets_forward_backward_at_32_and_28(name):
         out.square().mean().backward()
         assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     info = cnnzoo.get_model_info(name)
-    assert info.input_size == (3, 32, 32) and info.paper == "He et al. 2016"
+    assert info.input_size == (3, 32, 32) and info.paper.startswith("He et al. 2016, Deep Residual Learning")
 
 
 def test_registry_families():
-    assert {"resnet18", "resnet152"} <= set(cnnzoo.list_models("resnet"))
-    assert {"resnet20", "resnet1202", "resnet50_cifar"} <= set(cnnzoo.list_models("resnet_cifar"))
-    assert {"plain18", "plain34", "plain20", "plain110"} <= set(cnnzoo.list_models("plain"))
+    assert {"resnet18", "resnet152"} <= set(cnnzoo.list_models(family="resnet"))
+    assert {"resnet20", "resnet1202", "resnet50_cifar"} <= set(cnnzoo.list_models(family="resnet_cifar"))
+    assert cnnzoo.list_models(family="plain") == ["plain18", "plain34"]
+    assert {"plain20", "plain110"} <= set(cnnzoo.list_models(family="plain_cifar"))
     assert cnnzoo.get_model_info("resnet50").input_size == (3, 224, 224)
 
 
@@ -268,3 +269,10 @@ def test_wrong_input_names_the_expected_shape():
     r18 = cnnzoo.create_model("resnet18").eval()
     with pytest.raises(InputShapeError, match=r"resnet18 expects input of shape \(N, 3, H, W\) with H, W >= 32"):
         r18(torch.randn(1, 3, 16, 16))
+
+
+def test_stride_and_shortcut_words_are_checked():
+    with pytest.raises(CnnzooError, match=r"resnet20: shortcut must be one of 'A', 'B'; got False"):
+        cnnzoo.create_model("resnet20", shortcut=False)
+    model = cnnzoo.create_model("resnet20", shortcut="B")
+    assert {b.shortcut for b in blocks(model)} == {"B"}

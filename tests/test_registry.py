@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import re
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ BOUNDED = [n for n in SMALL if n != "googlenet_cifar"]
 HEAVY = {"resnet1202"}  # 1202 layers: real forward/backward on 8x8 only, to stay fast on 2 cores
 
 
-EXACT = {"alexnet_paper", "googlenet_paper"}  # fixed-size classifiers: 227x227 and 224x224 only
+EXACT = {"alexnet_paper", "alexnet_2tower_paper", "googlenet_paper"}  # fixed-size classifiers: 227 or 224 only
 
 
 def _real_inputs(name: str) -> list[tuple[int, int, int]]:
@@ -103,21 +104,23 @@ def test_plain_twins_have_no_shortcut():
     for name in [n for n in ALL if n.startswith(("plain", "resnet"))]:
         with torch.device("meta"):
             model = cnnzoo.create_model(name, num_classes=10)
-        flags = [m.shortcut for m in model.modules() if isinstance(getattr(m, "shortcut", None), bool)]
+        flags = [m.shortcut for m in model.modules() if hasattr(m, "shortcut")]
         if name.startswith("plain"):
-            assert flags and not any(flags), name
+            assert flags and all(f is None for f in flags), name
             assert not any(n.endswith("downsample") for n, _ in model.named_modules()), name
         elif name.startswith("resnet"):
-            assert flags and all(flags), name
+            assert flags and all(f in ("A", "B") for f in flags), name
 
 
 def test_unknown_model_suggests_close_names(capsys):
     with pytest.raises(CnnzooError, match="did you mean .*resnet50"):
         cnnzoo.create_model("resnet5O")
-    with pytest.raises(CnnzooError, match="num_classes must be >= 1"):
+    with pytest.raises(CnnzooError, match="resnet20: num_classes must be an integer >= 1, got 0"):
         cnnzoo.create_model("resnet20", num_classes=0)
     with pytest.raises(CnnzooError, match="unexpected keyword"):
         cnnzoo.create_model("resnet20", no_such_option=1)
+
+
 def test_cli_bad_model_is_one_line_exit_2(capsys):
     assert main(["summary", "resnet5O"]) == 2
     err = capsys.readouterr().err.strip()
@@ -128,3 +131,82 @@ def test_cli_wrong_input_shape_is_one_line_exit_2(capsys):
     assert main(["summary", "resnet20", "--input", "1x32x32"]) == 2
     err = capsys.readouterr().err.strip()
     assert "resnet20 expects input of shape (N, 3," in err and "\n" not in err
+
+
+@pytest.mark.parametrize("bad", ["10", 2.5, True, 0, -3])
+def test_sizes_must_be_positive_integers(bad):
+    for key in ("num_classes", "in_channels"):
+        with pytest.raises(CnnzooError, match=rf"^resnet20: {key} must be an integer >= 1, got "):
+            cnnzoo.create_model("resnet20", **{key: bad})
+
+
+def test_builders_own_defaults_apply():
+    """create_model passes num_classes / in_channels only when given: the CIFAR nets default to 10 classes."""
+    with torch.device("meta"):
+        assert cnnzoo.create_model("resnet20").fc.out_features == 10
+        assert cnnzoo.create_model("resnet18").fc.out_features == 1000
+        assert cnnzoo.create_model("resnet20", in_channels=1).conv1.in_channels == 1
+    for name in ALL:
+        assert cnnzoo.get_model_info(name).num_classes == (10 if name in SMALL else 1000), name
+
+
+def test_list_models_wildcards_and_family_keyword():
+    assert cnnzoo.list_models("vgg1?_bn") == ["vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
+    assert set(cnnzoo.list_models("*_cifar")) == {n for n in ALL if n.endswith("_cifar")}
+    assert cnnzoo.list_models("resnet*", family="resnet") == [
+        "resnet101",
+        "resnet152",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+    ]
+    assert cnnzoo.list_models("resnet") == []  # a pattern, not a family
+    assert cnnzoo.list_models("no_such*") == []
+
+
+def test_family_labels_follow_one_rule():
+    """The architecture, plus "_cifar" for the nets built for 32x32 inputs; the citation has one form."""
+    for name in ALL:
+        info = cnnzoo.get_model_info(name)
+        arch = info.family.removesuffix("_cifar")
+        assert arch in {"alexnet", "vgg", "googlenet", "resnet", "plain"}, name
+        assert info.family.endswith("_cifar") == (name in SMALL), name
+        assert name.startswith(arch), name
+        assert re.fullmatch(r"[A-Z][\w ,&.]+ \d{4}, [^()]+ \([A-Za-z]+ \d{4}(, arXiv:\d{4}\.\d{4,5})?\)", info.paper), (
+            name
+        )
+
+
+def test_every_family_module_registers_models():
+    """models/__init__ imports every public module of the package: each family file registers at least one model."""
+    import pkgutil
+
+    import cnnzoo.models
+
+    modules = {m.name for m in pkgutil.iter_modules(cnnzoo.models.__path__) if not m.name.startswith("_")}
+    registering = {cnnzoo.get_model_info(n).builder.__module__.rsplit(".", 1)[1] for n in ALL}
+    assert modules - {"registry"} == registering == {"alexnet", "vgg", "googlenet", "resnet"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_cam_layer_and_stages_name_submodules(name):
+    """``cam_layer`` and ``stages`` name real submodules; stage outputs shrink (or keep) their size in order and the
+    cam layer's output is a 4-d map with more than one position (meta device: shapes only)."""
+    c, h, w = cnnzoo.get_model_info(name).input_size
+    with torch.device("meta"):
+        model = cnnzoo.create_model(name).eval()
+        modules = dict(model.named_modules())
+        assert model.cam_layer in modules and all(s in modules for s in model.stages), name
+        if name in HEAVY:
+            return
+        shapes = {}
+        watched = {*model.stages, model.cam_layer}
+        hooks = [modules[n].register_forward_hook(lambda m, i, o, n=n: shapes.__setitem__(n, o.shape)) for n in watched]
+        model(torch.empty(1, c, h, w))
+        for hk in hooks:
+            hk.remove()
+    assert len(shapes[model.cam_layer]) == 4
+    sizes = [shapes[s][-1] for s in model.stages]
+    assert len(sizes) >= 3 and sizes == sorted(sizes, reverse=True), (name, sizes)
+    # Grad-CAM needs positions to tell apart: the cam layer's map is never smaller than the last stage's, nor 1x1.
+    assert shapes[model.cam_layer][-1] >= max(2, sizes[-1]), (name, shapes[model.cam_layer])

@@ -109,13 +109,16 @@ def first_run_conv(model: nn.Module, input_size: tuple[int, int, int]) -> nn.Con
 
 # One model per family, the cheapest; test_every_family_is_covered keeps the table complete.
 FAMILY_MODELS = {
-    "alexnet": "alexnet_cifar",
+    "alexnet": "alexnet",
+    "alexnet_cifar": "alexnet_cifar",
     "vgg": "vgg11",
     "vgg_cifar": "vgg11_cifar",
     "googlenet": "googlenet",
+    "googlenet_cifar": "googlenet_cifar",
     "resnet": "resnet18",
     "resnet_cifar": "resnet20",
-    "plain": "plain20",
+    "plain": "plain18",
+    "plain_cifar": "plain20",
 }
 
 
@@ -126,7 +129,7 @@ def test_every_family_is_covered():
 @pytest.mark.parametrize("name", FAMILY_MODELS.values())
 def test_filter_grid_holds_exactly_the_first_convs_kernels(name):
     model = create_model(name, num_classes=10)
-    conv = first_run_conv(model, (3, 32, 32))
+    conv = first_run_conv(model, get_model_info(name).input_size)
     w = conv.weight.detach()
     images = show.filter_images(model)
     assert images.shape == (w.shape[0], w.shape[2], w.shape[3], 3)  # one RGB picture per kernel

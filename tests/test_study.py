@@ -1,25 +1,61 @@
-"""The residual study on `digits` with 20-layer nets and a few steps: numbers, files, reuse of finished runs."""
+"""The residual study on `digits` with 20-layer nets and a few steps: numbers, files, reuse only of identical runs,
+interrupt and resume (also across pack/unpack), the estimate, and a depth chosen on validation."""
 
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import signal
+import threading
+import time
 
+import pytest
 import torch
 
 from cnnzoo import create_model
 from cnnzoo.analysis.study import (
+    StudyInterrupted,
     decay_ratio,
     gradient_norms,
+    pack,
     plot_gradients,
     run_degradation,
     run_depth,
     run_gradients,
     suggest_depth,
+    unpack,
 )
 from cnnzoo.cli import main
 from cnnzoo.data import load_data
+from cnnzoo.errors import CnnzooError
 
-TINY = {"epochs": 1, "subset": 128, "batch_size": 64, "device": "cpu", "val_size": 64}
+# 2 epochs of 2 steps: the smallest run that can be interrupted mid-epoch and resumed. One thread: on a small shared
+# machine two threads per tiny step cost several times one (and `threads` is not part of a run's identity).
+TINY = {"epochs": 2, "subset": 64, "batch_size": 32, "device": "cpu", "val_size": 32, "threads": 1}
+STUDY = {"data": "digits", "recipe": "demo", "seeds": [0], "overrides": TINY}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished degradation study (plain20, resnet20), trained by two spawned processes (the --jobs path)."""
+    out = tmp_path_factory.mktemp("degradation")
+    lines: list[str] = []
+    rows = run_degradation([20], out=out, jobs=2, label="sklearn digits", log=lines.append, **STUDY)
+    return out, rows, lines
+
+
+def _read(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
 
 
 def test_plain_gradients_fall_with_depth_faster_than_residual():
@@ -45,56 +81,130 @@ def test_plain_gradients_fall_with_depth_faster_than_residual():
 
 
 def test_gradients_command_writes_csv_and_png(tmp_path):
-    rows = run_gradients(["plain20", "resnet20"], steps=2, batch_size=32, out=tmp_path)
+    rows = run_gradients(["plain20", "resnet20"], steps=2, batch_size=32, device="cpu", out=tmp_path)
     assert {r["phase"] for r in rows} == {"init", "after 2 steps"}
-    with open(tmp_path / "gradients.csv") as f:
-        table = list(csv.DictReader(f))
+    init = {(r["model"], r["layer"]): r["norm"] for r in rows if r["phase"] == "init" and r["kind"] == "conv"}
+    after = {(r["model"], r["layer"]): r["norm"] for r in rows if r["phase"] != "init" and r["kind"] == "conv"}
+    assert init.keys() == after.keys() and init != after  # the two train_step calls changed the weights
+    table = _read(tmp_path / "gradients.csv")
     assert len(table) == len(rows) and all(float(r["norm"]) >= 0 for r in table)
     assert (tmp_path / "gradients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot_gradients(table, tmp_path / "again.png", "digits")  # the figure can be redrawn from the CSV alone
     assert (tmp_path / "again.png").stat().st_size > 10_000
 
 
-def test_degradation_and_depth_write_their_files_and_reuse_runs(tmp_path):
-    # jobs=2: the two runs train in two spawned processes (the GPU path), then are read back as finished runs.
-    rows = run_degradation([20], data="digits", recipe="demo", seeds=[0], out=tmp_path, overrides=TINY, jobs=2,
-                           label="sklearn digits")  # fmt: skip
+def test_degradation_writes_its_files(finished):
+    out, rows, lines = finished
     assert [r["model"] for r in rows] == ["plain20", "resnet20"]
     assert rows[1]["paper_test_error"] == 8.75 and rows[0]["paper_test_error"] is None
     assert all(0 <= r["test_error"] <= 100 for r in rows)
-    assert (tmp_path / "degradation.png").read_bytes()[:4] == b"\x89PNG"
-    with open(tmp_path / "degradation_curves.csv") as f:
-        curves = list(csv.DictReader(f))
-    assert [c["model"] for c in curves] == ["plain20", "resnet20"]  # one epoch each
+    assert (out / "degradation.png").read_bytes()[:4] == b"\x89PNG"
+    curves = _read(out / "degradation_curves.csv")
+    assert [c["model"] for c in curves] == ["plain20", "plain20", "resnet20", "resnet20"]  # two epochs each
     assert all(0 <= float(c["train_error"]) <= 100 and 0 <= float(c["val_error"]) <= 100 for c in curves)
-    with open(tmp_path / "degradation.csv") as f:
-        assert [r["model"] for r in csv.DictReader(f)] == ["plain20", "resnet20"]
-    table = (tmp_path / "degradation.md").read_text()
+    assert [r["model"] for r in _read(out / "degradation.csv")] == ["plain20", "resnet20"]
+    table = (out / "degradation.md").read_text()
     assert "on sklearn digits" in table and "| resnet20 |" in table and "| 8.75 |" in table and "shortened" in table
-    report = tmp_path / "resnet20" / "seed-0" / "report.json"
+    # Said before it started: what it runs, and how long it should take from timed steps.
+    assert lines[0].startswith("study degradation: 2 runs (plain20, resnet20; seed 0)") and "2 at a time" in lines[0]
+    assert "0 finished (reused), 0 to resume, 2 to train" in lines[1]
+    assert lines[2].startswith("estimated time: ") and "plain20" in lines[2] and " ms" in lines[2]
+    assert any("resnet20 seed 0: epoch 2/2" in line for line in lines)  # progress
+
+
+def test_depth_reuses_identical_runs_and_counts_the_channels_trained_on(finished):
+    out, rows, _ = finished
+    report = out / "resnet20" / "seed-0" / "report.json"
     stamp = report.stat().st_mtime_ns
-    # The depth study over the same folder finds resnet20 finished and trains nothing.
-    depth = run_depth([20], family="resnet_cifar", data="digits", recipe="demo", seeds=[0], out=tmp_path,
-                      overrides=TINY)  # fmt: skip
-    assert report.stat().st_mtime_ns == stamp
-    assert depth[0]["params"] == 269_722 and depth[0]["test_top1"] == 100 - rows[1]["test_error"]
-    assert (tmp_path / "depth.png").read_bytes()[:4] == b"\x89PNG"
-    # An unfinished run (checkpoint, no report) is resumed, not retrained: same epochs, same test error.
-    plain = tmp_path / "plain20" / "seed-0"
-    history = (plain / "metrics.jsonl").read_text()  # with its wall-clock seconds: a retrained run would differ
-    (plain / "report.json").unlink()
-    again = run_degradation([20], data="digits", recipe="demo", seeds=[0], out=tmp_path, overrides=TINY)
-    assert (plain / "report.json").exists() and report.stat().st_mtime_ns == stamp
-    assert (plain / "metrics.jsonl").read_text() == history and '"seconds"' in history
-    assert again[0]["test_error"] == rows[0]["test_error"]
+    lines: list[str] = []
+    depth = run_depth([20], family="resnet_cifar", out=out, log=lines.append, **STUDY)
+    assert report.stat().st_mtime_ns == stamp  # reused, not retrained
+    assert "1 finished (reused), 0 to resume, 0 to train" in lines[1] and "nothing left to train" in lines[2]
+    assert depth[0]["params"] == 269_434  # digits is 1-channel: 269,722 would be the 3-channel count
+    assert depth[0]["test_top1"] == pytest.approx(100 - rows[1]["test_error"])
+    assert (out / "depth.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_suggested_depth_is_the_shallowest_within_tolerance_of_the_best():
-    rows = [{"model": f"resnet{d}", "depth": d, "test_top1": acc, "test_top1_std": std}
-            for d, acc, std in ((20, 91.0, 0.1), (32, 92.3, 0.1), (44, 92.6, 0.1), (56, 92.7, 0.2))]  # fmt: skip
-    assert suggest_depth(rows, 0.5)["model"] == "resnet32"  # 92.3 >= 92.7 - 0.5; 91.0 is not
+def test_reuse_is_refused_when_the_configuration_differs(finished, tmp_path):
+    out, _, _ = finished
+    changed = r"resnet20/seed-0 holds a run of another configuration \(epochs: 2 there, 3 asked.*--overwrite"
+    with pytest.raises(CnnzooError, match=changed):
+        run_depth([20], family="resnet_cifar", out=out, **dict(STUDY, overrides=dict(TINY, epochs=3)))
+    with pytest.raises(CnnzooError, match=r"lr: 0.1 there, 0.05 asked"):
+        run_depth([20], family="resnet_cifar", out=out, **dict(STUDY, overrides=dict(TINY, lr=0.05)))
+    # --overwrite retrains it (on a copy, so the shared study stays as it was).
+    shutil.copytree(out / "resnet20", tmp_path / "resnet20")
+    changed = dict(STUDY, overrides=dict(TINY, lr=0.05))
+    run_depth([20], family="resnet_cifar", out=tmp_path, overwrite=True, log=lambda _: None, **changed)
+    assert "lr = 0.05" in (tmp_path / "resnet20" / "seed-0" / "config.toml").read_text()
+
+
+def test_interrupted_study_packed_unpacked_and_resumed_gives_the_same_csv(finished, tmp_path):
+    out, _, _ = finished
+    first = tmp_path / "first"
+    with pytest.raises(StudyInterrupted, match="0 of 2 runs finished.*run the same command again to resume"):
+        run_degradation([20], out=first, stop_after=3, log=lambda _: None, **STUDY)  # plain20 stops mid-epoch 2
+    assert (first / "plain20" / "seed-0" / "last.pt").exists()
+    assert not (first / "plain20" / "seed-0" / "report.json").exists()
+    # Carried to another machine: packed into parts, unpacked elsewhere, resumed there.
+    parts = pack(first, tmp_path / "parts", part_size=256 * 1024)
+    assert len(parts) > 1 and all(p.stat().st_size <= 256 * 1024 for p in parts)
+    second = tmp_path / "second"
+    unpack(tmp_path / "parts", second)
+    lines: list[str] = []
+    run_degradation([20], out=second, log=lines.append, **STUDY)
+    assert "0 finished (reused), 1 to resume, 1 to train" in lines[1]
+    for name in ("degradation.csv", "degradation_curves.csv"):
+        assert (second / name).read_text() == (out / name).read_text()
+
+
+def test_unpack_refuses_missing_parts_and_clashing_files(finished, tmp_path):
+    out, _, _ = finished
+    parts = pack(out, tmp_path / "parts", part_size=4096)
+    assert not any(p.name.endswith(".pt") for p in parts) and len(parts) >= 2
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "degradation.md").write_text("mine\n")
+    with pytest.raises(CnnzooError, match="degradation.md exists with other contents"):
+        unpack(tmp_path / "parts", tmp_path / "copy")
+    assert (tmp_path / "copy" / "degradation.md").read_text() == "mine\n"  # nothing was written
+    parts[-1].unlink()
+    with pytest.raises(CnnzooError, match="missing part"):
+        unpack(tmp_path / "parts", tmp_path / "other")
+
+
+def test_sigint_stops_the_depth_study_with_one_resume_hint(tmp_path, capsys):
+    """A real SIGINT in the middle of `cnnzoo study depth`: exit 130, one hint, no traceback, last.pt kept."""
+    metrics = tmp_path / "resnet20" / "seed-0" / "metrics.jsonl"
+
+    def interrupt_after_the_first_epoch():
+        deadline = time.monotonic() + 300
+        while not metrics.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=interrupt_after_the_first_epoch, daemon=True).start()
+    options = "--depths 20 --data digits --recipe demo --epochs 2 --subset 64 --batch-size 32 --device cpu"
+    argv = ["study", "depth", *options.split(), "--out", str(tmp_path)]
+    assert main(argv) == 130
+    captured = capsys.readouterr()
+    assert "estimated time: " in captured.out
+    assert captured.err.count("run the same command again to resume") == 1 and "Traceback" not in captured.err
+    assert "SIGINT received" in captured.err
+    assert (tmp_path / "resnet20" / "seed-0" / "last.pt").exists()
+
+
+def test_suggested_depth_is_chosen_on_validation_never_test():
+    measured = ((20, 91.0, 0.1, 99.0), (32, 92.3, 0.1, 80.0), (44, 92.6, 0.1, 70.0), (56, 92.7, 0.2, 60.0))
+    rows = [
+        {"model": f"resnet{d}", "depth": d, "val_top1": acc, "val_top1_std": std, "test_top1": test}
+        for d, acc, std, test in measured
+    ]
+    assert suggest_depth(rows, 0.5)["model"] == "resnet32"  # 92.3 >= 92.7 - 0.5; 91.0 is not; test says 20
+    for r in rows:  # any test accuracy at all: the same answer
+        r["test_top1"] = 100.0 - r["test_top1"]
+    assert suggest_depth(rows, 0.5)["model"] == "resnet32"
     assert suggest_depth(rows, 2.0)["model"] == "resnet20"
-    rows[-1]["test_top1_std"] = 1.8  # a noisy best widens the margin to its spread
+    rows[-1]["val_top1_std"] = 1.8  # a noisy best widens the margin to its spread
     assert suggest_depth(rows, 0.5)["model"] == "resnet20"
 
 
@@ -105,3 +215,33 @@ def test_bad_arguments_are_a_clear_error(capsys):
     assert "--seeds must be comma-separated integers" in capsys.readouterr().err
     assert main(["study", "gradients", "plain20", "--steps", "-1"]) == 2
     assert "--steps must be >= 0" in capsys.readouterr().err
+    assert main(["study", "unpack", "/nonexistent-cnnzoo", "x"]) == 2
+    assert "no packed study parts" in capsys.readouterr().err
+
+
+def test_every_study_option_has_help_text():
+    import argparse
+
+    from cnnzoo.cli import build_parser
+
+    study = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices["study"]
+    subs = next(a for a in study._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subs) == {"gradients", "degradation", "depth", "pack", "unpack"}
+    for name, parser in subs.items():
+        for action in parser._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"study {name} {action.dest} has no help text"
+
+
+def test_the_estimate_warns_when_a_study_takes_more_than_an_hour(tmp_path):
+    """The paper's 64k iterations at a timed 0.1 s per step: 6,400 s of steps plus 183 validations of 5,000 images."""
+    from cnnzoo.analysis.study.plan import Plan, describe
+    from cnnzoo.analysis.study.runs import plan_runs
+
+    runs = plan_runs(["resnet20"], [0], tmp_path, data="cifar10", recipe="resnet-cifar-paper")
+    plan = Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {"resnet20": 0.1})
+    lines = describe("degradation", runs, plan, jobs=1)
+    assert "183 epochs = 64,000 iterations of batch 128" in lines[0]
+    assert lines[2].startswith("estimated time: 1:50:") and "resnet20 100.0 ms" in lines[2]
+    assert lines[3].startswith("warning: this study should take more than an hour")
+    assert len(describe("degradation", runs, Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {}), jobs=1)) == 3

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from cnnzoo.analysis.profile import human, layer_summary, parse_input, profile_model
+from cnnzoo.analysis.profile import count_params, human, layer_summary, parse_input, profile_model
 from cnnzoo.models import create_model, get_model_info, list_models
 
 
@@ -23,13 +23,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("summary", help="one network layer by layer: output shape, params, MACs")
     p.add_argument("name", help="registered model name (see `cnnzoo models`)")
     p.add_argument("--input", default=None, help="input shape CxHxW (default: the model's, e.g. 3x224x224)")
-    p.add_argument("--num-classes", type=int, default=None, help="classes (default 1000 ImageNet-size, 10 small)")
+    p.add_argument("--num-classes", type=int, default=None, help="classes (default: the model's, 1000 or 10)")
     p.set_defaults(func=cmd_summary)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     """Print the zoo: params and MACs counted on the meta device at each model's default input size."""
-    names = [n for n in list_models() if args.family in (None, get_model_info(n).family)]
+    names = list_models(family=args.family)
     console = Console()
     rows = []
     with Progress(transient=True, console=console, disable=not console.is_terminal) as progress:
@@ -37,36 +37,54 @@ def cmd_models(args: argparse.Namespace) -> int:
         for name in names:
             rows.append(profile_model(name))
             progress.advance(task)
-    table = Table(title="cnnzoo models (params and MACs at the input size shown; 1000 classes for ImageNet-size "
-                        "nets, 10 for 32x32 ones; MACs = multiply-accumulates per image)")  # fmt: skip
-    for col, justify in (("name", "left"), ("family", "left"), ("paper", "left"), ("input", "right"),
-                         ("params", "right"), ("MACs", "right")):  # fmt: skip
-        table.add_column(col, justify=justify, no_wrap=col != "paper")
-    for r in rows:
-        table.add_row(r["name"], r["family"], r["paper"].split(",")[0], "x".join(map(str, r["input_size"])),
-                      f"{r['params']:,}", human(r["macs"]))  # fmt: skip
+    table = Table(
+        title="cnnzoo models (params and MACs of the network used at inference, at the input size shown; 1000 "
+        "classes for ImageNet-size nets, 10 for 32x32 ones; aux = training-only auxiliary classifiers; "
+        "MACs = multiply-accumulates per image)"
+    )
+    cells = [
+        {
+            "name": r["name"],
+            "family": r["family"],
+            "paper": r["paper"].split(",")[0],
+            "input": "x".join(map(str, r["input_size"])),
+            "params": f"{r['params']:,}",
+            "aux params": f"+{r['aux_params']:,}" if r["aux_params"] else "",
+            "MACs": human(r["macs"]),
+        }
+        for r in rows
+    ]
+    columns = [c for c in cells[0] if c != "aux params" or any(row[c] for row in cells)] if cells else []
+    for col in columns:
+        # Every column but the paper keeps its full width (a narrow terminal folds the paper, never a number).
+        width = None if col == "paper" else max(len(col), *(len(row[col]) for row in cells))
+        table.add_column(col, justify="left" if col in ("name", "family", "paper") else "right", min_width=width)
+    for row in cells:
+        table.add_row(*(row[c] for c in columns))
     console.print(table)
     return 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    """Print one model's per-layer table and totals."""
+    """Print one model's per-layer table and totals (the network used at inference; auxiliary heads apart)."""
     info = get_model_info(args.name)
     shape = parse_input(args.input) if args.input else info.input_size
-    classes = args.num_classes or (10 if info.input_size[1] <= 32 else 1000)
+    classes = args.num_classes or info.num_classes
     with torch.device("meta"):
         # The model keeps its registered channel count: a mismatched --input is reported by its own input check.
         model = create_model(args.name, num_classes=classes, in_channels=info.input_size[0])
         rows, params, macs = layer_summary(model, shape)
-    table = Table(title=f"{args.name} at {'x'.join(map(str, shape))}, {classes} classes "
-                        "(MACs = multiply-accumulates per image)")  # fmt: skip
-    for col, justify in (("layer", "left"), ("type", "left"), ("output shape", "right"), ("params", "right"),
-                         ("MACs", "right")):  # fmt: skip
-        table.add_column(col, justify=justify)
+        aux_params = count_params(model)[0] - params
+    size = "x".join(map(str, shape))
+    table = Table(title=f"{args.name} at {size}, {classes} classes (MACs = multiply-accumulates per image)")
+    for col in ("layer", "type", "output shape", "params", "MACs"):
+        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
     for r in rows:
-        table.add_row(r.name, r.kind, "x".join(map(str, r.output_shape)), f"{r.params:,}" if r.params else "",
-                      human(r.macs) if r.macs else "")  # fmt: skip
+        out = "x".join(map(str, r.output_shape))
+        table.add_row(r.name, r.kind, out, f"{r.params:,}" if r.params else "", human(r.macs) if r.macs else "")
     table.add_section()
     table.add_row("total", "", "", f"{params:,}", f"{human(macs)} ({macs:,})")
+    if aux_params:
+        table.add_row("auxiliary heads", "training only", "", f"+{aux_params:,}", "")
     Console().print(table)
     return 0

@@ -1,9 +1,13 @@
 """What a network costs: parameters, MACs and a per-layer summary, counted by torch itself.
 
 MACs are multiply-accumulates, counted with ``torch.utils.flop_counter.FlopCounterMode`` (which counts 2 FLOPs per
-multiply-add of convolutions and matrix products) as FLOPs / 2, for one image in eval mode (so GoogLeNet's
-auxiliary heads, dropped at inference, are not counted; their parameters are). Element-wise work (ReLU, BN, pooling,
-additions) is not counted, as in the papers' and torchvision's figures. Models can be built on the meta device
+multiply-add of convolutions and matrix products) as FLOPs / 2, for one image in eval mode. Element-wise work (ReLU,
+BN, pooling, additions) is not counted, as in the papers' and torchvision's figures.
+
+Parameters and MACs describe the same network: the one used at inference, i.e. the modules that run in an eval-mode
+forward pass. Parameters of modules that only run in training (GoogLeNet's auxiliary heads) are reported apart, as
+``aux_params``: GoogLeNet is 6,624,904 parameters, as torchvision and the paper (6.8M) quote, plus 6,379,984 in its
+two auxiliary classifiers at 1000 classes. Models can be built on the meta device
 (``torch.device("meta")``): shapes and counts without memory or arithmetic, so the whole zoo is profiled in seconds.
 """
 
@@ -41,8 +45,25 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _counted_forward(model: nn.Module, input_shape: tuple[int, int, int]) -> FlopCounterMode:
-    """One eval-mode forward pass of one ``(C, H, W)`` image under FlopCounterMode; the model's mode is restored."""
+def _counted_forward(
+    model: nn.Module, input_shape: tuple[int, int, int], hook=None
+) -> tuple[FlopCounterMode, list[str]]:
+    """One eval-mode forward pass of one ``(C, H, W)`` image under FlopCounterMode; the model's mode is restored.
+
+    Returns the counter and the names of the modules that ran, in the order they finished. ``hook(name, output)``,
+    if given, sees every module's output.
+    """
+    ran: list[str] = []
+
+    def record(name: str):
+        def on_output(_module, _inputs, output):
+            ran.append(name)
+            if hook is not None:
+                hook(name, output)
+
+        return on_output
+
+    handles = [m.register_forward_hook(record(name)) for name, m in model.named_modules()]
     was_training = model.training
     model.eval()
     counter = FlopCounterMode(display=False)
@@ -51,12 +72,29 @@ def _counted_forward(model: nn.Module, input_shape: tuple[int, int, int]) -> Flo
             model(torch.zeros(1, *input_shape, device=_device_of(model)))
     finally:
         model.train(was_training)
-    return counter
+        for h in handles:
+            h.remove()
+    return counter, ran
+
+
+def _params_of(model: nn.Module, names: set[str]) -> int:
+    """Parameters owned directly by the named modules (each parameter counted once)."""
+    modules = dict(model.named_modules())
+    params = {id(p): p for n in names for p in modules[n].parameters(recurse=False)}
+    return sum(p.numel() for p in params.values())
 
 
 def count_macs(model: nn.Module, input_shape: tuple[int, int, int]) -> int:
     """Multiply-accumulates of one forward pass of one ``(C, H, W)`` image in eval mode (FlopCounterMode / 2)."""
-    return _counted_forward(model, input_shape).get_total_flops() // 2
+    return _counted_forward(model, input_shape)[0].get_total_flops() // 2
+
+
+def count_inference(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[int, int, int]:
+    """(params, aux_params, MACs) of one eval-mode pass: ``params`` are those of the modules that ran (the network
+    used at inference), ``aux_params`` the rest (training-only heads), ``MACs`` as :func:`count_macs`."""
+    counter, ran = _counted_forward(model, input_shape)
+    params = _params_of(model, set(ran))
+    return params, count_params(model)[0] - params, counter.get_total_flops() // 2
 
 
 @dataclass
@@ -71,31 +109,24 @@ class LayerRow:
 
 
 def layer_summary(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[list[LayerRow], int, int]:
-    """Per-leaf-module rows in execution order, plus (total params, total MACs).
+    """Per-leaf-module rows in execution order, plus (params, MACs) of the network used at inference.
 
-    Output shapes come from forward hooks; MACs from FlopCounterMode's per-module breakdown (``get_flop_counts``,
-    keyed ``"<ModelClass>.<qualified name>"``), never from hand-written formulas. A module called twice (none of the
-    zoo's are) would show its last output shape and its summed MACs.
+    Only modules that run in eval mode are rows, so the rows add up to the totals (GoogLeNet's auxiliary heads are
+    neither; ``count_params(model)[0] - params`` is theirs). Output shapes come from forward hooks; MACs from
+    FlopCounterMode's per-module breakdown (``get_flop_counts``, keyed ``"<ModelClass>.<qualified name>"``), never
+    from hand-written formulas. A module called twice (none of the zoo's are) would show its last output shape and
+    its summed MACs.
     """
     leaves = {name: m for name, m in model.named_modules() if name and not list(m.children())}
     shapes: dict[str, tuple[int, ...]] = {}
-    order: list[str] = []
 
-    def hook(name: str):
-        def record(_module, _inputs, output):
+    def record(name: str, output) -> None:
+        if name in leaves:
             out = output[0] if isinstance(output, (tuple, list)) else output
-            if name not in shapes:
-                order.append(name)
             shapes[name] = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
 
-        return record
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in leaves.items()]
-    try:
-        counter = _counted_forward(model, input_shape)
-    finally:
-        for h in handles:
-            h.remove()
+    counter, ran = _counted_forward(model, input_shape, record)
+    order = list(dict.fromkeys(n for n in ran if n in leaves))
     per_module = counter.get_flop_counts()
     prefix = type(model).__name__
     rows = []
@@ -103,27 +134,36 @@ def layer_summary(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[
         flops = sum(per_module.get(f"{prefix}.{name}", {}).values())
         params = sum(p.numel() for p in leaves[name].parameters(recurse=False))
         rows.append(LayerRow(name, type(leaves[name]).__name__, shapes[name], params, int(flops) // 2))
-    return rows, count_params(model)[0], counter.get_total_flops() // 2
+    return rows, _params_of(model, set(ran)), counter.get_total_flops() // 2
 
 
-def profile_model(name: str, *, num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None,
-                  meta: bool = True) -> dict:  # fmt: skip
-    """Params and MACs of registered model ``name`` at ``input_shape`` (default: its registered input size).
+def profile_model(
+    name: str, *, num_classes: int | None = None, input_shape: tuple[int, int, int] | None = None, meta: bool = True
+) -> dict:
+    """Params, auxiliary params and MACs of registered model ``name`` at ``input_shape`` (default: its registered
+    input size); see :func:`count_inference`.
 
-    ``num_classes`` defaults to 1000 for ImageNet-size nets and 10 for the small-input ones. ``meta=True`` builds the
-    model on the meta device (no memory, no arithmetic; counts are identical, see the tests).
+    ``num_classes`` defaults to the builder's own (1000 for ImageNet-size nets, 10 for the CIFAR ones). ``meta=True``
+    builds the model on the meta device (no memory, no arithmetic; counts are identical, see the tests).
     """
     from cnnzoo.models import create_model, get_model_info
 
     info = get_model_info(name)
     shape = input_shape or info.input_size
-    classes = num_classes or (10 if info.input_size[1] <= 32 else 1000)
+    classes = num_classes or info.num_classes
     with torch.device("meta" if meta else "cpu"):
         model = create_model(name, num_classes=classes, in_channels=shape[0])
-        params, _ = count_params(model)
-        macs = count_macs(model, shape)
-    return {"name": name, "family": info.family, "paper": info.paper, "input_size": shape, "num_classes": classes,
-            "params": params, "macs": macs}  # fmt: skip
+        params, aux_params, macs = count_inference(model, shape)
+    return {
+        "name": name,
+        "family": info.family,
+        "paper": info.paper,
+        "input_size": shape,
+        "num_classes": classes,
+        "params": params,
+        "aux_params": aux_params,
+        "macs": macs,
+    }
 
 
 def human(n: float, unit: str = "") -> str:

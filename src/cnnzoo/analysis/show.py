@@ -37,26 +37,9 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError
 
-# To delete once models carry cam_layer and stages (the model's own attributes win when present): class name ->
-# (cam_layer, stages). VGG and AlexNet stages (None here) are the max pools inside ``features``.
-_FALLBACK_LAYERS: dict[str, tuple[str, tuple[str, ...] | None]] = {
-    "ResNet": ("layer4", ("maxpool", "layer1", "layer2", "layer3", "layer4")),
-    "CifarResNet": ("layer3", ("relu", "layer1", "layer2", "layer3")),
-    "GoogLeNet": ("inception5b", ("conv1", "inception3b", "inception4e", "inception5b")),
-    "VGG": ("features", None),
-    "AlexNet": ("features", None),
-}
-
-
 def model_layers(model: nn.Module) -> tuple[str, tuple[str, ...]]:
     """``(cam_layer, stages)``: the submodule names Grad-CAM reads from and the feature maps are taken after."""
     cam, stages = getattr(model, "cam_layer", None), getattr(model, "stages", None)
-    if cam is None or stages is None:  # to delete once models carry cam_layer and stages
-        fb_cam, fb_stages = _FALLBACK_LAYERS.get(type(model).__name__, (None, None))
-        features = getattr(model, "features", None)
-        if fb_stages is None and isinstance(features, nn.Sequential):
-            fb_stages = tuple(f"features.{i}" for i, m in enumerate(features) if isinstance(m, nn.MaxPool2d))
-        cam, stages = cam or fb_cam, stages or fb_stages
     if not cam or not stages:
         raise CnnzooError(f"{type(model).__name__}: the model names no cam_layer and stages to show")
     return cam, tuple(stages)

@@ -2,9 +2,19 @@
 
 ``load_data(data, ...) -> DataBundle`` (train/val/test :class:`BatchLoader` s) is the one entry point; see
 docs/architecture.md, "Data". ``load_images`` preprocesses image files the way evaluation does.
+
+``load_data`` and ``load_images`` are imported on first use, so the layer's constants (``cnnzoo.data.bundle``:
+``AUGMENTS``, ``Stream``, ``default_home``), which the training config reads, come without torchvision.
 """
 
 from cnnzoo.data.bundle import BatchLoader, DataBundle, DataError
-from cnnzoo.data.load import load_data, load_images
 
 __all__ = ["BatchLoader", "DataBundle", "DataError", "load_data", "load_images"]
+
+
+def __getattr__(name: str):
+    if name in ("load_data", "load_images"):
+        from cnnzoo.data import load
+
+        return getattr(load, name)
+    raise AttributeError(f"module 'cnnzoo.data' has no attribute {name!r}")

@@ -34,9 +34,9 @@ from __future__ import annotations
 import torch
 from torchvision.transforms import v2
 
+from cnnzoo.data.bundle import PAPER_AUGMENTS  # noqa: F401 (one home: bundle.py; imported from here too)
 from cnnzoo.data.folders import decode_file
 
-PAPER_AUGMENTS = ("alexnet", "vgg", "googlenet", "resnet")
 LIGHTING_STD = 0.1  # Krizhevsky et al. 2012, section 4.1: alpha ~ N(0, 0.1)
 PCA_IMAGES, PCA_PIXELS = 256, 1000  # the sample pixel_pca takes: images, then random pixels from each
 # ImageNet's RGB eigenvalues (pixel values in [0, 1]) and eigenvectors (columns), as fb.resnet.torch and Caffe.

@@ -7,14 +7,39 @@ augmentation of an epoch are a pure function of ``(seed, epoch, batch index)``, 
 
 from __future__ import annotations
 
+import enum
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from cnnzoo.errors import CnnzooError
+
+PAPER_AUGMENTS = ("alexnet", "vgg", "googlenet", "resnet")  # the papers' own (cnnzoo.data.augment; streamed folders)
+AUGMENTS = ("standard", "none", *PAPER_AUGMENTS)  # what ``load_data(augment=...)`` and ``--augment`` accept
+
+
+def default_home() -> Path:
+    """``~/.cache/cnnzoo``: where the decoded cache (``$CNNZOO_CACHE_DIR``) and named datasets (``$CNNZOO_DATA_DIR``,
+    its ``data/`` folder) live unless those variables say otherwise."""
+    return Path.home() / ".cache" / "cnnzoo"
+
+
+@enum.unique
+class Stream(enum.IntEnum):
+    """The first key after the seed of every :func:`generator` cnnzoo draws from: one tag per use, so no two uses
+    share a random stream. The values are part of every run's numbers: never renumber one."""
+
+    PERMUTATION = 0  # an epoch's order of training samples
+    AUGMENT = 1  # a batch's crops, flips and cutout (device loader) or its samples' seeds (streaming loader)
+    VAL_SPLIT = 2  # the validation carve of the training split
+    SUBSET = 3  # ``subset``: which training images are kept
+    WORKERS = 4  # the streaming DataLoader's own generator (the samples carry their seeds, so it decides nothing)
+    MIX = 7  # mixup / cutmix draws in the training loop
 
 
 class DataError(CnnzooError):
@@ -114,3 +139,60 @@ def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[tuple[float,
     mean = total / count
     std = (total_sq / count - mean * mean).clamp_min(1e-12).sqrt()
     return tuple(round(v, 4) for v in mean.tolist()), tuple(round(max(v, 1e-3), 4) for v in std.tolist())
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Which samples of a split one rank serves, and in which order each epoch: what both loaders share.
+
+    Training: the whole split is permuted per epoch (a generator seeded by ``(seed, PERMUTATION, epoch)``) and cut
+    by :func:`rank_order`; the last partial batch is dropped. Evaluation: samples in order, in near-equal contiguous
+    slices that cover all of them once, so per-rank counts sum to exact totals.
+    """
+
+    size: int  # samples in the whole split, over all ranks
+    batch_size: int
+    train: bool = False
+    seed: int = 0
+    rank: int = 0
+    world_size: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} out of range for world_size {self.world_size}")
+
+    @property
+    def start(self) -> int:
+        """First sample of this rank's evaluation slice."""
+        return self.rank * self.size // self.world_size
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank serves per epoch (before a training loader drops its last partial batch)."""
+        if self.train:
+            return self.size // self.world_size
+        return (self.rank + 1) * self.size // self.world_size - self.start
+
+    def __len__(self) -> int:
+        """Batches per epoch: training drops the last partial batch, evaluation keeps it."""
+        if self.train:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def indices(self, epoch: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """This rank's sample indices for ``epoch``, in the order they are served, on ``device``."""
+        if not self.train:
+            return torch.arange(self.start, self.start + self.num_samples, device=device)
+        g = generator(device, self.seed, Stream.PERMUTATION, epoch)
+        perm = torch.randperm(self.size, generator=g, device=device)
+        return rank_order(perm, self.rank, self.world_size, self.batch_size)
+
+
+def normaliser(
+    mean: tuple[float, ...], std: tuple[float, ...], channels: int, device: torch.device | str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(scale, shift)``, each ``(channels,)`` float32 on ``device``, with ``(x / 255 - mean) / std == x * scale +
+    shift`` for uint8 pixel values ``x``: normalisation as one multiply-add. A single mean/std serves every channel."""
+    std_t = torch.tensor(std, dtype=torch.float32, device=device).expand(channels)
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).expand(channels)
+    return (1.0 / (255.0 * std_t)).contiguous(), (-mean_t / std_t).contiguous()

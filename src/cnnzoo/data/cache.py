@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cnnzoo.atomic import save_atomic
+from cnnzoo.data.bundle import default_home
 
 log = logging.getLogger("cnnzoo.data")
 
@@ -29,7 +30,7 @@ VERSION = 2  # bump when the payload layout or the decoding changes (2: 16-bit P
 
 def cache_dir() -> Path:
     """``$CNNZOO_CACHE_DIR`` or ``~/.cache/cnnzoo``."""
-    return Path(os.environ.get("CNNZOO_CACHE_DIR") or Path.home() / ".cache" / "cnnzoo")
+    return Path(os.environ.get("CNNZOO_CACHE_DIR") or default_home())
 
 
 def content_key(entries: list[tuple[str, int, int]], *extra: object) -> str:

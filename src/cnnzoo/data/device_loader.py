@@ -29,15 +29,12 @@ slices that cover all of them once, so per-rank counts sum to exact totals.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 
-from cnnzoo.data.bundle import generator, rank_order
-
-_PERMUTATION, _AUGMENT = 0, 1  # stream tags, so the permutation and augmentation generators never share a seed
+from cnnzoo.data.bundle import Shard, Stream, generator, normaliser
 
 
 class DeviceLoader:
@@ -68,14 +65,13 @@ class DeviceLoader:
         """
         if images.dtype != torch.uint8 or images.dim() != 4:
             raise ValueError(f"images must be uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        n, c, h, w = images.shape
+        self.shard = Shard(n, int(batch_size), train, int(seed), rank, world_size)
         self.device = torch.device(device)
-        self.batch_size = int(batch_size)
+        self.batch_size, self.num_samples = self.shard.batch_size, self.shard.num_samples
         self.train, self.seed = train, int(seed)
         self.pad, self.flip, self.cutout = (pad, flip, cutout) if train else (0, False, 0)
         self.rank, self.world_size = rank, world_size
-        _, c, h, w = images.shape
         # Stored NHWC and, for a training split, already zero-padded by ``pad`` on each side (CIFAR: 40x40, 1.56x the
         # memory): a random crop is then a plain gather, with no masks or clamping per batch. ``images`` is the
         # unpadded view.
@@ -85,19 +81,9 @@ class DeviceLoader:
         self.labels = labels.to(self.device, torch.int64)
         self.image_size = image_size or h
         self._resize = self.image_size != h or self.image_size != w
-        # (x / 255 - mean) / std  ==  x * scale + shift, applied to the last (channel) dim of NHWC batches.
-        std_t = torch.tensor(std, dtype=torch.float32, device=self.device).expand(c)
-        mean_t = torch.tensor(mean, dtype=torch.float32, device=self.device).expand(c)
-        self._scale = (1.0 / (255.0 * std_t)).contiguous()
-        self._shift = (-mean_t / std_t).contiguous()
+        self._scale, self._shift = normaliser(mean, std, c, self.device)  # on the last (channel) dim of NHWC batches
         self._rows = torch.arange(h, device=self.device)
         self._cols = torch.arange(w, device=self.device)
-        n = self.images.shape[0]
-        if train:
-            self.num_samples = n // world_size
-        else:  # contiguous near-equal slices covering every sample once
-            self._start = rank * n // world_size
-            self.num_samples = (rank + 1) * n // world_size - self._start
 
     @property
     def dataset_size(self) -> int:
@@ -105,17 +91,11 @@ class DeviceLoader:
         return self.images.shape[0]
 
     def __len__(self) -> int:
-        if self.train:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return len(self.shard)
 
     def indices(self, epoch: int) -> torch.Tensor:
         """This rank's sample indices for ``epoch``, in the order they are served."""
-        if not self.train:
-            return torch.arange(self._start, self._start + self.num_samples, device=self.device)
-        perm = torch.randperm(self.dataset_size, generator=generator(self.device, self.seed, _PERMUTATION, epoch),
-                              device=self.device)
-        return rank_order(perm, self.rank, self.world_size, self.batch_size)
+        return self.shard.indices(epoch, self.device)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
@@ -126,7 +106,7 @@ class DeviceLoader:
 
     def _batch(self, idx: torch.Tensor, epoch: int, b: int) -> torch.Tensor:
         if self.train and (self.pad or self.flip or self.cutout):
-            g = generator(self.device, self.seed, _AUGMENT, epoch, b)
+            g = generator(self.device, self.seed, Stream.AUGMENT, epoch, b)
             x = self._augment(idx, g)
         else:
             x = self.images[idx]

@@ -8,23 +8,31 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnzoo.data.augment import PAPER_AUGMENTS, eval_transform
-from cnnzoo.data.bundle import DataBundle, DataError, channel_stats, generator, to_channels
+from cnnzoo.data.augment import eval_transform
+from cnnzoo.data.bundle import (
+    AUGMENTS,
+    PAPER_AUGMENTS,
+    DataBundle,
+    DataError,
+    Stream,
+    channel_stats,
+    default_home,
+    generator,
+    to_channels,
+)
 from cnnzoo.data.device_loader import DeviceLoader, EmptyLoader
 from cnnzoo.data.folders import SMALL_MAX, Streamed, decode_file, load_folder
 from cnnzoo.data.sources import Decoded, load_cifar, load_digits, load_mnist
 from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD, StreamLoader
 
 NAMED = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
-AUGMENTS = ("standard", "none", *PAPER_AUGMENTS)
-_VAL_SPLIT = 2  # generator stream tag for the validation carve
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """Where named datasets live: ``data_dir``, else ``$CNNZOO_DATA_DIR``, else ``~/.cache/cnnzoo/data``."""
     if data_dir:
         return Path(data_dir).expanduser()
-    return Path(os.environ.get("CNNZOO_DATA_DIR") or Path.home() / ".cache" / "cnnzoo" / "data")
+    return Path(os.environ.get("CNNZOO_DATA_DIR") or default_home() / "data")
 
 
 def decode(
@@ -50,7 +58,7 @@ def carve(n: int, val_size: int | float, seed: int) -> tuple[torch.Tensor, torch
         raise DataError(f"val_size as a fraction must be in [0, 1), got {val_size}")
     if count < 0 or count >= n:
         raise DataError(f"val_size {val_size} leaves no training images (the training split has {n})")
-    perm = torch.randperm(n, generator=generator("cpu", seed, _VAL_SPLIT))
+    perm = torch.randperm(n, generator=generator("cpu", seed, Stream.VAL_SPLIT))
     return perm[count:].sort().values, perm[:count].sort().values
 
 
@@ -146,7 +154,7 @@ def _train_val(n: int, val_size: int | float, seed: int, subset: int | None) -> 
     if subset is not None:
         if subset < 1:
             raise DataError(f"subset must be >= 1, got {subset}")
-        keep = torch.randperm(len(train_idx), generator=generator("cpu", seed, _VAL_SPLIT + 1))[:subset]
+        keep = torch.randperm(len(train_idx), generator=generator("cpu", seed, Stream.SUBSET))[:subset]
         train_idx = train_idx[keep.sort().values]
     return train_idx, val_idx
 
@@ -168,8 +176,10 @@ def _stream_bundle(
         return [d.train_files[i] for i in idx.tolist()], d.train_labels[idx]
 
     train = StreamLoader(*split(train_idx), batch_size=batch_size, train=True, seed=seed, augment=augment, **common)
-    val = StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common) if len(val_idx) else EmptyLoader(
-        eval_batch_size
+    val = (
+        StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common)
+        if len(val_idx)
+        else EmptyLoader(eval_batch_size)
     )
     test = StreamLoader(d.test_files, d.test_labels, batch_size=eval_batch_size, **common)
     info = dict(d.info, train=len(train_idx), val=len(val_idx), test=len(d.test_files), streamed=True)

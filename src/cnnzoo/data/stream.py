@@ -20,7 +20,6 @@ them up front would take hours) is replaced by the next file of the split, with 
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterator
 
@@ -29,14 +28,13 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from cnnzoo.data.augment import eval_transform, pixel_pca, train_transform, uses_pca
-from cnnzoo.data.bundle import DataError, generator, mix_seed, rank_order
+from cnnzoo.data.bundle import DataError, Shard, Stream, generator, mix_seed, normaliser, rank_order
 from cnnzoo.data.folders import decode_file
 
 log = logging.getLogger("cnnzoo.data")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet statistics, used for streamed folders
 IMAGENET_STD = (0.229, 0.224, 0.225)
-_PERMUTATION, _AUGMENT, _WORKERS = 0, 1, 2
 
 
 class _Files(Dataset):
@@ -87,8 +85,10 @@ class StreamLoader:
         num_workers: int | None = None,
         augment: str = "standard",
     ) -> None:
+        self.shard = Shard(len(files), batch_size, train, seed, rank, world_size)
         self.device = torch.device(device)
-        self.batch_size, self.train, self.seed = batch_size, train, seed
+        self.batch_size, self.num_samples = batch_size, self.shard.num_samples
+        self.train, self.seed = train, seed
         self.rank, self.world_size = rank, world_size
         self.num_workers = min(8, os.cpu_count() or 1) if num_workers is None else num_workers
         # ``augment``: a name of cnnzoo.data.augment (the papers' recipes); the PCA lighting's eigenvectors come from
@@ -96,31 +96,19 @@ class StreamLoader:
         pca = pixel_pca(files, channels, seed=seed) if train and uses_pca(augment) else None
         transform = train_transform(augment, image_size, pca=pca) if train else eval_transform(image_size)
         self.dataset = _Files(files, labels, channels, transform)
-        n = len(files)
-        if train:
-            self.num_samples = n // world_size
-        else:
-            self._start = rank * n // world_size
-            self.num_samples = (rank + 1) * n // world_size - self._start
-        std_t = torch.tensor(std, dtype=torch.float32).expand(channels)
-        self._scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1).to(self.device)
-        self._shift = (-torch.tensor(mean).expand(channels) / std_t).view(1, -1, 1, 1).to(self.device)
+        scale, shift = normaliser(mean, std, channels, self.device)
+        self._scale, self._shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)  # NCHW batches
 
     def __len__(self) -> int:
-        if self.train:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
+        return len(self.shard)
 
     def indices(self, epoch: int) -> torch.Tensor:
-        """This rank's sample indices for ``epoch``, in the order they are served."""
-        if not self.train:
-            return torch.arange(self._start, self._start + self.num_samples)
-        perm = torch.randperm(len(self.dataset), generator=generator("cpu", self.seed, _PERMUTATION, epoch))
-        return rank_order(perm, self.rank, self.world_size, self.batch_size)
+        """This rank's sample indices for ``epoch``, in the order they are served (on the CPU: they go to workers)."""
+        return self.shard.indices(epoch)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield ``(images, labels)`` for batches ``start_batch .. len(self) - 1`` of ``epoch``."""
-        base = mix_seed(self.seed, _AUGMENT, epoch) >> 1  # leaves room for + position below 2**63
+        base = mix_seed(self.seed, Stream.AUGMENT, epoch) >> 1  # leaves room for + position below 2**63
         order = self.indices(epoch).tolist()
         # Each training sample's seed is keyed by its position in the global batch order, as one process would see
         # it: the same sharding applied to the positions 0..N-1. (Evaluation draws nothing: any seeds will do.)
@@ -131,7 +119,7 @@ class StreamLoader:
         loader = DataLoader(
             self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
             pin_memory=self.device.type == "cuda", persistent_workers=False,
-            generator=generator("cpu", self.seed, _WORKERS, epoch),  # else DataLoader draws from the global RNG
+            generator=generator("cpu", self.seed, Stream.WORKERS, epoch),  # else DataLoader draws from the global RNG
         )  # fmt: skip
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)

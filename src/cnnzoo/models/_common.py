@@ -1,8 +1,10 @@
-"""Small pieces shared by every family: the input check that turns a shape mismatch into a clear error."""
+"""Small pieces shared by every family: the input check that turns a shape mismatch into a clear error, and LRN."""
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from cnnzoo.errors import InputShapeError
 
@@ -28,3 +30,35 @@ def check_input(
         want = f"(N, {in_channels}, H, W) with H, W >= {min_size}"
     if not ok:
         raise InputShapeError(f"{name} expects input of shape {want}; got {shape}")
+
+
+class LocalResponseNorm(nn.LocalResponseNorm):
+    """PyTorch's cross-channel LRN, applied separately to each of ``groups`` equal slices of the channels.
+
+    ``groups=2`` is AlexNet's two towers: each GPU normalised only across its own half of the maps.
+    """
+
+    def __init__(self, size: int, alpha: float, beta: float, k: float, *, groups: int = 1) -> None:
+        super().__init__(size=size, alpha=alpha, beta=beta, k=k)
+        self.groups = groups
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.groups == 1:
+            return super().forward(x)
+        towers = [F.local_response_norm(t, self.size, self.alpha, self.beta, self.k) for t in x.chunk(self.groups, 1)]
+        return torch.cat(towers, dim=1)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + (f", groups={self.groups}" if self.groups > 1 else "")
+
+
+def lrn(*, size: int, alpha: float, beta: float, k: float, groups: int = 1) -> LocalResponseNorm:
+    """Local response normalisation as the papers write it (Krizhevsky et al. 2012, section 3.3):
+
+        b_i = a_i / (k + alpha * sum over the ``size`` maps around i of a_j^2) ** beta
+
+    ``alpha`` multiplies the sum itself. PyTorch's ``nn.LocalResponseNorm`` (like Caffe's LRN layer and cuda-convnet's
+    ``scale``) divides its alpha by ``size``, so it is given ``size * alpha`` here. Whether a paper's alpha is the
+    coefficient of its equation or the value it set in code that divides by ``size`` is for each family to state.
+    """
+    return LocalResponseNorm(size=size, alpha=size * alpha, beta=beta, k=k, groups=groups)

@@ -7,6 +7,9 @@ and returns an ``nn.Module``. The registry also records what the CLI tables show
 from __future__ import annotations
 
 import difflib
+import fnmatch
+import inspect
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,10 +23,15 @@ class ModelInfo:
     """What the registry knows about a model without building it."""
 
     name: str
-    family: str  # "alexnet", "vgg", "googlenet", "resnet", "resnet_cifar", "plain", ...
-    paper: str  # short citation, e.g. "He et al. 2016"
+    family: str  # the architecture ("alexnet", "vgg", "googlenet", "resnet", "plain"), + "_cifar" for 32x32 nets
+    paper: str  # "Authors year, Title (venue, arXiv id)"; tables show the part before the first comma
     input_size: tuple[int, int, int]  # default (C, H, W) the model is meant for
     builder: Callable[..., nn.Module]
+
+    @property
+    def num_classes(self) -> int:
+        """The builder's own default number of classes (1000 for ImageNet nets, 10 for the CIFAR ones)."""
+        return inspect.signature(self.builder).parameters["num_classes"].default
 
 
 _REGISTRY: dict[str, ModelInfo] = {}
@@ -42,9 +50,14 @@ def register_model(*, family: str, paper: str, input_size: tuple[int, int, int] 
     return wrap
 
 
-def list_models(family: str | None = None) -> list[str]:
-    """All registered model names (optionally of one family), sorted."""
-    return sorted(n for n, info in _REGISTRY.items() if family is None or info.family == family)
+def list_models(pattern: str | None = None, *, family: str | None = None) -> list[str]:
+    """Registered model names, sorted: all, those matching ``pattern`` (fnmatch wildcards: ``"resnet*"``,
+    ``"*_cifar"``), and/or those of one ``family``."""
+    return sorted(
+        n
+        for n, info in _REGISTRY.items()
+        if (pattern is None or fnmatch.fnmatchcase(n, pattern)) and (family is None or info.family == family)
+    )
 
 
 def get_model_info(name: str) -> ModelInfo:
@@ -57,19 +70,21 @@ def get_model_info(name: str) -> ModelInfo:
         raise CnnzooError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(name: str, *, num_classes: int = 1000, in_channels: int = 3, **kwargs) -> nn.Module:
+def create_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None, **kwargs) -> nn.Module:
     """Build the model registered as ``name``.
 
-    ``num_classes`` and ``in_channels`` are passed to every builder; other keyword arguments are family options
-    (``aux_logits``, ``variant``, ``shortcut``, ...). An unknown option is a :class:`CnnzooError`.
+    ``num_classes`` and ``in_channels`` are passed only when given, so each builder's own defaults apply (10 classes
+    for the CIFAR nets, 1000 for the ImageNet ones; 3 channels). Other keyword arguments are family options
+    (``aux_logits``, ``variant``, ``shortcut``, ...). A bad size or an unknown option is a :class:`CnnzooError`.
     """
     info = get_model_info(name)
-    if num_classes < 1:
-        raise CnnzooError(f"num_classes must be >= 1, got {num_classes}")
-    if in_channels < 1:
-        raise CnnzooError(f"in_channels must be >= 1, got {in_channels}")
+    sizes = {"num_classes": num_classes, "in_channels": in_channels}
+    for key, value in sizes.items():
+        # bool is an int in Python, but True classes is a mistake, not 1.
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
+            raise CnnzooError(f"{name}: {key} must be an integer >= 1, got {value!r}")
     try:
-        return info.builder(num_classes=num_classes, in_channels=in_channels, **kwargs)
+        return info.builder(**{k: v for k, v in sizes.items() if v is not None}, **kwargs)
     except TypeError as e:
         if "unexpected keyword argument" in str(e):
             raise CnnzooError(f"{name}: {e}") from None

@@ -18,7 +18,8 @@ layer end the net::
 Shortcuts (section 3.3): identity where input and output shapes agree; where they change (stride 2 or more
 channels) either (A) identity on a stride-2 subsample with zero-padded extra channels, parameter-free, or
 (B) a 1x1 projection conv + BN. The "plain" twins (Fig. 3 middle, section 4.1 and 4.2) are the same stacks with no
-shortcut at all: each block is ``relu(branch(x))``; the stride-2 first conv of a stage does the downsampling.
+shortcut at all (``shortcut=None``): each block is ``relu(branch(x))``; the stride-2 first conv of a stage does the
+downsampling.
 
 CIFAR nets (section 4.2): a 3x3 conv with 16 filters, then 6n 3x3 layers in 3 stages, global average pool, FC;
 depth 6n + 2, option A shortcuts, He initialisation::
@@ -35,20 +36,24 @@ Deliberate departures from the paper:
 - Bottleneck nets default to ``variant="v1.5"`` (torchvision, NVIDIA): the stride-2 sits in the 3x3 conv of a
   bottleneck. ``variant="v1"`` puts it in the first 1x1 conv, as the paper (and Caffe release) did; the parameters
   are the same, only where the spatial size halves differs.
-- ImageNet resnet18/34 use projection shortcuts (option B) where the shape changes, as torchvision; the paper's
-  Table 2 18/34-layer comparison used option A. The 50/101/152-layer nets use option B, as the paper.
-- Weights: Kaiming-normal with ``mode="fan_out"`` for convs (the backward-pass form of He et al. 2015, eq. 14, which
-  the paper cites as [13]), BN weight 1 and bias 0, PyTorch's default for the FC layer (as torchvision).
+- ImageNet resnet18/34 use projection shortcuts (``shortcut="B"``) where the shape changes, as torchvision; the
+  paper's Table 2 18/34-layer comparison used option A. The 50/101/152-layer nets use option B, as the paper.
+- Weights (``init_weights``, torchvision's): Kaiming-normal with ``mode="fan_out"`` for convs (the backward-pass form
+  of He et al. 2015, eq. 14, which the paper cites as [13]), BN weight 1 and bias 0, PyTorch's default for the FC
+  layer.
 - ``zero_init_residual`` (off by default) zeroes the last BN weight of each residual branch, so each block starts as
   the identity (Goyal et al. 2017, arXiv:1706.02677); not in the paper; not offered for plain nets.
-- ``resnet18_cifar/34_cifar/50_cifar`` are not in the paper: the ImageNet blocks and widths with the common CIFAR
-  adaptation of the stem (a 3x3 stride-1 conv with 64 filters and no max pool), so a 32x32 input reaches the last
-  stage at 4x4 instead of 1x1.
+- ``resnet18_cifar/34_cifar/50_cifar`` (``style="cifar"``) are not in the paper: the ImageNet blocks and widths with
+  the common CIFAR adaptation of the stem (a 3x3 stride-1 conv with 64 filters and no max pool), so a 32x32 input
+  reaches the last stage at 4x4 instead of 1x1.
 - Option A appends the zero channels after the existing ones (the paper does not say where they go).
 - ``in_channels`` sets the first conv's input channels (1 for MNIST-like data); adaptive average pooling lets any
   input at least as large as the net's total stride through, not just 224x224 or 32x32.
 - ``shortcut="B"`` on the CIFAR nets (1x1 projection + BN at the two stage transitions) is offered for comparison;
   the paper's CIFAR nets use option A.
+
+Words (the same in every family): ``style`` "torchvision" | "cifar" (the ImageNet ResNet's stem); ``shortcut`` "A" |
+"B" | None (plain); ``variant`` "v1.5" | "v1" (where a bottleneck's stride sits).
 """
 
 from __future__ import annotations
@@ -63,9 +68,10 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.models._common import check_input
 from cnnzoo.models.registry import register_model
 
-PAPER = "He et al. 2016"
+PAPER = "He et al. 2016, Deep Residual Learning for Image Recognition (CVPR 2016, arXiv:1512.03385)"
+Style = Literal["torchvision", "cifar"]
+Shortcut = Literal["A", "B"]  # None: no shortcut (the plain twins)
 Variant = Literal["v1.5", "v1"]
-ShortcutOption = Literal["A", "B"]
 
 
 def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -100,7 +106,7 @@ class ZeroPadShortcut(nn.Module):
 class BasicBlock(nn.Module):
     """Two 3x3 convs (Fig. 5 left): ``relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))``.
 
-    ``shortcut=False`` drops the addition (a plain block); then ``downsample`` must be None.
+    ``shortcut=None`` drops the addition (a plain block); then ``downsample`` must be None.
     """
 
     expansion = 1
@@ -112,11 +118,11 @@ class BasicBlock(nn.Module):
         stride: int = 1,
         downsample: nn.Module | None = None,
         *,
-        shortcut: bool = True,
+        shortcut: Shortcut | None = "B",
     ) -> None:
         super().__init__()
-        if downsample is not None and not shortcut:
-            raise ValueError("a plain block (shortcut=False) has no downsample")
+        if downsample is not None and shortcut is None:
+            raise ValueError("a plain block (shortcut=None) has no downsample")
         self.shortcut = shortcut
         self.conv1 = conv3x3(in_planes, planes, stride)  # this conv (and downsample) halves the map when stride 2
         self.bn1 = nn.BatchNorm2d(planes)
@@ -126,17 +132,20 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.shortcut:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        if self.shortcut is not None:
+            out = out + (x if self.downsample is None else self.downsample(x))  # not in place: hooks read bn2's output
         return self.relu(out)
 
 
 class Bottleneck(nn.Module):
     """1x1 reduce, 3x3, 1x1 expand x4 (Fig. 5 right), ResNet v1.5: the stride sits in the 3x3 conv (torchvision).
 
-    ``shortcut=False`` drops the addition (a plain block); then ``downsample`` must be None.
+    ``shortcut=None`` drops the addition (a plain block); then ``downsample`` must be None.
     """
 
     expansion = 4
@@ -149,11 +158,11 @@ class Bottleneck(nn.Module):
         stride: int = 1,
         downsample: nn.Module | None = None,
         *,
-        shortcut: bool = True,
+        shortcut: Shortcut | None = "B",
     ) -> None:
         super().__init__()
-        if downsample is not None and not shortcut:
-            raise ValueError("a plain block (shortcut=False) has no downsample")
+        if downsample is not None and shortcut is None:
+            raise ValueError("a plain block (shortcut=None) has no downsample")
         self.shortcut = shortcut
         stride1, stride2 = (stride, 1) if self.stride_in_1x1 else (1, stride)
         self.conv1 = conv1x1(in_planes, planes, stride1)
@@ -166,11 +175,16 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        out = self.bn3(self.conv3(out))
-        if self.shortcut:
-            out = out + (x if self.downsample is None else self.downsample(x))
+        out = self.conv1(x)
+        out = self.bn1(out)
+        out = self.relu(out)
+        out = self.conv2(out)
+        out = self.bn2(out)
+        out = self.relu(out)
+        out = self.conv3(out)
+        out = self.bn3(out)
+        if self.shortcut is not None:
+            out = out + (x if self.downsample is None else self.downsample(x))  # not in place: hooks read bn3's output
         return self.relu(out)
 
 
@@ -184,17 +198,17 @@ Block = type[BasicBlock] | type[Bottleneck]
 
 
 def make_layer(
-    block: Block, in_planes: int, planes: int, blocks: int, *, stride: int = 1, shortcut: bool = True, option: str = "B"
+    block: Block, in_planes: int, planes: int, blocks: int, *, stride: int = 1, shortcut: Shortcut | None = "B"
 ) -> nn.Sequential:
     """One stage (conv2_x .. conv5_x of Table 1): ``blocks`` blocks; the first changes stride and width.
 
-    With shortcuts, the first block gets a ``downsample`` where the shape changes: option "B" a 1x1 projection + BN,
-    option "A" the parameter-free :class:`ZeroPadShortcut`. Plain stages (``shortcut=False``) get none.
+    The first block gets a ``downsample`` where the shape changes: a 1x1 projection + BN for shortcut "B", the
+    parameter-free :class:`ZeroPadShortcut` for "A". Plain stages (``shortcut=None``) get none.
     """
     out_planes = planes * block.expansion
     downsample: nn.Module | None = None
-    if shortcut and (stride != 1 or in_planes != out_planes):
-        if option == "A":
+    if shortcut is not None and (stride != 1 or in_planes != out_planes):
+        if shortcut == "A":
             downsample = ZeroPadShortcut(in_planes, out_planes, stride)
         else:
             downsample = nn.Sequential(conv1x1(in_planes, out_planes, stride), nn.BatchNorm2d(out_planes))
@@ -204,7 +218,8 @@ def make_layer(
 
 
 def init_weights(model: nn.Module, *, zero_init_residual: bool = False) -> None:
-    """Kaiming-normal (fan_out, ReLU) convs, BN = (1, 0); optionally zero the last BN weight of each branch."""
+    """torchvision's ResNet initialisation: Kaiming-normal convs (fan_out, ReLU; He et al. 2015, the paper's [13]),
+    BN = (1, 0), PyTorch's default for the FC layer; optionally zero the last BN weight of each residual branch."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -219,12 +234,15 @@ def init_weights(model: nn.Module, *, zero_init_residual: bool = False) -> None:
                 nn.init.zeros_(m.bn2.weight)
 
 
-def _check_options(name: str, *, shortcut: bool, zero_init_residual: bool, option: str, value: str) -> None:
+def _check_options(
+    name: str, *, shortcut: Shortcut | None, zero_init_residual: bool, variant: Variant = "v1.5"
+) -> None:
     """Turn a bad family option into a one-line :class:`CnnzooError`."""
-    allowed = {"variant": ("v1.5", "v1"), "shortcut": ("A", "B")}[option]
-    if value not in allowed:
-        raise CnnzooError(f"{name}: {option} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
-    if zero_init_residual and not shortcut:
+    for option, value, allowed in (("shortcut", shortcut, ("A", "B", None)), ("variant", variant, ("v1.5", "v1"))):
+        if value not in allowed:
+            names = ", ".join(map(repr, (a for a in allowed if a is not None)))
+            raise CnnzooError(f"{name}: {option} must be one of {names}; got {value!r}")
+    if zero_init_residual and shortcut is None:
         raise CnnzooError(f"{name}: zero_init_residual needs residual blocks; a plain net would output zeros")
 
 
@@ -241,9 +259,15 @@ TABLE1: dict[int, tuple[Block, list[int]]] = {
 class ResNet(nn.Module):
     """The ImageNet ResNet of Table 1 (and its plain twin, and the 3x3-stem CIFAR adaptation).
 
-    ``stem="imagenet"``: 7x7 stride-2 conv + 3x3 stride-2 max pool (total stride 32).
-    ``stem="cifar"``: 3x3 stride-1 conv, no max pool (total stride 8); not in the paper.
+    ``style="torchvision"``: 7x7 stride-2 conv + 3x3 stride-2 max pool (total stride 32).
+    ``style="cifar"``: 3x3 stride-1 conv, no max pool (total stride 8); not in the paper.
+
+    ``cam_layer``: ``layer4`` (conv5_x), the last conv stage, as in Grad-CAM's ResNet examples (7x7 at 224, 4x4 at 32
+    with the CIFAR stem). ``stages``: the stem's output, then conv2_x .. conv5_x.
     """
+
+    cam_layer = "layer4"
+    stages = ("maxpool", "layer1", "layer2", "layer3", "layer4")
 
     def __init__(
         self,
@@ -251,24 +275,24 @@ class ResNet(nn.Module):
         block: Block,
         layers: list[int],
         *,
+        style: Style = "torchvision",
         num_classes: int = 1000,
         in_channels: int = 3,
-        shortcut: bool = True,
+        shortcut: Shortcut | None = "B",
         variant: Variant = "v1.5",
         zero_init_residual: bool = False,
-        stem: Literal["imagenet", "cifar"] = "imagenet",
     ) -> None:
         super().__init__()
-        _check_options(name, shortcut=shortcut, zero_init_residual=zero_init_residual, option="variant", value=variant)
+        _check_options(name, shortcut=shortcut, zero_init_residual=zero_init_residual, variant=variant)
         if variant == "v1" and block is Bottleneck:
             block = BottleneckV1
-        self.name, self.in_channels = name, in_channels
-        if stem == "imagenet":
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)  # 224 -> 112
-            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)  # 112 -> 56
+        self.name, self.style, self.in_channels = name, style, in_channels
+        if style == "torchvision":
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=7, stride=2, padding=3, bias=False)
+            self.maxpool: nn.Module = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
             self.min_size = 32  # total stride: the last stage still sees >= 1x1
         else:
-            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)  # 32 -> 32
+            self.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
             self.maxpool = nn.Identity()
             self.min_size = 8
         self.bn1 = nn.BatchNorm2d(64)
@@ -283,11 +307,29 @@ class ResNet(nn.Module):
         init_weights(self, zero_init_residual=zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Shapes at 224x224 with e = block expansion (CIFAR stem at 32x32: 32, 32, 16, 8, 4)."""
         check_input(x, name=self.name, in_channels=self.in_channels, min_size=self.min_size)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        x = torch.flatten(self.avgpool(x), 1)  # (N, 512 * expansion)
-        return self.fc(x)
+        # N x 3 x 224 x 224
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        # N x 64 x 112 x 112
+        x = self.maxpool(x)
+        # N x 64 x 56 x 56
+        x = self.layer1(x)
+        # N x 64e x 56 x 56
+        x = self.layer2(x)
+        # N x 128e x 28 x 28
+        x = self.layer3(x)
+        # N x 256e x 14 x 14
+        x = self.layer4(x)
+        # N x 512e x 7 x 7
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        # N x 512e
+        x = self.fc(x)
+        # N x num_classes
+        return x
 
 
 # Section 4.2: depth 6n + 2 -> n BasicBlocks (two 3x3 convs each) in each of the 3 stages.
@@ -295,7 +337,13 @@ CIFAR_DEPTHS: dict[int, int] = {20: 3, 32: 5, 44: 7, 56: 9, 110: 18, 1202: 200}
 
 
 class CifarResNet(nn.Module):
-    """The CIFAR-10 ResNet of section 4.2 (and its plain twin): 16/32/64 filters on 32/16/8 maps, depth 6n + 2."""
+    """The CIFAR-10 ResNet of section 4.2 (and its plain twin): 16/32/64 filters on 32/16/8 maps, depth 6n + 2.
+
+    ``cam_layer``: ``layer3``, the last stage (8x8 at 32 px). ``stages``: the stem's output, then the three stages.
+    """
+
+    cam_layer = "layer3"
+    stages = ("relu", "layer1", "layer2", "layer3")
 
     def __init__(
         self,
@@ -304,30 +352,87 @@ class CifarResNet(nn.Module):
         *,
         num_classes: int = 10,
         in_channels: int = 3,
-        shortcut: bool = True,
-        option: ShortcutOption = "A",
+        shortcut: Shortcut | None = "A",
         zero_init_residual: bool = False,
     ) -> None:
         super().__init__()
-        _check_options(name, shortcut=shortcut, zero_init_residual=zero_init_residual, option="shortcut", value=option)
+        _check_options(name, shortcut=shortcut, zero_init_residual=zero_init_residual)
         n = CIFAR_DEPTHS[depth]
         self.name, self.in_channels, self.min_size = name, in_channels, 4  # total stride 4
         self.conv1 = conv3x3(in_channels, 16)  # the first of the 6n + 2 layers
         self.bn1 = nn.BatchNorm2d(16)
         self.relu = nn.ReLU(inplace=True)
-        self.layer1 = make_layer(BasicBlock, 16, 16, n, shortcut=shortcut, option=option)  # 32x32
-        self.layer2 = make_layer(BasicBlock, 16, 32, n, stride=2, shortcut=shortcut, option=option)  # 16x16
-        self.layer3 = make_layer(BasicBlock, 32, 64, n, stride=2, shortcut=shortcut, option=option)  # 8x8
+        self.layer1 = make_layer(BasicBlock, 16, 16, n, shortcut=shortcut)
+        self.layer2 = make_layer(BasicBlock, 16, 32, n, stride=2, shortcut=shortcut)
+        self.layer3 = make_layer(BasicBlock, 32, 64, n, stride=2, shortcut=shortcut)
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.fc = nn.Linear(64, num_classes)  # the last of the 6n + 2 layers
         init_weights(self, zero_init_residual=zero_init_residual)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, name=self.name, in_channels=self.in_channels, min_size=self.min_size)
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer3(self.layer2(self.layer1(x)))
-        x = torch.flatten(self.avgpool(x), 1)  # (N, 64)
-        return self.fc(x)
+        # N x 3 x 32 x 32
+        x = self.conv1(x)
+        x = self.bn1(x)
+        x = self.relu(x)
+        # N x 16 x 32 x 32
+        x = self.layer1(x)
+        # N x 16 x 32 x 32
+        x = self.layer2(x)
+        # N x 32 x 16 x 16
+        x = self.layer3(x)
+        # N x 64 x 8 x 8
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        # N x 64
+        x = self.fc(x)
+        # N x num_classes
+        return x
+
+
+def _resnet(
+    name: str,
+    depth: int,
+    num_classes: int,
+    in_channels: int,
+    zero_init_residual: bool = False,
+    *,
+    style: Style = "torchvision",
+    shortcut: Shortcut | None = "B",
+    variant: Variant = "v1.5",
+) -> ResNet:
+    """A ResNet of Table 1 (``shortcut=None``: its plain twin; ``style="cifar"``: behind the CIFAR stem)."""
+    block, layers = TABLE1[depth]
+    return ResNet(
+        name,
+        block,
+        layers,
+        style=style,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shortcut=shortcut,
+        variant=variant,
+        zero_init_residual=zero_init_residual,
+    )
+
+
+def _cifar_resnet(
+    name: str,
+    depth: int,
+    num_classes: int,
+    in_channels: int,
+    shortcut: Shortcut | None,
+    zero_init_residual: bool = False,
+) -> CifarResNet:
+    """A section 4.2 net of depth 6n + 2 (``shortcut=None``: its plain twin)."""
+    return CifarResNet(
+        name,
+        depth,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        shortcut=shortcut,
+        zero_init_residual=zero_init_residual,
+    )
 
 
 # --- ImageNet ResNets (Table 1) ---------------------------------------------------------------------------------
@@ -336,17 +441,13 @@ class CifarResNet(nn.Module):
 @register_model(family="resnet", paper=PAPER)
 def resnet18(*, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 (Table 1): basic blocks [2, 2, 2, 2]."""
-    return ResNet(
-        "resnet18", *TABLE1[18], num_classes=num_classes, in_channels=in_channels, zero_init_residual=zero_init_residual
-    )
+    return _resnet("resnet18", 18, num_classes, in_channels, zero_init_residual)
 
 
 @register_model(family="resnet", paper=PAPER)
 def resnet34(*, num_classes: int = 1000, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-34 (Table 1): basic blocks [3, 4, 6, 3]."""
-    return ResNet(
-        "resnet34", *TABLE1[34], num_classes=num_classes, in_channels=in_channels, zero_init_residual=zero_init_residual
-    )
+    return _resnet("resnet34", 34, num_classes, in_channels, zero_init_residual)
 
 
 @register_model(family="resnet", paper=PAPER)
@@ -354,14 +455,7 @@ def resnet50(
     *, num_classes: int = 1000, in_channels: int = 3, variant: Variant = "v1.5", zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-50 (Table 1): bottleneck blocks [3, 4, 6, 3]; ``variant`` "v1.5" (default) or "v1"."""
-    return ResNet(
-        "resnet50",
-        *TABLE1[50],
-        num_classes=num_classes,
-        in_channels=in_channels,
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-    )
+    return _resnet("resnet50", 50, num_classes, in_channels, zero_init_residual, variant=variant)
 
 
 @register_model(family="resnet", paper=PAPER)
@@ -369,14 +463,7 @@ def resnet101(
     *, num_classes: int = 1000, in_channels: int = 3, variant: Variant = "v1.5", zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-101 (Table 1): bottleneck blocks [3, 4, 23, 3]; ``variant`` "v1.5" (default) or "v1"."""
-    return ResNet(
-        "resnet101",
-        *TABLE1[101],
-        num_classes=num_classes,
-        in_channels=in_channels,
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-    )
+    return _resnet("resnet101", 101, num_classes, in_channels, zero_init_residual, variant=variant)
 
 
 @register_model(family="resnet", paper=PAPER)
@@ -384,14 +471,7 @@ def resnet152(
     *, num_classes: int = 1000, in_channels: int = 3, variant: Variant = "v1.5", zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-152 (Table 1): bottleneck blocks [3, 8, 36, 3]; ``variant`` "v1.5" (default) or "v1"."""
-    return ResNet(
-        "resnet152",
-        *TABLE1[152],
-        num_classes=num_classes,
-        in_channels=in_channels,
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-    )
+    return _resnet("resnet152", 152, num_classes, in_channels, zero_init_residual, variant=variant)
 
 
 # --- Plain twins of ResNet-18/34 (Fig. 3 middle; Table 2, Fig. 4 left) -----------------------------------------
@@ -400,13 +480,13 @@ def resnet152(
 @register_model(family="plain", paper=PAPER)
 def plain18(*, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """Plain-18: ResNet-18 without shortcuts (the degradation study's baseline)."""
-    return ResNet("plain18", *TABLE1[18], num_classes=num_classes, in_channels=in_channels, shortcut=False)
+    return _resnet("plain18", 18, num_classes, in_channels, shortcut=None)
 
 
 @register_model(family="plain", paper=PAPER)
 def plain34(*, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
     """Plain-34: ResNet-34 without shortcuts (the degradation study's baseline)."""
-    return ResNet("plain34", *TABLE1[34], num_classes=num_classes, in_channels=in_channels, shortcut=False)
+    return _resnet("plain34", 34, num_classes, in_channels, shortcut=None)
 
 
 # --- ImageNet blocks with the CIFAR stem (3x3 stride-1 conv, no max pool; not in the paper) -------------------
@@ -415,27 +495,13 @@ def plain34(*, num_classes: int = 1000, in_channels: int = 3) -> ResNet:
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet18_cifar(*, num_classes: int = 10, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-18 blocks and widths with the CIFAR stem: 3x3 stride-1 conv, 64 filters, no max pool."""
-    return ResNet(
-        "resnet18_cifar",
-        *TABLE1[18],
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem="cifar",
-        zero_init_residual=zero_init_residual,
-    )
+    return _resnet("resnet18_cifar", 18, num_classes, in_channels, zero_init_residual, style="cifar")
 
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet34_cifar(*, num_classes: int = 10, in_channels: int = 3, zero_init_residual: bool = False) -> ResNet:
     """ResNet-34 blocks and widths with the CIFAR stem: 3x3 stride-1 conv, 64 filters, no max pool."""
-    return ResNet(
-        "resnet34_cifar",
-        *TABLE1[34],
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem="cifar",
-        zero_init_residual=zero_init_residual,
-    )
+    return _resnet("resnet34_cifar", 34, num_classes, in_channels, zero_init_residual, style="cifar")
 
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
@@ -443,15 +509,7 @@ def resnet50_cifar(
     *, num_classes: int = 10, in_channels: int = 3, variant: Variant = "v1.5", zero_init_residual: bool = False
 ) -> ResNet:
     """ResNet-50 blocks and widths with the CIFAR stem: 3x3 stride-1 conv, 64 filters, no max pool."""
-    return ResNet(
-        "resnet50_cifar",
-        *TABLE1[50],
-        num_classes=num_classes,
-        in_channels=in_channels,
-        stem="cifar",
-        variant=variant,
-        zero_init_residual=zero_init_residual,
-    )
+    return _resnet("resnet50_cifar", 50, num_classes, in_channels, zero_init_residual, style="cifar", variant=variant)
 
 
 # --- CIFAR ResNets of section 4.2 (6n + 2 layers; option A shortcuts by default) -------------------------------
@@ -459,122 +517,80 @@ def resnet50_cifar(
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet20(
-    *, num_classes: int = 10, in_channels: int = 3, shortcut: ShortcutOption = "A", zero_init_residual: bool = False
+    *, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut = "A", zero_init_residual: bool = False
 ) -> CifarResNet:
     """ResNet-20 (section 4.2, n = 3); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(
-        "resnet20",
-        20,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        option=shortcut,
-        zero_init_residual=zero_init_residual,
-    )
+    return _cifar_resnet("resnet20", 20, num_classes, in_channels, shortcut, zero_init_residual)
 
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet32(
-    *, num_classes: int = 10, in_channels: int = 3, shortcut: ShortcutOption = "A", zero_init_residual: bool = False
+    *, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut = "A", zero_init_residual: bool = False
 ) -> CifarResNet:
     """ResNet-32 (section 4.2, n = 5); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(
-        "resnet32",
-        32,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        option=shortcut,
-        zero_init_residual=zero_init_residual,
-    )
+    return _cifar_resnet("resnet32", 32, num_classes, in_channels, shortcut, zero_init_residual)
 
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet44(
-    *, num_classes: int = 10, in_channels: int = 3, shortcut: ShortcutOption = "A", zero_init_residual: bool = False
+    *, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut = "A", zero_init_residual: bool = False
 ) -> CifarResNet:
     """ResNet-44 (section 4.2, n = 7); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(
-        "resnet44",
-        44,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        option=shortcut,
-        zero_init_residual=zero_init_residual,
-    )
+    return _cifar_resnet("resnet44", 44, num_classes, in_channels, shortcut, zero_init_residual)
 
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet56(
-    *, num_classes: int = 10, in_channels: int = 3, shortcut: ShortcutOption = "A", zero_init_residual: bool = False
+    *, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut = "A", zero_init_residual: bool = False
 ) -> CifarResNet:
     """ResNet-56 (section 4.2, n = 9); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(
-        "resnet56",
-        56,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        option=shortcut,
-        zero_init_residual=zero_init_residual,
-    )
+    return _cifar_resnet("resnet56", 56, num_classes, in_channels, shortcut, zero_init_residual)
 
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet110(
-    *, num_classes: int = 10, in_channels: int = 3, shortcut: ShortcutOption = "A", zero_init_residual: bool = False
+    *, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut = "A", zero_init_residual: bool = False
 ) -> CifarResNet:
     """ResNet-110 (section 4.2, n = 18); ``shortcut`` "A" (zero-padding, default) or "B" (projection)."""
-    return CifarResNet(
-        "resnet110",
-        110,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        option=shortcut,
-        zero_init_residual=zero_init_residual,
-    )
+    return _cifar_resnet("resnet110", 110, num_classes, in_channels, shortcut, zero_init_residual)
 
 
 @register_model(family="resnet_cifar", paper=PAPER, input_size=(3, 32, 32))
 def resnet1202(
-    *, num_classes: int = 10, in_channels: int = 3, shortcut: ShortcutOption = "A", zero_init_residual: bool = False
+    *, num_classes: int = 10, in_channels: int = 3, shortcut: Shortcut = "A", zero_init_residual: bool = False
 ) -> CifarResNet:
     """ResNet-1202 (section 4.2, n = 200; the paper's overfitting example); ``shortcut`` "A" (default) or "B"."""
-    return CifarResNet(
-        "resnet1202",
-        1202,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        option=shortcut,
-        zero_init_residual=zero_init_residual,
-    )
+    return _cifar_resnet("resnet1202", 1202, num_classes, in_channels, shortcut, zero_init_residual)
 
 
 # --- Plain twins of the CIFAR ResNets (section 4.2, Fig. 6 left) ------------------------------------------------
 
 
-@register_model(family="plain", paper=PAPER, input_size=(3, 32, 32))
+@register_model(family="plain_cifar", paper=PAPER, input_size=(3, 32, 32))
 def plain20(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """Plain-20: ResNet-20 without shortcuts."""
-    return CifarResNet("plain20", 20, num_classes=num_classes, in_channels=in_channels, shortcut=False)
+    return _cifar_resnet("plain20", 20, num_classes, in_channels, shortcut=None)
 
 
-@register_model(family="plain", paper=PAPER, input_size=(3, 32, 32))
+@register_model(family="plain_cifar", paper=PAPER, input_size=(3, 32, 32))
 def plain32(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """Plain-32: ResNet-32 without shortcuts."""
-    return CifarResNet("plain32", 32, num_classes=num_classes, in_channels=in_channels, shortcut=False)
+    return _cifar_resnet("plain32", 32, num_classes, in_channels, shortcut=None)
 
 
-@register_model(family="plain", paper=PAPER, input_size=(3, 32, 32))
+@register_model(family="plain_cifar", paper=PAPER, input_size=(3, 32, 32))
 def plain44(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """Plain-44: ResNet-44 without shortcuts."""
-    return CifarResNet("plain44", 44, num_classes=num_classes, in_channels=in_channels, shortcut=False)
+    return _cifar_resnet("plain44", 44, num_classes, in_channels, shortcut=None)
 
 
-@register_model(family="plain", paper=PAPER, input_size=(3, 32, 32))
+@register_model(family="plain_cifar", paper=PAPER, input_size=(3, 32, 32))
 def plain56(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """Plain-56: ResNet-56 without shortcuts (the paper's degradation example, Fig. 1)."""
-    return CifarResNet("plain56", 56, num_classes=num_classes, in_channels=in_channels, shortcut=False)
+    return _cifar_resnet("plain56", 56, num_classes, in_channels, shortcut=None)
 
 
-@register_model(family="plain", paper=PAPER, input_size=(3, 32, 32))
+@register_model(family="plain_cifar", paper=PAPER, input_size=(3, 32, 32))
 def plain110(*, num_classes: int = 10, in_channels: int = 3) -> CifarResNet:
     """Plain-110: ResNet-110 without shortcuts (deeper than the paper's plain nets; it shows degradation best)."""
-    return CifarResNet("plain110", 110, num_classes=num_classes, in_channels=in_channels, shortcut=False)
+    return _cifar_resnet("plain110", 110, num_classes, in_channels, shortcut=None)

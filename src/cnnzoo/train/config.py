@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cnnzoo.data.bundle import AUGMENTS
 from cnnzoo.errors import CnnzooError
 
 if sys.version_info >= (3, 11):
@@ -29,7 +30,6 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-AUGMENTS = ("standard", "none", "alexnet", "vgg", "googlenet", "resnet")  # data.augment.PAPER_AUGMENTS: streamed
 NO_GRAPHED_FP16 = "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"
 
 

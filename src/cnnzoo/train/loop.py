@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cnnzoo.data.bundle import DataBundle, generator
+from cnnzoo.data.bundle import DataBundle, Stream, generator
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.engine import GraphedStep, StepContext, lr_at, mix_batch, num_epochs, set_lr, total_steps, train_step
 
-_MIX_STREAM = 7  # generator stream tag for mixup/cutmix draws (distinct from the data layer's tags)
+_MIX_STREAM = Stream.MIX  # generator stream tag for mixup/cutmix draws (cnnzoo.data.bundle.Stream)
 _FINITE_EVERY = 50  # steps between NaN/inf checks on an accelerator
 
 

@@ -1,0 +1,107 @@
+"""``study degradation``: plain and residual nets of each depth trained with one recipe (He et al. 2016, Figure 6).
+
+Training error (dashed) and validation error (bold) against iterations, and the final test errors beside Table 6.
+Departure: the curves plot *validation* error per epoch where Figure 6 plots test error per iteration: the test split
+is looked at once per run, at the end, by the trainer (He et al. tuned on a 45k/5k split too, then reported test).
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+
+from cnnzoo.analysis.study.plan import execute
+from cnnzoo.analysis.study.plots import plot_degradation
+from cnnzoo.analysis.study.runs import Run, plan_runs
+from cnnzoo.analysis.study.tables import PAPER_TABLE6, write_csv, write_degradation_md
+
+PLAIN_DEPTHS = (20, 32, 44, 56, 110)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def run_degradation(
+    depths: list[int],
+    *,
+    data: str,
+    recipe: str,
+    seeds: list[int],
+    out: str | Path,
+    data_dir: str | None = None,
+    overrides: dict | None = None,
+    jobs: int = 1,
+    label: str | None = None,
+    overwrite: bool = False,
+    stop_after: int | None = None,
+    log=print,
+) -> list[dict]:
+    """Train plain and residual nets of each depth (every seed); write degradation.csv (final errors),
+    degradation_curves.csv (per epoch), degradation.md (beside Table 6) and degradation.png (Figure 6 style).
+
+    ``overwrite`` retrains runs of another configuration found in ``out`` (else they stop the study with one line);
+    ``stop_after`` stops each run after that many steps, as Ctrl-C would (a test hook for interrupt and resume).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    overrides = overrides or {}
+    models = [f"{k}{d}" for k in ("plain", "resnet") for d in depths]
+    runs = plan_runs(models, seeds, out, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides)
+    execute("degradation", runs, jobs=jobs, overwrite=overwrite, stop_after=stop_after, log=log)
+    rows, curves = [], []
+    for model in models:
+        mine = [r for r in runs if r.config.model == model]
+        rows.append(final_row(model, mine))
+        curves += curve_rows(model, mine)
+    write_csv(out / "degradation.csv", rows, list(rows[0]))
+    write_csv(out / "degradation_curves.csv", curves, list(curves[0]))
+    write_degradation_md(
+        out / "degradation.md", rows, label=label or data, recipe=recipe, seeds=seeds, overrides=overrides
+    )
+    plot_degradation(curves, out / "degradation.png", label or data)
+    return rows
+
+
+def _split(model: str) -> tuple[str, int]:
+    kind = "plain" if model.startswith("plain") else "resnet"
+    return kind, int(model[len(kind) :])
+
+
+def final_row(model: str, runs: list[Run]) -> dict:
+    """A row of degradation.csv: the final training error and test error over the seeds of ``model``."""
+    kind, depth = _split(model)
+    reports, hists = [r.report() for r in runs], [r.history() for r in runs]
+    test_err, test_std = mean_std([100 * (1 - r["test"]["top1"]) for r in reports])
+    train_err, _ = mean_std([100 * (1 - h[-1]["train_top1"]) for h in hists])
+    return {
+        "model": model,
+        "kind": kind,
+        "depth": depth,
+        "seeds": len(runs),
+        "final_train_error": train_err,
+        "test_error": test_err,
+        "test_error_std": test_std,
+        "paper_test_error": PAPER_TABLE6.get(depth) if kind == "resnet" else None,
+        "steps": hists[0][-1]["step"],
+    }
+
+
+def curve_rows(model: str, runs: list[Run]) -> list[dict]:
+    """Rows of degradation_curves.csv: training and validation error (%) of every epoch of every seed."""
+    kind, depth = _split(model)
+    return [
+        {
+            "model": model,
+            "kind": kind,
+            "depth": depth,
+            "seed": run.config.seed,
+            "epoch": h["epoch"],
+            "step": h["step"],
+            "train_error": 100 * (1 - h["train_top1"]),
+            "val_error": None if h.get("val_top1") is None else 100 * (1 - h["val_top1"]),
+        }
+        for run in runs
+        for h in run.history()
+    ]

@@ -1,0 +1,160 @@
+"""The study's charts, each drawn from the rows of its CSV alone (numbers may be strings), so a figure can be redrawn
+without retraining. Counts (layers, blocks, iterations, depths) get whole-number ticks."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from matplotlib.ticker import FuncFormatter, MaxNLocator
+
+from cnnzoo.analysis.study.tables import num
+
+WHOLE = {"integer": True, "min_n_ticks": 1}
+
+
+def _mean(values: list[float | None]) -> float:
+    present = [v for v in values if v is not None]  # a run without a validation split has no val_error
+    return statistics.fmean(present) if present else math.nan
+
+
+def _thousands(x: float, _pos: object) -> str:
+    return f"{x / 1000:g}k" if x >= 1000 else f"{x:g}"
+
+
+def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
+    """Per-layer gradient norms on a log scale, one column per phase; ``rows`` as in gradients.csv."""
+    from matplotlib.figure import Figure
+
+    rows = [dict(r, index=int(r["index"]), norm=float(r["norm"])) for r in rows]
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    phases = list(dict.fromkeys(r["phase"] for r in rows))
+    fig = Figure(figsize=(6 * len(phases), 8), layout="constrained")
+    axes = fig.subplots(2, len(phases), squeeze=False)
+    colors = {m: f"C{i}" for i, m in enumerate(models)}
+    for j, phase in enumerate(phases):
+        top, bottom = axes[0][j], axes[1][j]
+        for m in models:
+            style = "--" if m.startswith("plain") else "-"
+            conv = [r for r in rows if r["model"] == m and r["phase"] == phase and r["kind"] == "conv"]
+            top.plot([r["index"] for r in conv], [r["norm"] for r in conv], style, color=colors[m], label=m)
+            for kind, marker in (("branch", "o"), ("shortcut", "^")):
+                if kind == "shortcut" and m.startswith("plain"):
+                    continue  # no shortcut: nothing flows there
+                pts = [r for r in rows if r["model"] == m and r["phase"] == phase and r["kind"] == kind]
+                bottom.plot(
+                    [r["index"] for r in pts],
+                    [r["norm"] for r in pts],
+                    ":" if kind == "shortcut" else style,
+                    marker=marker,
+                    markersize=3,
+                    color=colors[m],
+                    label=f"{m}: via {kind}",
+                )
+        top.set(
+            yscale="log",
+            xlabel="conv layer (1 = next to the input)",
+            ylabel="||dL/dW|| (log scale)",
+            title=f"Conv weight gradients, {phase}",
+        )
+        bottom.set(
+            yscale="log",
+            xlabel="block (1 = next to the input)",
+            ylabel="||dL/dx|| into the block (log)",
+            title=f"Into each block: branch vs shortcut, {phase}",
+        )
+        for ax in (top, bottom):
+            ax.xaxis.set_major_locator(MaxNLocator(**WHOLE))
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=7)
+    fig.suptitle(
+        f"Gradient norms through depth, one real batch of {label}\n"
+        "plain nets dashed, residual nets solid, their shortcut's share dotted",
+        fontsize=11,
+    )
+    fig.savefig(path, dpi=90)
+
+
+def _panels(kinds_depths: set[tuple[str, int]]) -> list[tuple[str, list[tuple[str, int]]]]:
+    """Figure 6's panels: plain nets left, ResNets right, and depth 110 (both kinds) in a panel of its own."""
+    shallow = sorted(d for _, d in kinds_depths if d < 110)
+    panels = [
+        ("plain networks", [("plain", d) for d in dict.fromkeys(shallow) if ("plain", d) in kinds_depths]),
+        ("ResNets", [("resnet", d) for d in dict.fromkeys(shallow) if ("resnet", d) in kinds_depths]),
+        ("110 layers", [(k, d) for k, d in sorted(kinds_depths) if d >= 110]),
+    ]
+    return [(title, members) for title, members in panels if members]
+
+
+def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
+    """He et al. Figure 6 in style: training error dashed, validation (held-out) error bold, against iterations;
+    plain nets left, ResNets right, 110 layers in a panel of its own; the mean over seeds. ``curves`` as in
+    degradation_curves.csv."""
+    from matplotlib.figure import Figure
+
+    by_model: dict[tuple[str, int], dict[int, list[dict]]] = {}
+    for r in curves:
+        by_model.setdefault((r["kind"], int(r["depth"])), {}).setdefault(int(r["step"]), []).append(r)
+    depths = sorted({d for _, d in by_model})
+    color = {d: f"C{i}" for i, d in enumerate(depths)}
+    n_seeds = max(len(rs) for per_step in by_model.values() for rs in per_step.values())
+    panels = _panels(set(by_model))
+    fig = Figure(figsize=(5 * len(panels), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
+    for ax, (title, members) in zip(axes, panels, strict=True):
+        for kind, d in members:
+            per_step = by_model[(kind, d)]
+            steps = sorted(per_step)
+            mean = {k: [_mean([num(r[k]) for r in per_step[s]]) for s in steps] for k in ("train_error", "val_error")}
+            c = ("C7" if kind == "plain" else "C3") if title == "110 layers" else color[d]  # one depth, two kinds
+            ax.plot(steps, mean["train_error"], "--", color=c, linewidth=1)
+            ax.plot(steps, mean["val_error"], "-", color=c, linewidth=2.2, label=f"{kind}-{d}")
+        ax.set(title=title, xlabel="iterations", ylabel="error (%)")
+        ax.xaxis.set_major_locator(MaxNLocator(**WHOLE))
+        ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    seeds = f", mean of {n_seeds} seeds" if n_seeds > 1 else ""
+    fig.suptitle(
+        f"Degradation on {label} (He et al. 2016, Fig. 6 style{seeds})\n"
+        "dashed: training error; bold: validation error (held out; test error once, in degradation.md)",
+        fontsize=10,
+    )
+    fig.savefig(path, dpi=90)
+
+
+def plot_depth(rows: list[dict], pick: dict, path: str | Path, *, title: str, shared: int = 0) -> None:
+    """Validation and test accuracy, training time and parameters against depth (``rows`` as in depth.csv), the
+    suggested depth starred on the validation curve (the one it was chosen from). ``shared``: runs that trained at
+    once on one device (their times are then not comparable)."""
+    from matplotlib.figure import Figure
+
+    rows = [dict(r, depth=int(r["depth"])) for r in rows]
+    xs = [r["depth"] for r in rows]
+    fig = Figure(figsize=(13, 4.2), layout="constrained")
+    ax_acc, ax_time, ax_params = fig.subplots(1, 3)
+    ax_acc.errorbar(
+        xs,
+        [num(r["val_top1"]) for r in rows],
+        yerr=[num(r["val_top1_std"]) for r in rows],
+        marker="o",
+        linewidth=2,
+        label="validation (chooses)",
+    )
+    ax_acc.plot(xs, [num(r["test_top1"]) for r in rows], "--", marker=".", color="C7", label="test (reported only)")
+    ax_acc.plot(
+        [pick["depth"]], [num(pick["val_top1"])], "*", color="C3", markersize=16, label=f"suggested: {pick['model']}"
+    )
+    ax_acc.set(xlabel="depth (layers)", ylabel="top-1 (%)", title="Accuracy")
+    ax_acc.legend(fontsize=8)
+    ax_time.plot(xs, [num(r["train_seconds"]) for r in rows], marker="o", color="C1")
+    note = f"\n({shared} runs shared the device: not comparable)" if shared > 1 else ""
+    ax_time.set(xlabel="depth (layers)", ylabel="training time (s)", title=f"Training time{note}")
+    ax_params.plot(xs, [num(r["params"]) / 1e6 for r in rows], marker="o", color="C2")
+    ax_params.set(xlabel="depth (layers)", ylabel="parameters (millions)", title="Parameters (as trained)")
+    for ax in (ax_acc, ax_time, ax_params):
+        ax.set_xticks(xs)  # the depths themselves: whole numbers, no in-between ticks
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.savefig(path, dpi=90)

@@ -1,0 +1,131 @@
+"""Saved reference outputs (torchvision's "expect" tests): a seeded model on a seeded input must give the stored logits.
+
+Every network that has no torchvision twin to be compared with (the ``*_paper`` and ``*_cifar`` nets, the CIFAR
+ResNets and the plain twins) has a JSON file under ``tests/reference/``: for the model built with
+``torch.manual_seed(0)`` and a ``torch.manual_seed(1)`` input, its outputs in training mode (batch statistics, seeded
+dropout, auxiliary heads) and in eval mode, a digest of its state-dict keys and shapes, and sums of its weights. An
+accidental change to a layer, its order, its initialisation or its forward fails here in seconds.
+
+A deliberate change regenerates the files: ``CNNZOO_REGENERATE=1 pytest tests/test_models_reference.py``, and the
+commit says why. A missing file fails (it is never written silently).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+import cnnzoo
+
+REFERENCE = Path(__file__).parent / "reference"
+REGENERATE = os.environ.get("CNNZOO_REGENERATE") == "1"
+
+# name -> (input (C, H, W), builder options). Inputs are each net's own size, except resnet1202 (1202 layers) at 8x8.
+CASES: dict[str, tuple[tuple[int, int, int], dict]] = {
+    "alexnet_paper": ((3, 227, 227), {}),
+    "alexnet_2tower_paper": ((3, 227, 227), {}),
+    "googlenet_paper": ((3, 224, 224), {}),
+    "alexnet_cifar": ((3, 32, 32), {}),
+    "vgg11_cifar": ((3, 32, 32), {}),
+    "vgg13_cifar": ((3, 32, 32), {}),
+    "vgg16_cifar": ((3, 32, 32), {}),
+    "vgg19_cifar": ((3, 32, 32), {}),
+    "googlenet_cifar": ((3, 32, 32), {}),
+    "resnet18_cifar": ((3, 32, 32), {}),
+    "resnet34_cifar": ((3, 32, 32), {}),
+    "resnet50_cifar": ((3, 32, 32), {}),
+    "resnet20": ((3, 32, 32), {}),
+    "resnet32": ((3, 32, 32), {}),
+    "resnet44": ((3, 32, 32), {}),
+    "resnet56": ((3, 32, 32), {}),
+    "resnet110": ((3, 32, 32), {}),
+    "plain20": ((3, 32, 32), {}),
+    "plain32": ((3, 32, 32), {}),
+    "plain44": ((3, 32, 32), {}),
+    "plain56": ((3, 32, 32), {}),
+    "plain110": ((3, 32, 32), {}),
+    "plain18": ((3, 64, 64), {}),
+    "plain34": ((3, 64, 64), {}),
+}
+# Options that change the network (a second file each, named "<name>-<key>-<value>").
+OPTION_CASES: dict[str, tuple[str, tuple[int, int, int], dict]] = {
+    "resnet20-shortcut-B": ("resnet20", (3, 32, 32), {"shortcut": "B"}),
+    "resnet50-variant-v1": ("resnet50", (3, 64, 64), {"variant": "v1"}),
+    "googlenet_cifar-aux_logits-True": ("googlenet_cifar", (3, 32, 32), {"aux_logits": True}),
+}
+ALL_CASES = {name: (name, *case) for name, case in CASES.items()} | OPTION_CASES
+
+
+def _check(case: str, got: dict) -> None:
+    path = REFERENCE / f"{case}.json"
+    if REGENERATE:
+        REFERENCE.mkdir(exist_ok=True)
+        path.write_text(json.dumps(got, indent=1) + "\n")
+    assert path.is_file(), f"no reference for {case}: run with CNNZOO_REGENERATE=1 and commit {path.name}"
+    want = json.loads(path.read_text())
+    assert got["state_dict_layout_sha256"] == want["state_dict_layout_sha256"], "state-dict names or shapes changed"
+    assert got["weights_sum"] == pytest.approx(want["weights_sum"], rel=1e-6, abs=1e-6), "initialisation changed"
+    assert got["weights_abs_sum"] == pytest.approx(want["weights_abs_sum"], rel=1e-6), "initialisation changed"
+    assert got["outputs"].keys() == want["outputs"].keys()
+    for mode, outs in want["outputs"].items():
+        assert len(got["outputs"][mode]) == len(outs), mode
+        for mine, ref in zip(got["outputs"][mode], outs, strict=True):
+            ref = torch.tensor(ref)  # tolerance relative to the output's scale (untrained nets' logits vary widely)
+            torch.testing.assert_close(torch.tensor(mine), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def _outputs(model: torch.nn.Module, x: torch.Tensor, *, train: bool) -> list[list]:
+    """The model's outputs (logits, then any auxiliary logits) in one mode, dropout seeded."""
+    torch.manual_seed(2)
+    with torch.no_grad():
+        out = model.train(train)(x)
+    out = out if isinstance(out, tuple) else (out,)
+    assert all(torch.isfinite(o).all() for o in out)
+    return [o.tolist() for o in out]
+
+
+def fingerprint(name: str, shape: tuple[int, int, int], options: dict, *, eval_mode: bool = True) -> dict:
+    """What the reference file stores for one model (10 classes, a batch of 2)."""
+    torch.manual_seed(0)
+    model = cnnzoo.create_model(name, num_classes=10, **options)
+    torch.manual_seed(1)
+    x = torch.randn(2, *shape)
+    outputs = {"train": _outputs(model, x, train=True)}
+    if eval_mode:  # after the train pass: BN running statistics have taken one step from (0, 1)
+        outputs["eval"] = _outputs(model, x, train=False)
+    state = model.state_dict()
+    layout = "\n".join(f"{k} {tuple(v.shape)}" for k, v in state.items())
+    floats = [v.double() for v in state.values() if v.is_floating_point()]
+    return {
+        "model": name,
+        "options": options,
+        "input": list(shape),
+        "state_dict_layout_sha256": hashlib.sha256(layout.encode()).hexdigest(),
+        "weights_sum": sum(float(v.sum()) for v in floats),
+        "weights_abs_sum": sum(float(v.abs().sum()) for v in floats),
+        "outputs": outputs,
+    }
+
+
+@pytest.mark.parametrize("case", sorted(ALL_CASES))
+def test_outputs_match_the_saved_reference(case):
+    name, shape, options = ALL_CASES[case]
+    _check(case, fingerprint(name, shape, options))
+
+
+@pytest.mark.slow
+def test_resnet1202_matches_the_saved_reference():
+    """1202 layers at 8x8, training mode only: with untrained BN statistics the eval-mode sum of 600 blocks
+    overflows."""
+    _check("resnet1202", fingerprint("resnet1202", (3, 8, 8), {}, eval_mode=False))
+
+
+def test_every_paper_and_cifar_net_has_a_reference():
+    small = {n for n in cnnzoo.list_models() if cnnzoo.get_model_info(n).input_size[1] <= 32}
+    paper = {n for n in cnnzoo.list_models() if n.endswith("_paper")}
+    assert (small | paper) - set(CASES) == {"resnet1202"}  # its own (slow) test
