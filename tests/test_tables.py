@@ -77,10 +77,18 @@ def test_table_fits_and_cuts_nothing(width, monkeypatch):
 
 def test_narrow_table_splits_and_repeats_the_keys(monkeypatch):
     out = _render(80, monkeypatch)
-    assert "(1/" in out  # 13 columns do not fit in 80: several tables, each naming its rows
-    parts = out.count("(1/") + out.count("(2/") + out.count("(3/") + out.count("(4/")
-    assert out.count("googlenet_paper") == parts and out.count("runs/a") == parts
-    assert "(1/" not in _render(300, monkeypatch)  # wide enough: one table
+    parts = out.count("┡")  # the rule under each table's header
+    assert parts > 1 and "compare (1/" in out and f"(continued, {parts}/{parts})" in out
+    assert out.count("googlenet_paper") == parts and out.count("runs/a") == parts  # each part names its rows
+    assert out.count("compare") == 1  # the title once
+    assert "┡" in _render(300, monkeypatch) and "(1/" not in _render(300, monkeypatch)  # wide enough: one table
+
+
+def test_a_table_that_almost_fits_drops_its_outer_border():
+    cols = [tables.Column("name", "name", justify="left"), tables.Column("n", "n")]
+    rows = [{"name": "x" * 20, "n": "1,234"}]
+    assert tables.column_groups(rows, cols, 32) == ([[0, 1]], True)  # 20 + 5 + 3 * 2 + 1
+    assert tables.column_groups(rows, cols, 28) == ([[0, 1]], False)
 
 
 def test_csv_and_json_parse_back_to_the_rows(capsys):
@@ -101,3 +109,29 @@ def test_markdown_has_every_row_and_escapes_pipes(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["| model | note |", "|---|---:|"]
     assert lines[2:] == ["| resnet20 | a \\| b |", "| vgg16 |  |"]
+
+
+def test_models_formats(capsys, monkeypatch):
+    from cnnzoo.analysis.profile import profile_model
+    from cnnzoo.cli import main
+
+    want = [profile_model(n) for n in ("alexnet", "alexnet_2tower_paper", "alexnet_paper")]
+    assert main(["models", "--family", "alexnet", "--format", "json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert [(r["name"], r["params"], r["macs"], r["paper"]) for r in got] == [
+        (w["name"], w["params"], w["macs"], w["paper"]) for w in want
+    ]
+    assert main(["models", "--family", "alexnet", "--format", "csv"]) == 0
+    back = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [(r["name"], int(r["params"]), r["input"]) for r in back] == [
+        (w["name"], w["params"], "x".join(map(str, w["input_size"]))) for w in want
+    ]
+    for width in (80, 100, 140):
+        monkeypatch.setenv("COLUMNS", str(width))
+        assert main(["models", "--family", "alexnet"]) == 0
+        out = capsys.readouterr().out
+        assert max(map(len, out.splitlines())) <= width
+        for w in want:
+            assert w["name"] in out and f"{w['params']:,}" in out
+    assert main(["models", "--family", "alexnet", "--format", "md"]) == 0
+    assert "| alexnet_2tower_paper | alexnet | Krizhevsky et al. 2012 |" in capsys.readouterr().out

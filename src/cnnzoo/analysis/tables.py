@@ -76,42 +76,54 @@ def to_markdown(rows: Sequence[dict], columns: Sequence[Column]) -> str:
 
 
 def _min_width(column: Column, cells: list[str]) -> int:
-    """Narrowest width that cuts nothing: the longest cell (or header word) unless the column wraps at spaces."""
+    """Narrowest width that cuts nothing: the longest cell (or header) unless the column wraps at spaces."""
     if not column.wrap:  # its header does not wrap either
         return max(len(t) for t in [*cells, column.header])
     words = [len(w) for t in [*cells, column.header] for w in t.split()] or [1]
     natural = max((len(t) for t in cells), default=0)
-    return max(max(words), min(natural, 16))  # a wrapped column keeps room for a few words per line
+    return max(max(words), min(natural, 10))  # a wrapped column keeps room for a word or two per line
 
 
-def column_groups(rows: Sequence[dict], columns: Sequence[Column], width: int, keys: int = 1) -> list[list[int]]:
-    """Indices of the columns of each table printed at ``width``: all of them when they fit, else groups that each
-    start with the first ``keys`` columns (so every part names its rows) and fit on their own."""
+def _table_width(widths: list[int], edge: bool) -> int:
+    """Width of a rich table (default box, padding 1) with these column widths; ``edge=False``: no outer border or
+    outer padding (``show_edge=False, pad_edge=False``), four columns narrower."""
+    return sum(widths) + 3 * len(widths) + 1 - (0 if edge else 4)
+
+
+def column_groups(
+    rows: Sequence[dict], columns: Sequence[Column], width: int, keys: int = 1
+) -> tuple[list[list[int]], bool]:
+    """``(groups, edge)``: the column indices of each table printed at ``width`` and whether it keeps its outer
+    border. One table when the columns fit (without the outer border if need be), else groups that each start
+    with the first ``keys`` columns (so every part names its rows) and fit on their own."""
     mins = [_min_width(c, [c.text(r) for r in rows]) for c in columns]
-
-    def fits(idx: list[int]) -> bool:  # rich's default box: a border left of each column, one at the end, padding 1
-        return sum(mins[i] + 3 for i in idx) + 1 <= width
-
+    everything = list(range(len(columns)))
+    for edge in (True, False):
+        if _table_width(mins, edge) <= width:
+            return [everything], edge
     head = list(range(keys))
     groups, current = [], list(head)
     for i in range(keys, len(columns)):
-        if not fits([*current, i]) and len(current) > keys:
+        if _table_width([mins[j] for j in (*current, i)], True) > width and len(current) > keys:
             groups.append(current)
             current = list(head)
         current.append(i)
     groups.append(current)
-    return groups
+    return groups, True
 
 
 def rich_tables(rows: Sequence[dict], columns: Sequence[Column], *, width: int, title: str = "", keys: int = 1) -> list:
     """The rich ``Table`` (or tables, split by :func:`column_groups`) that show ``rows`` at ``width``."""
     from rich.table import Table
 
-    groups = column_groups(rows, columns, width, keys)
+    groups, edge = column_groups(rows, columns, width, keys)
     tables = []
     for n, idx in enumerate(groups, 1):
-        part = f" ({n}/{len(groups)})" if len(groups) > 1 else ""
-        table = Table(title=title + part if title else None)
+        if len(groups) == 1:
+            caption = title or None
+        else:  # the title once, the later parts numbered
+            caption = f"{title} (1/{len(groups)})" if n == 1 else f"(continued, {n}/{len(groups)})"
+        table = Table(title=caption, show_edge=edge, pad_edge=edge)
         for i in idx:
             c = columns[i]
             table.add_column(c.header, justify=c.justify, no_wrap=not c.wrap, overflow="fold")
