@@ -342,12 +342,12 @@ def _versus(r: dict) -> str:
 
 
 def _display_columns(rows: list[dict]) -> list[tables.Column]:
-    """The table's columns (terminal and markdown); ``run`` only when some row has one."""
+    """The table's columns (terminal and markdown): those with something to show in some row (``run`` only with
+    ``--runs``, ``vs torchvision`` only when timed); csv and json keep every field."""
     c = tables.Column
-    cols = [c("model", "model", justify="left")]
-    if any(r.get("run") for r in rows):
-        cols.append(c("run", "run", justify="left"))
-    return cols + [
+    cols = [
+        c("model", "model", justify="left"),
+        c("run", "run", justify="left"),
         c("params", "params", lambda r: _fmt(r["params"], ",")),
         c("macs", "GMACs", lambda r: _fmt(r["macs"] and r["macs"] / 1e9, ".3f")),
         c("latency_ms", "latency ms", lambda r: _fmt(r["latency_ms"], ".2f")),
@@ -360,6 +360,7 @@ def _display_columns(rows: list[dict]) -> list[tables.Column]:
         c("accuracy_source", "source", wrap=True, justify="left"),
         c("note", "note", wrap=True, justify="left"),
     ]
+    return [col for col in cols if col.key == "model" or any(col.text(r) for r in rows)]
 
 
 def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
@@ -471,7 +472,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.format,
         fields=COLUMNS,
         title=title,
-        keys=2 if columns[1].key == "run" else 1,
+        keys=2 if any(c.key == "run" for c in columns) else 1,
         console=Console(),
     )
     print(
