@@ -30,7 +30,7 @@ import torchvision
 import cnnzoo
 from cnnzoo.analysis.profile import parse_input, profile_model
 from cnnzoo.train.config import build_config
-from cnnzoo.train.engine import setup_training, train_step
+from cnnzoo.train.engine import configure_backends, setup_training, train_step
 
 MODELS = ("alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152")
 
@@ -101,6 +101,7 @@ def main() -> None:
     shape = parse_input(args.input)
     compile_ = not args.no_compile
     peak = args.peak_tflops or (800.0 if device.type == "cuda" else None)
+    configure_backends(build_config(device=str(device)), device)  # the trainer's flags (cudnn autotuning, TF32)
     name_of = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"torch {torch.__version__} | {name_of} | input {args.input} | batch {args.batch_size} | "
           f"compile {compile_} | synthetic data | MFU against {peak} TFLOP/s", flush=True)  # fmt: skip

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -50,3 +51,50 @@ def cifar10_jpeg_slice(tmp_path_factory) -> Path:
                 member.name = "/".join(parts[-3:])
                 tar.extract(member, out, filter="data")
     return out
+
+
+# --- training runs shared by the whole session ---------------------------------------------------------------------
+# A training run is the costliest thing a test does; runs that several tests only read are trained once per session
+# here. A test that changes a run works on a copy (`copy_run`).
+
+# A few steps of resnet20 on 96 digits images: 3 steps of 32 per epoch, 48 validation images, 360 test images.
+TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
+# Everything a resumed run must reproduce exactly: EMA, mixup and cutmix draws, label smoothing (CPU, deterministic).
+EXACT = dict(epochs=3, deterministic=True, ema=0.9, mixup=0.2, cutmix=1.0, label_smoothing=0.1, **TINY)
+
+
+def _train_once(tmp_path_factory, name: str, **opts) -> tuple[Path, dict]:
+    """Train resnet20 on digits into a session folder, with its own cache (the per-test one is not set up yet)."""
+    from cnnzoo.train.api import train
+
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp(f"{name}-home")
+        mp.setenv("CNNZOO_CACHE_DIR", str(home / "cache"))
+        mp.setenv("CNNZOO_DATA_DIR", str(home / "data"))
+        mp.setenv("MPLBACKEND", "Agg")
+        torch.manual_seed(0)
+        out = tmp_path_factory.mktemp("runs") / name
+        report = train("resnet20", "digits", out=out, quiet=True, **opts)
+    return out, report
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+    """(run directory, report) of resnet20 trained 2 epochs on TINY digits with an EMA of decay 0.9. Read only."""
+    return _train_once(tmp_path_factory, "tiny", epochs=2, ema=0.9, **TINY)
+
+
+@pytest.fixture(scope="session")
+def exact_run(tmp_path_factory) -> tuple[Path, dict]:
+    """(run directory, report) of an uninterrupted EXACT run, what stopped and resumed runs must equal. Read only."""
+    return _train_once(tmp_path_factory, "exact", **EXACT)
+
+
+@pytest.fixture
+def copy_run(tmp_path):
+    """``copy_run(run_dir)``: a copy of a shared run directory that the test may change."""
+
+    def copy(run_dir: Path) -> Path:
+        return Path(shutil.copytree(run_dir, tmp_path / f"copy-of-{run_dir.name}"))
+
+    return copy

@@ -23,7 +23,9 @@ from cnnzoo.data import load_data
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train.api import train
 from cnnzoo.train.config import build_config
-from cnnzoo.train.engine import GraphedStep, lr_at, set_lr, setup_training, train_step
+from cnnzoo.train.engine import GraphedStep, set_lr, setup_training, train_step
+from cnnzoo.train.schedule import lr_at
+from conftest import EXACT
 
 STEPS = 8
 
@@ -117,15 +119,14 @@ def test_cuda_graph_refuses_fp16_and_its_own_graphs():
         build_config("resnet20", "digits", cuda_graph=True, fused=False)
 
 
-def test_cuda_graph_run_resumes_exactly_and_matches_eager(tmp_path):
+def test_cuda_graph_run_resumes_exactly_and_matches_eager(exact_run, tmp_path):
     """The trainer with --cuda-graph: an interrupted, resumed run (the graph rebuilt after its warm-up) equals the
     uninterrupted one bit for bit; it trains as the eager trainer does up to the float32 rounding of the lr; and its
-    checkpoint holds plain float learning rates, so an eager run can resume it."""
-    opts = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2, epochs=3,
-                deterministic=True, quiet=True)  # fmt: skip
-    eager = train("resnet20", "digits", out=tmp_path / "eager", **opts)
-    full = train("resnet20", "digits", out=tmp_path / "full", cuda_graph=True, **opts)
-    cut = train("resnet20", "digits", out=tmp_path / "cut", cuda_graph=True, stop_after=5, **opts)
+    checkpoint holds plain float learning rates, so an eager run can resume it. (EXACT: EMA, mixup, cutmix and label
+    smoothing on, so the mixed batches pass through the graph's static buffers too.)"""
+    _, eager = exact_run
+    full = train("resnet20", "digits", out=tmp_path / "full", cuda_graph=True, quiet=True, **EXACT)
+    cut = train("resnet20", "digits", out=tmp_path / "cut", cuda_graph=True, stop_after=5, quiet=True, **EXACT)
     assert cut["interrupted"]
     ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
     assert all(type(g["lr"]) is float for g in ckpt["optimizer"]["param_groups"])

@@ -13,11 +13,9 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model
 from cnnzoo.train.api import train
 from cnnzoo.train.config import TrainConfig, build_config, list_recipes, read_config, write_config
-from cnnzoo.train.engine import lr_at, make_optimizer, total_steps
-
-# A few steps of resnet20 on 96 digits images: 3 steps of 32 per epoch, 48 validation images.
-TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
-
+from cnnzoo.train.engine import make_optimizer
+from cnnzoo.train.schedule import lr_at, total_steps
+from conftest import TINY  # 3 steps of 32 digits images per epoch, 48 validation images
 
 # --- config and recipes --------------------------------------------------------------------------------------------
 
@@ -45,7 +43,7 @@ def test_bad_options_are_user_errors():
         build_config("resnet20", optimizer="adam")
     with pytest.raises(CnnzooError, match="unknown recipe"):
         build_config("resnet20", recipe="nope")
-    with pytest.raises(CnnzooError, match="must be a number"):
+    with pytest.raises(CnnzooError, match="must be a finite number"):
         build_config("resnet20", lr="fast")
 
 
@@ -99,9 +97,8 @@ def test_weight_decay_excludes_bn_and_bias():
 # --- end to end ----------------------------------------------------------------------------------------------------
 
 
-def test_train_digits_writes_the_run_directory(tmp_path):
-    out = tmp_path / "run"
-    report = train("resnet20", "digits", out=out, epochs=2, quiet=True, ema=0.9, **TINY)
+def test_train_digits_writes_the_run_directory(tiny_run, copy_run):
+    out, report = tiny_run  # 2 epochs of TINY, EMA 0.9
     for name in ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "report.json", "confusion.png"):
         assert (out / name).is_file(), name
     lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -116,10 +113,19 @@ def test_train_digits_writes_the_run_directory(tmp_path):
     assert 0.0 <= report["test"]["top1"] <= report["test"]["top5"] <= 1.0
     assert report["best_epoch"] in (1, 2)
     assert read_config(out / "config.toml").ema == 0.9
+    out = copy_run(out)
     with pytest.raises(CnnzooError, match="already holds a run"):
         train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
+    # The old run's export and a temporary file its kill left behind must not survive into the new run.
+    stale = [out / "model.onnx", out / ".report.json.abc123.tmp"]
+    for path in stale:
+        path.write_bytes(b"old")
+    old_id = json.loads((out / "cnnzoo-run.json").read_text())["id"]
     train("resnet20", "digits", out=out, epochs=1, quiet=True, overwrite=True, **TINY)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 1  # a fresh run, not the old one continued
+    assert not any(path.exists() for path in stale)
+    new_id = json.loads((out / "cnnzoo-run.json").read_text())["id"]
+    assert new_id != old_id and torch.load(out / "best.pt", weights_only=True)["meta"]["run_id"] == new_id
 
 
 def test_cli_flags_reach_the_config(tmp_path):
@@ -133,6 +139,7 @@ def test_cli_flags_reach_the_config(tmp_path):
     assert not hasattr(args, "epochs")  # not given: the recipe's value stays
 
 
+@pytest.mark.slow  # all 1,437 training images, 3 epochs: the longest CPU run in the suite
 def test_demo_recipe_learns_digits(tmp_path):
     """The demo recipe, shortened to 3 epochs on all of digits, already beats chance by far."""
     report = train("resnet20", "digits", recipe="demo", out=tmp_path / "demo", epochs=3, quiet=True, threads=2)
@@ -182,6 +189,20 @@ def test_setup_training_for_throughput_measurements():
     assert ctx.precision == "fp32" and ctx.label_smoothing == 0.1 and opt.defaults["nesterov"]
     loss, _ = train_step(net, opt, torch.randn(2, 3, 32, 32), torch.tensor([1, 2]), ctx)
     assert torch.isfinite(loss)
+
+
+def test_setup_training_leaves_process_flags_to_backend_settings():
+    # The trainer and `cnnzoo compare` set up a model with the same function; the process-wide flags are set only
+    # inside backend_settings, and restored after it (a deterministic run must not make later code deterministic).
+    from cnnzoo.train.engine import backend_settings, setup_training
+
+    cfg = build_config("resnet20", device="cpu", deterministic=True, threads=1)
+    threads = torch.get_num_threads()
+    setup_training(create_model("resnet20", num_classes=10), cfg)
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
+    with backend_settings(cfg, torch.device("cpu")):
+        assert torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == 1
+    assert not torch.are_deterministic_algorithms_enabled() and torch.get_num_threads() == threads
 
 
 def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):

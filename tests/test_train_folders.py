@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
 from PIL import Image
 
+from cnnzoo.errors import CnnzooError
 from cnnzoo.train.api import train
-from cnnzoo.train.tools import predict
+from cnnzoo.train.tools import evaluate_run, predict
 
 CLASSES = ("red", "green", "blue")
 
@@ -39,3 +41,10 @@ def test_train_on_an_image_folder(tmp_path, size):
     assert json.loads((out / "report.json").read_text())["test"]["top1"] == report["test"]["top1"]
     (result,) = predict(out, [data / "test" / "blue" / "0.png"], top_k=3)
     assert sorted(name for name, _ in result["top"]) == sorted(CLASSES)
+    # The folder changes after training: resuming or evaluating on it is refused, saying how it differs.
+    for split in ("train", "test"):
+        shutil.rmtree(data / split / "blue")
+    with pytest.raises(CnnzooError, match="not what the run was trained on .*missing classes 'blue'"):
+        train(resume=out, epochs=3, quiet=True)
+    with pytest.raises(CnnzooError, match="missing classes 'blue'"):
+        evaluate_run(out, device="cpu")

@@ -5,10 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from cnnzoo.train.api import train
-
-TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
-
 
 def _cli(argv: list[str]) -> int:
     from cnnzoo.train import cli
@@ -19,12 +15,11 @@ def _cli(argv: list[str]) -> int:
     return args.func(args)
 
 
-def test_predict_top_k_names_and_probabilities(tmp_path, capsys):
+def test_predict_top_k_names_and_probabilities(tiny_run, tmp_path, capsys):
     from PIL import Image
     from sklearn.datasets import load_digits
 
-    out = tmp_path / "run"
-    train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
+    out, _ = tiny_run
     digits = load_digits()
     paths = []
     for i in range(2):

@@ -17,8 +17,8 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.api import train
 from cnnzoo.train.loop import NonFiniteLoss
+from conftest import EXACT, TINY
 
-TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
 TIMING = ("seconds", "images_per_s")  # wall-clock fields differ between any two runs
 
 
@@ -32,26 +32,26 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("stop_after", [4, 6])  # mid-epoch (epoch 2, batch 1) and on an epoch boundary
-def test_interrupted_and_resumed_equals_uninterrupted(tmp_path, stop_after):
+def test_interrupted_and_resumed_equals_uninterrupted(exact_run, tmp_path, stop_after):
     """--deterministic on the CPU: stop, resume, and every metric and weight is bit-identical."""
-    opts = dict(epochs=3, deterministic=True, ema=0.9, mixup=0.2, cutmix=1.0, label_smoothing=0.1, quiet=True, **TINY)
-    full = train("resnet20", "digits", out=tmp_path / "full", **opts)
-    stopped = train("resnet20", "digits", out=tmp_path / "cut", stop_after=stop_after, **opts)
+    full_dir, full = exact_run
+    stopped = train("resnet20", "digits", out=tmp_path / "cut", stop_after=stop_after, quiet=True, **EXACT)
     assert stopped["interrupted"] and stopped["step"] == stop_after
     assert not (tmp_path / "cut" / "report.json").exists()
     resumed = train(resume=tmp_path / "cut", quiet=True)
     assert not torch.are_deterministic_algorithms_enabled()  # the process-wide flag is restored after a run
-    assert _metrics(tmp_path / "cut") == _metrics(tmp_path / "full")
-    last_full, last_cut = _weights(tmp_path / "full" / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
+    assert _metrics(tmp_path / "cut") == _metrics(full_dir)
+    last_full, last_cut = _weights(full_dir / "last.pt"), _weights(tmp_path / "cut" / "last.pt")
     assert all(torch.equal(last_full[k], last_cut[k]) for k in last_full)
-    ema_full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["ema"]
+    ema_full = torch.load(full_dir / "last.pt", weights_only=True)["ema"]
     ema_cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["ema"]
     assert all(torch.equal(ema_full[k], ema_cut[k]) for k in ema_full)
     assert resumed["test"] == full["test"]
 
 
-def test_sigint_finishes_the_step_saves_and_exits_0(tmp_path):
-    """A real Ctrl-C to a `cnnzoo train` process: exit 0, last.pt written, a line saying how to resume."""
+def test_sigint_finishes_the_step_saves_and_exits_130(tmp_path):
+    """A real Ctrl-C to a `cnnzoo train` process: last.pt written, a line saying how to resume, and exit status 130
+    (128 + SIGINT, the shell's convention), so `cnnzoo train ... && cnnzoo export ...` does not export it."""
     out = tmp_path / "run"
     script = ("import sys; from cnnzoo.train.cli import register; import argparse; p = argparse.ArgumentParser(); "
               "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")  # fmt: skip
@@ -69,7 +69,7 @@ def test_sigint_finishes_the_step_saves_and_exits_0(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, output
+    assert proc.returncode == 130, output
     assert "SIGINT received" in output and f"resume with: cnnzoo train --resume {out}" in output
     ckpt = checkpoint.load(out / "last.pt", model="resnet20")
     assert ckpt["position"]["step"] >= 3 and not (out / "report.json").exists()
@@ -95,16 +95,15 @@ class _Payload:
 def test_checkpoint_that_would_run_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"format": checkpoint.FORMAT, "model": _Payload()}, path)
-    with pytest.raises(CnnzooError, match="weights_only"):
+    with pytest.raises(CnnzooError, match="refused: it asks to load"):
         checkpoint.load(path)
     (tmp_path / "torn.pt").write_bytes(b"\x80\x02garbage")
     with pytest.raises(CnnzooError, match="torn.pt"):
         checkpoint.load(tmp_path / "torn.pt")
 
 
-def test_checkpoint_for_another_model_or_class_count_is_refused(tmp_path):
-    out = tmp_path / "run"
-    train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
+def test_checkpoint_for_another_model_or_class_count_is_refused(tiny_run):
+    out, _ = tiny_run
     with pytest.raises(CnnzooError, match="model 'resnet20', not 'resnet32'"):
         checkpoint.load(out / "last.pt", model="resnet32")
     with pytest.raises(CnnzooError, match="num_classes 10, not 100"):
@@ -127,10 +126,9 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file left behind
 
 
-def test_resume_extends_training_but_refuses_other_changes(tmp_path):
-    out = tmp_path / "run"
-    train("resnet20", "digits", out=out, epochs=1, quiet=True, **TINY)
+def test_resume_extends_training_but_refuses_other_changes(tiny_run, copy_run):
+    out = copy_run(tiny_run[0])  # 2 epochs done
     with pytest.raises(CnnzooError, match="cannot change lr when resuming"):
         train(resume=out, lr=0.5, quiet=True)
-    report = train(resume=out, epochs=2, quiet=True)
-    assert report["epochs"] == 2 and [r["epoch"] for r in _metrics(out)] == [1, 2]
+    report = train(resume=out, epochs=3, quiet=True)
+    assert report["epochs"] == 3 and [r["epoch"] for r in _metrics(out)] == [1, 2, 3]

@@ -16,19 +16,12 @@ from cnnzoo.train.api import train
 from cnnzoo.train.config import TrainConfig
 from cnnzoo.train.engine import compute_loss, make_optimizer, step_context, train_step
 from cnnzoo.train.tools import evaluate_run, export
+from conftest import TINY  # 3 steps of 32 digits images per epoch, 48 validation images
 
-TINY = dict(subset=96, val_size=48, batch_size=32, eval_batch_size=64, device="cpu", threads=2)
 
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        home = tmp_path_factory.mktemp("home")
-        mp.setenv("CNNZOO_CACHE_DIR", str(home / "cache"))
-        mp.setenv("CNNZOO_DATA_DIR", str(home / "data"))
-        out = tmp_path_factory.mktemp("runs") / "r"
-        report = train("resnet20", "digits", out=out, epochs=2, quiet=True, **TINY)
-    return out, report
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run  # (run directory, report): resnet20, 2 epochs of TINY digits
 
 
 def _cli(argv: list[str]) -> int:

@@ -1,24 +1,43 @@
-"""Writing files so that a crash or kill at any moment leaves either the old file or the new one, never half."""
+"""Writing files so that a crash or kill at any moment leaves either the old file or the new one, never half.
+
+Each write goes to a temporary file ``.<name>.<random>.tmp`` in the destination's folder, is flushed and fsynced,
+then ``os.replace``-d over the destination (atomic on POSIX and Windows), and the folder is fsynced so the rename
+itself survives a power cut. A write that fails removes its temporary file; a kill cannot, so whoever owns the
+folder removes what :func:`temp_files` finds at its next start.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
 
-def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
-    """``torch.save(obj, path)`` via a temporary file in the same folder, fsync and ``os.replace``."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    path = Path(path)
+def _mode_for(path: Path) -> int:
+    """The replaced file's permission bits, or 0o666 less the process umask for a new file."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def _replacing(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` when the block ends without an exception (and is removed if not)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; the result gets the mode a plain open() would give (or the old file's).
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,3 +51,27 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """``torch.save(obj, path)``, atomically."""
+    with _replacing(Path(path)) as f:
+        torch.save(obj, f)
+
+
+def write_atomic(path: str | Path, data: str | bytes) -> None:
+    """Write ``data`` (text as UTF-8, or bytes) to ``path``, atomically."""
+    with _replacing(Path(path)) as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> None:
+    """Save a matplotlib ``Figure`` as PNG to ``path``, atomically (every chart cnnzoo draws goes through here)."""
+    with _replacing(Path(path)) as f:
+        fig.savefig(f, format="png", dpi=dpi)
+
+
+def temp_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
+    """The temporary files that interrupted atomic writes of ``folder/<name>`` (for each of ``names``) left behind."""
+    folder = Path(folder)
+    return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())

@@ -1,7 +1,11 @@
 """The ``cnnzoo`` command line: a thin dispatcher.
 
 Each area of the library owns its subcommands: a module with ``register(subparsers)`` that adds them and sets
-``func(args) -> int`` on each. User errors (:class:`CnnzooError`) become one line on stderr and exit status 2.
+``func(args) -> int`` on each. Errors become one line on stderr (``error: ...``), never a traceback.
+
+Exit status (the README's table): 0 done; 1 a file could not be read or written (disk full, permissions); 2 a user
+error (:class:`CnnzooError`, and argparse's usage errors); 3 a non-finite loss stopped training; 130 / 143 stopped by
+SIGINT / SIGTERM (128 + the signal number, the shell's convention), with the run's checkpoint saved.
 """
 
 from __future__ import annotations
@@ -51,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `cnnzoo models | head`
         return 0
+    except OSError as e:  # the disk, not the input: a full disk, a folder without write permission
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

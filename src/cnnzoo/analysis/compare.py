@@ -28,6 +28,7 @@ import torch
 
 from cnnzoo.analysis import tables
 from cnnzoo.analysis.profile import parse_input, profile_model
+from cnnzoo.atomic import write_atomic, write_figure
 from cnnzoo.errors import CnnzooError
 
 DEFAULT_224 = ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152"]
@@ -87,12 +88,11 @@ def _median_seconds(fn, repeats: int, device: torch.device) -> float:
     return statistics.median(times)
 
 
-def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device, num_classes: int):
-    """Closures for one inference at batch 1, one at ``batch``, and one training step at ``batch``."""
-    from cnnzoo.train.config import build_config
+def _timers(model: torch.nn.Module, cfg, shape, batch: int, device: torch.device, num_classes: int):
+    """Closures for one inference at batch 1, one at ``batch``, and one training step at ``batch``, set up by the
+    trainer's own :func:`~cnnzoo.train.engine.setup_training` for ``cfg``."""
     from cnnzoo.train.engine import setup_training, train_step
 
-    cfg = build_config(recipe="fast", device=str(device))
     net, optimizer, ctx = setup_training(model, cfg, device)
     x1 = ctx.layout(torch.randn(1, *shape, device=device))  # in the model's layout, as the data path hands it over
     xb = ctx.layout(torch.randn(batch, *shape, device=device))
@@ -115,10 +115,24 @@ def _timers(model: torch.nn.Module, shape, batch: int, device: torch.device, num
 
 def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str, repeats: int,
             vs_torchvision: bool, num_classes: int = 10) -> dict:  # fmt: skip
-    """All timings and memory of one model (call in a fresh process for honest CPU memory figures)."""
-    from cnnzoo.models import create_model
+    """All timings and memory of one model (call in a fresh process for honest CPU memory figures).
+
+    Timed as the trainer runs: its ``fast`` recipe's step, under the trainer's process-wide backend flags (threads,
+    cudnn autotuning, TF32), which are restored afterwards.
+    """
+    from cnnzoo.train.config import build_config
+    from cnnzoo.train.engine import backend_settings
 
     device = torch.device(device_name)
+    cfg = build_config(recipe="fast", device=str(device))
+    with backend_settings(cfg, device):
+        return _measure(name, cfg, shape, batch, device, repeats, vs_torchvision, num_classes)
+
+
+def _measure(name, cfg, shape, batch, device, repeats, vs_torchvision, num_classes) -> dict:
+    """The body of :func:`measure`, inside the backend settings."""
+    from cnnzoo.models import create_model
+
     torch.manual_seed(0)
     row: dict = {"note": ""}
     model = create_model(name, num_classes=num_classes).to(device)
@@ -126,7 +140,7 @@ def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device) / 2**20
-    one, many, step = _timers(model, shape, batch, device, num_classes)
+    one, many, step = _timers(model, cfg, shape, batch, device, num_classes)
     for fn in (one, many):  # warm-up (and cudnn autotuning)
         fn()
     row["latency_ms"] = 1000 * _median_seconds(one, repeats, device)
@@ -137,11 +151,11 @@ def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str
     row["train_img_s"] = batch / _median_seconds(step, max(2, repeats // 2), device)
     row["train_mem_mb"] = _peak_mb(device) - base
     if vs_torchvision and name in TORCHVISION:
-        row.update(_versus_torchvision(name, model, shape, batch, device, repeats, num_classes))
+        row.update(_versus_torchvision(name, model, cfg, shape, batch, device, repeats, num_classes))
     return row
 
 
-def _versus_torchvision(name, ours, shape, batch, device, repeats, num_classes) -> dict:
+def _versus_torchvision(name, ours, cfg, shape, batch, device, repeats, num_classes) -> dict:
     """Latency and training speed of torchvision's same architecture, timed interleaved with ours (same settings).
 
     Ratios are cnnzoo speed / torchvision speed = torchvision time / cnnzoo time.
@@ -150,7 +164,8 @@ def _versus_torchvision(name, ours, shape, batch, device, repeats, num_classes) 
 
     kw = {"init_weights": True} if name == "googlenet" else {}
     theirs = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kw).to(device)
-    mine, tv = _timers(ours, shape, batch, device, num_classes), _timers(theirs, shape, batch, device, num_classes)
+    mine = _timers(ours, cfg, shape, batch, device, num_classes)
+    tv = _timers(theirs, cfg, shape, batch, device, num_classes)
     for fn in (*mine, *tv):
         fn()
 
@@ -310,20 +325,20 @@ def _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision,
 
 
 def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
-    (out / "compare.csv").write_text(tables.to_csv(rows, COLUMNS))
+    write_atomic(out / "compare.csv", tables.to_csv(rows, COLUMNS))
     meta = {"device": device, "torch": torch.__version__, "num_classes": num_classes, "columns": COLUMNS,
             "units": {"macs": "multiply-accumulates per image", "latency_ms": "median ms at batch 1",
                       "infer_img_s": "images/s", "train_img_s": "images/s, forward+backward+SGD step",
                       "infer_mem_mb": "MiB above the weights", "train_mem_mb": "MiB above the weights",
                       "accuracy": "fraction",
                       "vs_torchvision_latency": "cnnzoo speed / torchvision speed"}}  # fmt: skip
-    (out / "compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    write_atomic(out / "compare.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     intro = (
         f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
         "image; speed vs torchvision = cnnzoo / torchvision (latency / train).\n\n"
     )
-    (out / "compare.md").write_text(intro + tables.to_markdown(rows, _display_columns(rows)))
-    overview_figure(rows, device).savefig(out / "overview.png", dpi=90)
+    write_atomic(out / "compare.md", intro + tables.to_markdown(rows, _display_columns(rows)))
+    write_figure(overview_figure(rows, device), out / "overview.png", dpi=90)
 
 
 def _fmt(v, spec: str) -> str:

@@ -1,10 +1,11 @@
 """The trainer: config and recipes, the loop, checkpoints, the run directory, and its commands.
 
 ``cnnzoo.train(...)`` (the function, :func:`cnnzoo.train.api.train`) is the entry point. Modules: ``config``
-(TrainConfig, recipes, config.toml), ``engine`` (lr_at, make_optimizer, train_step, setup_training), ``loop``
-(train_one_epoch, evaluate, fit), ``checkpoint`` (atomic, weights_only), ``run`` (one run end to end), ``plots``,
-``tools`` (eval, predict, export), ``api``, ``cli``. Import submodules with ``from cnnzoo.train.X import Y``: after
-``import cnnzoo`` the attribute ``cnnzoo.train`` is the function, not this package.
+(TrainConfig, recipes, config.toml), ``schedule`` (lr_at), ``engine`` (setup_training, make_optimizer, train_step),
+``loop`` (train_one_epoch, evaluate, fit), ``checkpoint`` (atomic, weights_only), ``run`` (one run end to end, the run
+directory), ``plots``, ``tools`` (eval, predict, export), ``api``, ``cli``. Import submodules with
+``from cnnzoo.train.X import Y``: after ``import cnnzoo`` the attribute ``cnnzoo.train`` is the function, not this
+package.
 
 The optimisation strategies follow the papers' training sections: He et al. 2016 (arXiv:1512.03385) sections 3.4
 and 4.2; Simonyan & Zisserman 2015 (arXiv:1409.1556) section 3.1; Krizhevsky et al. 2012 section 5; Szegedy et al.

@@ -11,11 +11,12 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from cnnzoo.atomic import write_atomic
 from cnnzoo.errors import CnnzooError
-from cnnzoo.train.config import build_config, config_from_dict, read_config
+from cnnzoo.train.config import build_config, config_from_dict
 
 # What may change when resuming: the length (the lr schedule follows it) and where/how fast it runs.
-RESUME_OVERRIDES = ("epochs", "iterations", "device", "threads", "compile", "compile_mode", "data_dir")
+RESUME_OVERRIDES = ("epochs", "iterations", "device", "threads", "compile", "compile_mode", "cuda_graph", "data_dir")
 
 
 def train(
@@ -38,69 +39,104 @@ def train(
         data: a dataset name (``digits``, ``cifar10``, ...) or an image folder.
         recipe: a shipped recipe name (``cnnzoo recipes``) or a path to a ``.toml`` file.
         out: the run directory (default ``runs/<model>-<data>-<timestamp>``).
-        resume: a run directory to continue from its ``last.pt`` (its ``config.toml`` is the config; any
-            ``overrides`` may change only ``RESUME_OVERRIDES``, e.g. more ``epochs``).
+        resume: a run directory to continue from its ``last.pt`` (whose stored config is the run's; any
+            ``overrides`` may change only ``RESUME_OVERRIDES``, e.g. more ``epochs``). Refused when the data
+            differs from what the run was trained on, or the directory's files disagree with each other.
         seeds: train once per seed into ``out/seed-<K>``; the result then holds every report and the mean and
             (sample) standard deviation of test top-1 and loss, also written to ``out/seeds.json``.
         stop_after: stop as on Ctrl-C once this many optimizer steps are done (resumable).
-        overwrite: replace a previous run's files in ``out`` (default: refuse, so no run is lost by accident).
+        overwrite: replace a previous run in ``out``, once the new run's data, model and config are built (default:
+            refuse, so no run is lost by accident). ``out`` is always new, empty or a cnnzoo run directory.
         quiet: print nothing.
         **overrides: :class:`cnnzoo.train.config.TrainConfig` fields (``epochs=3, lr=0.05, ema=0.999, ...``),
             which win over the recipe.
 
     Returns:
         The report: ``test`` (loss, top1, top5, per_class), ``best_epoch``, ``best_val_top1``, ``run_dir``, ...
-        For a stopped run: ``{"interrupted": True, "run_dir": ..., "step": ...}``.
+        For a stopped run: ``{"interrupted": True, "signal": ..., "run_dir": ..., "step": ...}`` (``signal``: the
+        number of the signal that stopped it, None for ``stop_after``).
     """
-    from cnnzoo.train.run import default_out, run_training
+    from cnnzoo.train.run import check_seeds_out, default_out, run_training
 
     log = (lambda *a, **k: None) if quiet else print
+    check_arguments(model, out=out, resume=resume, seeds=seeds, stop_after=stop_after, overwrite=overwrite)
     if resume is not None:
-        run_dir = Path(resume)
-        if out is not None and Path(out) != run_dir:
-            raise CnnzooError("--resume continues a run in its own directory; leave out --out")
-        if seeds:
-            raise CnnzooError("--resume continues one run; resume each seed's directory separately")
-        stored = read_config(run_dir / "config.toml").to_dict()
-        if model is not None and model != stored["model"]:
-            raise CnnzooError(f"{run_dir} is a run of {stored['model']}, not {model}")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        fixed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDES and v != stored.get(k))
-        if fixed:
-            raise CnnzooError(f"cannot change {', '.join(fixed)} when resuming (only {', '.join(RESUME_OVERRIDES)})")
-        stored.update(given)
-        cfg = config_from_dict(stored)
-        return run_training(cfg, run_dir, resume=True, stop_after=stop_after, log=log)
-    if model is None:
-        raise CnnzooError("name a model to train (`cnnzoo models` lists them), or --resume a run directory")
+        return _resume(Path(resume), model, overrides, stop_after=stop_after, log=log)
     cfg = build_config(model, data, recipe=recipe, **overrides)
     if not seeds:
         return run_training(cfg, out, stop_after=stop_after, overwrite=overwrite, log=log)
     from dataclasses import replace
 
     root = Path(out) if out is not None else default_out(cfg)
+    check_seeds_out(root, seeds, overwrite=overwrite)  # every seed's folder before the first seed trains
     reports = []
     for seed in seeds:
-        if seed < 0:
-            raise CnnzooError(f"seeds must be >= 0, got {seed}")
         log(f"--- seed {seed} ---")
-        reports.append(run_training(replace(cfg, seed=seed), root / f"seed-{seed}", stop_after=stop_after,
-                                    overwrite=overwrite, log=log))
+        seed_cfg, seed_dir = replace(cfg, seed=seed), root / f"seed-{seed}"
+        reports.append(run_training(seed_cfg, seed_dir, stop_after=stop_after, overwrite=overwrite, log=log))
         if reports[-1].get("interrupted"):
             return reports[-1]
     summary = summarize_seeds(seeds, reports)
-    (root / "seeds.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_atomic(root / "seeds.json", json.dumps(summary, indent=2) + "\n")
     top1 = summary["test_top1"]
     log(f"{len(seeds)} seeds: test top-1 {100 * top1['mean']:.2f}% +- {100 * top1['std']:.2f}% (mean +- sample std)")
     return summary
+
+
+def check_arguments(
+    model: str | None,
+    *,
+    out: str | Path | None,
+    resume: str | Path | None,
+    seeds: list[int] | None,
+    stop_after: int | None,
+    overwrite: bool,
+) -> None:
+    """Refuse, before any work, arguments that do not go together or are out of range (the config's own fields are
+    checked by :class:`~cnnzoo.train.config.TrainConfig`)."""
+    if resume is not None:
+        if out is not None and Path(out) != Path(resume):
+            raise CnnzooError("--resume continues a run in its own directory; leave out --out")
+        if seeds:
+            raise CnnzooError("--resume continues one run; resume each seed's directory separately")
+        if overwrite:
+            raise CnnzooError("--overwrite starts a new run, --resume continues one: give only one of them")
+    elif model is None:
+        raise CnnzooError("name a model to train (`cnnzoo models` lists them), or --resume a run directory")
+    if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 1):
+        raise CnnzooError(f"--stop-after must be a number of steps >= 1, got {stop_after!r}")
+    for seed in seeds or []:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise CnnzooError(f"seeds must be integers >= 0, got {seed!r}")
+    if seeds and len(set(seeds)) != len(seeds):
+        raise CnnzooError(f"seeds must differ (each trains into its own seed-K folder), got {seeds}")
+
+
+def _resume(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop_after: int | None, log) -> dict:
+    """Continue the run in ``run_dir`` with the config of its checkpoint, changed only in ``RESUME_OVERRIDES``."""
+    from cnnzoo.train.run import open_run, run_training
+
+    ckpt = open_run(run_dir)
+    stored = dict(ckpt["config"])
+    if model is not None and model != stored["model"]:
+        raise CnnzooError(f"{run_dir} is a run of {stored['model']}, not {model}")
+    given = {k: v for k, v in overrides.items() if v is not None}
+    fixed = sorted(k for k, v in given.items() if k not in RESUME_OVERRIDES and v != stored.get(k))
+    if fixed:
+        raise CnnzooError(f"cannot change {', '.join(fixed)} when resuming (only {', '.join(RESUME_OVERRIDES)})")
+    cfg = config_from_dict({**stored, **given})
+    return run_training(cfg, run_dir, resume=ckpt, stop_after=stop_after, log=log)
 
 
 def summarize_seeds(seeds: list[int], reports: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean and sample standard deviation (0 for one seed) of the test metrics over seeds."""
 
     def stats(values: list[float]) -> dict[str, float]:
-        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-                "values": values}  # fmt: skip
+        return {
+            "mean": statistics.fmean(values),
+            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "values": values,
+        }
 
     out = {"seeds": list(seeds), "runs": reports}
     for key in ("top1", "top5", "loss"):

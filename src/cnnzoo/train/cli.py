@@ -44,8 +44,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         else:
             choices = f.metadata.get("choices")
             metavar = "{" + ",".join(choices) + "}" if choices else kind.upper()
-            group.add_argument(flag, type={"int": int, "float": float}.get(kind, str), choices=choices, metavar=metavar,
-                               **common)  # fmt: skip
+            group.add_argument(
+                flag, type={"int": int, "float": float}.get(kind, str), choices=choices, metavar=metavar, **common
+            )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -60,10 +61,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", default=None, help="recipe name (`cnnzoo recipes`) or a .toml file")
     p.add_argument("--out", default=None, help="run directory (default: runs/<model>-<data>-<time>)")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue a run from its last.pt")
-    p.add_argument("--seeds", type=_parse_list(int), default=None, metavar="0,1,2",
-                   help="train once per seed into OUT/seed-K and report mean +- std")  # fmt: skip
-    p.add_argument("--stop-after", type=int, default=None, metavar="STEPS",
-                   help="stop (resumably, as on Ctrl-C) once this many steps are done")  # fmt: skip
+    p.add_argument(
+        "--seeds",
+        type=_parse_list(int),
+        default=None,
+        metavar="0,1,2",
+        help="train once per seed into OUT/seed-K and report mean +- std",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        metavar="STEPS",
+        help="stop (resumably, as on Ctrl-C) once this many steps are done",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a previous run's files in --out")
     p.add_argument("--quiet", action="store_true", help="print nothing")
     _add_config_flags(p)
@@ -100,12 +111,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Exit status: 0 trained (or stopped by --stop-after), 128 + N stopped by signal N; errors: see ``cnnzoo.cli``."""
     from cnnzoo.train.api import train
 
     overrides = {name: getattr(args, name) for name in FIELDS if name not in _NOT_FLAGS and hasattr(args, name)}
-    result = train(args.model, args.data, recipe=args.recipe, out=args.out, resume=args.resume, seeds=args.seeds,
-                   stop_after=args.stop_after, overwrite=args.overwrite, quiet=args.quiet, **overrides)  # fmt: skip
-    return 0 if result is not None else 1
+    result = train(
+        args.model,
+        args.data,
+        recipe=args.recipe,
+        out=args.out,
+        resume=args.resume,
+        seeds=args.seeds,
+        stop_after=args.stop_after,
+        overwrite=args.overwrite,
+        quiet=args.quiet,
+        **overrides,
+    )
+    if result.get("interrupted") and result.get("signal"):
+        # Stopped by a signal: last.pt is saved, but the run is not done. 128 + the signal number (130 for SIGINT,
+        # 143 for SIGTERM) is the shell's convention, so `cnnzoo train ... && cnnzoo export ...` stops here.
+        return 128 + result["signal"]
+    return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -142,8 +168,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     from cnnzoo.train.tools import export
 
     result = export(args.run_dir, fmt=args.format, output=args.output, which=args.checkpoint)
-    print(f"wrote {result['path']} ({args.format}); checked on a batch of {result['batch']}: max |difference| "
-          f"from the eager model {result['max_abs_diff']:.2e}")  # fmt: skip
+    print(
+        f"wrote {result['path']} ({args.format}); checked on a batch of {result['batch']}: max |difference| "
+        f"from the eager model {result['max_abs_diff']:.2e}"
+    )
     return 0
 
 

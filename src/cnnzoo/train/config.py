@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from cnnzoo.atomic import write_atomic
 from cnnzoo.data.bundle import AUGMENTS
 from cnnzoo.errors import CnnzooError
 
@@ -70,7 +71,7 @@ class TrainConfig:
     weight_decay: float = _f(5e-4, "weight decay (L2 for SGD, decoupled for AdamW)")
     wd_exclude_bn_bias: bool = _f(True, "exempt BN and bias parameters (1-d tensors) from weight decay")
     grad_clip: float = _f(0.0, "clip the global gradient norm to this, 0 = off")
-    # Learning-rate schedule: lr_at(step) in cnnzoo.train.engine.
+    # Learning-rate schedule: lr_at(step) in cnnzoo.train.schedule.
     schedule: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle", choices=SCHEDULES)
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
     warmup_steps: int = _f(0, "warm-up length in steps (wins over --warmup-epochs)")
@@ -350,7 +351,7 @@ def to_toml(values: dict[str, Any]) -> str:
 
 def write_config(cfg: TrainConfig, path: str | Path) -> None:
     """Write the resolved config as ``config.toml``."""
-    Path(path).write_text("# cnnzoo training config (resolved: defaults < recipe < flags)\n" + to_toml(cfg.to_dict()))
+    write_atomic(path, "# cnnzoo training config (resolved: defaults < recipe < flags)\n" + to_toml(cfg.to_dict()))
 
 
 def read_config(path: str | Path) -> TrainConfig:

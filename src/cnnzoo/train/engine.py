@@ -1,7 +1,9 @@
 """The pieces of one training step, reusable outside the trainer (``cnnzoo compare`` times ``train_step`` with them).
+The learning-rate schedule lives in :mod:`cnnzoo.train.schedule`.
 
-- :func:`lr_at`: the learning rate as a pure function of the step (linear or constant warm-up, then constant, step,
-  multistep, cosine, linear or one-cycle decay), so resuming needs no scheduler state and any step's lr is known.
+- :func:`setup_training`: the one set-up of a model for training (device, layout, SyncBN and DDP, optimizer,
+  numerics, torch.compile), used by the trainer and by ``cnnzoo compare``; :func:`backend_settings` around it sets
+  the process-wide backend flags for the run and restores them afterwards.
 - :func:`make_optimizer`: SGD (momentum, Nesterov) or AdamW, with weight decay off for BN and bias parameters by
   default (Goyal et al. 2017, arXiv:1706.02677, section 5.1 and "Bag of Tricks", He et al. 2019, section 3.1:
   decaying them only pulls the BN scale and shift toward zero) and fused kernels on CUDA.
@@ -97,8 +99,13 @@ def backend_settings(cfg: TrainConfig, device: torch.device):
     """:func:`configure_backends` for the duration of a run, then the process-wide flags as they were (so a
     deterministic run inside a larger program, e.g. a test session, does not change what runs after it)."""
     cuda = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    saved = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic, torch.get_num_threads())  # fmt: skip
+    saved = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
+        torch.get_num_threads(),
+    )
     configure_backends(cfg, device)
     try:
         yield
@@ -131,63 +138,6 @@ def set_dropout(model: nn.Module, p: float) -> int:
     return len(layers)
 
 
-# --- learning-rate schedule ----------------------------------------------------------------------------------------
-
-
-def total_steps(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Optimizer steps in the whole run: ``iterations`` if set, else ``epochs * steps_per_epoch``."""
-    return cfg.iterations if cfg.iterations > 0 else cfg.epochs * steps_per_epoch
-
-
-def num_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Epochs the loop runs (the last one may stop early when ``iterations`` is not a multiple of an epoch)."""
-    return math.ceil(total_steps(cfg, steps_per_epoch) / steps_per_epoch)
-
-
-def warmup_length(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Warm-up length in steps (``warmup_steps`` wins over ``warmup_epochs``)."""
-    return cfg.warmup_steps if cfg.warmup_steps > 0 else round(cfg.warmup_epochs * steps_per_epoch)
-
-
-def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based): a pure function of the step and the config.
-
-    Warm-up (first ``warmup_length`` steps): ``warmup_lr`` if set (He et al. 2016 section 4.2: ResNet-110 trains
-    at 0.01 for 400 iterations, then at 0.1), else a linear ramp up to ``lr``. Then:
-
-    ========== ======================================================================================
-    constant   lr
-    step       lr * gamma ** floor(epoch / step_size)       (AlexNet, VGG, GoogLeNet papers)
-    multistep  lr * gamma ** (milestones passed)            (He et al. 2016: /10 at 32k and 48k steps)
-    cosine     min_lr + (lr - min_lr) * (1 + cos(pi * t)) / 2,  t = progress after warm-up in [0, 1]
-    linear     min_lr + (lr - min_lr) * (1 - t)
-    onecycle   cosine up from lr/25 to lr over pct_start, then down to lr/25e4 (torch OneCycleLR's defaults)
-    ========== ======================================================================================
-    """
-    total = total_steps(cfg, steps_per_epoch)
-    warm = warmup_length(cfg, steps_per_epoch)
-    if cfg.schedule == "onecycle":
-        up = max(1, round(cfg.pct_start * total))
-        start, low = cfg.lr / 25.0, cfg.lr / 25.0 / 1e4
-        if step < up:
-            return start + (cfg.lr - start) * (1 - math.cos(math.pi * step / up)) / 2
-        t = min(1.0, (step - up) / max(1, total - 1 - up))
-        return low + (cfg.lr - low) * (1 + math.cos(math.pi * t)) / 2
-    if step < warm:
-        return cfg.warmup_lr if cfg.warmup_lr > 0 else cfg.lr * (step + 1) / warm
-    if cfg.schedule == "constant":
-        return cfg.lr
-    if cfg.schedule == "step":
-        return cfg.lr * cfg.gamma ** math.floor(step / (cfg.step_size * steps_per_epoch))
-    if cfg.schedule == "multistep":
-        marks = cfg.milestone_steps or [round(m * steps_per_epoch) for m in cfg.milestones]
-        return cfg.lr * cfg.gamma ** sum(step >= m for m in marks)
-    t = min(1.0, (step - warm) / max(1, total - 1 - warm))
-    if cfg.schedule == "cosine":
-        return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t)) / 2
-    return cfg.min_lr + (cfg.lr - cfg.min_lr) * (1 - t)  # linear
-
-
 # --- optimizer -----------------------------------------------------------------------------------------------------
 
 
@@ -215,8 +165,9 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
         kw["capturable"] = True  # its step counters stay on the device, so GraphedStep can capture the update
     groups = param_groups(model, cfg.weight_decay, cfg.wd_exclude_bn_bias)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
-                               **kw)  # fmt: skip
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **kw
+        )
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), **kw)
 
 
@@ -243,8 +194,9 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
 # --- mixup / cutmix ------------------------------------------------------------------------------------------------
 
 
-def mix_batch(images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, num_classes: int,
-              generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def mix_batch(
+    images: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig, num_classes: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup or cutmix (one of the two, with equal chance, when both are on): (images, soft targets (N, K)).
 
     Sample i is mixed with sample N-1-i (the batch reversed: timm's "flip" pairing, no extra permutation), with
@@ -308,8 +260,16 @@ def step_context(cfg: TrainConfig, device: torch.device) -> StepContext:
     """Resolve precision and scaler for ``cfg`` on ``device``."""
     precision = resolve_precision(cfg, device)
     memory_format = torch.channels_last if use_channels_last(cfg, device) else torch.contiguous_format
-    return StepContext(device, precision, make_scaler(precision, device), cfg.label_smoothing, cfg.aux_weight,
-                       cfg.grad_clip, memory_format, cfg.tta_flip)  # fmt: skip
+    return StepContext(
+        device,
+        precision,
+        make_scaler(precision, device),
+        cfg.label_smoothing,
+        cfg.aux_weight,
+        cfg.grad_clip,
+        memory_format,
+        cfg.tta_flip,
+    )
 
 
 def compute_loss(
@@ -444,21 +404,35 @@ class GraphedStep:
         return out
 
 
-def setup_training(model: nn.Module, cfg: TrainConfig, device: torch.device | str | None = None
-                   ) -> tuple[nn.Module, torch.optim.Optimizer, StepContext]:  # fmt: skip
-    """The trainer's speed settings for ``model`` in one call (what ``cnnzoo compare`` times):
+def setup_training(
+    model: nn.Module, cfg: TrainConfig, device: torch.device | str | None = None, *, world_size: int = 1
+) -> tuple[nn.Module, torch.optim.Optimizer, StepContext]:
+    """Make ``model`` ready to train as the trainer trains it: the one set-up path (the trainer and ``cnnzoo compare``
+    both call it, so compare times the step the trainer runs). Returns ``(net, optimizer, ctx)``; one step is
+    ``train_step(net, optimizer, images, labels, ctx)``.
 
-    moves it to the device (``cfg.device`` when ``device`` is None), channels_last per :func:`use_channels_last`,
-    the optimizer of :func:`make_optimizer`, the autocast/scaler of :func:`step_context`, and ``torch.compile`` if
-    ``cfg.compile``. Returns ``(net, optimizer, ctx)``; call ``train_step(net, optimizer, images, labels, ctx)``.
+    In order: ``model`` moved to the device (``cfg.device`` when ``device`` is None) in place, its BN layers made
+    SyncBatchNorm under DDP with ``cfg.sync_bn``, channels_last per :func:`use_channels_last`; the optimizer of
+    :func:`make_optimizer`; the autocast/scaler of :func:`step_context`; ``net`` is ``model`` wrapped in
+    DistributedDataParallel when ``world_size > 1`` (the process group must exist), then ``torch.compile`` if
+    ``cfg.compile``. ``model`` itself stays the plain module (what checkpoints and the EMA hold).
+
+    It changes no process-wide flag: run it and the steps inside :func:`backend_settings` for the trainer's threads,
+    determinism, cudnn autotuning and TF32, restored when the block ends.
     """
     device = resolve_device(cfg.device) if device is None else torch.device(device)
-    configure_backends(cfg, device)
-    model = model.to(device)
+    model.to(device)  # Module.to moves the parameters in place and returns the module itself
+    if world_size > 1 and cfg.sync_bn:
+        nn.SyncBatchNorm.convert_sync_batchnorm(model)  # swaps the BN children in place (a CNN's root is no BN)
     if use_channels_last(cfg, device):
-        model = model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, cfg, device)
-    return compile_model(model, cfg), optimizer, step_context(cfg, device)
+    net: nn.Module = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    return compile_model(net, cfg), optimizer, step_context(cfg, device)
 
 
 def compile_model(net: nn.Module, cfg: TrainConfig) -> nn.Module:

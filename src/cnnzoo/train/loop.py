@@ -1,6 +1,7 @@
 """The training loop: plain functions ``train_one_epoch``, ``evaluate`` and ``fit`` over one :class:`RunState`.
 
-``fit`` runs epochs of :func:`cnnzoo.train.engine.train_step`, the lr set from :func:`lr_at` before every step,
+``fit`` runs epochs of :func:`cnnzoo.train.engine.train_step`, the lr set from
+:func:`cnnzoo.train.schedule.lr_at` before every step,
 evaluates on the validation split after each epoch (and the EMA weights alongside), appends a line to
 ``metrics.jsonl``, keeps ``best.pt`` (best validation top-1, the only model-selection signal: the test split is
 touched once, at the end, by :func:`cnnzoo.train.api.train`) and ``last.pt`` (everything needed to resume). A
@@ -18,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cnnzoo.atomic import write_atomic
 from cnnzoo.data.bundle import DataBundle, Stream, generator
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig
-from cnnzoo.train.engine import GraphedStep, StepContext, lr_at, mix_batch, num_epochs, set_lr, total_steps, train_step
+from cnnzoo.train.engine import GraphedStep, StepContext, mix_batch, set_lr, train_step
+from cnnzoo.train.schedule import lr_at, num_epochs, total_steps
 
 _MIX_STREAM = Stream.MIX  # generator stream tag for mixup/cutmix draws (cnnzoo.data.bundle.Stream)
 _FINITE_EVERY = 50  # steps between NaN/inf checks on an accelerator
@@ -84,6 +88,7 @@ class RunState:
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"val_top1": -1.0, "epoch": -1, "weights": "model"})
     train_seconds: float = 0.0
+    run_id: str | None = None  # the run directory's identity (its marker file), stored in every checkpoint's meta
     log: Callable[[str], None] = print
 
     @property
@@ -93,28 +98,41 @@ class RunState:
     def meta(self) -> dict[str, Any]:
         d = self.data
         return {
-            "model": self.cfg.model, "num_classes": d.num_classes, "in_channels": d.in_channels, "data": d.name,
-            "classes": list(d.classes), "image_size": d.image_size, "mean": list(d.mean), "std": list(d.std),
-        }  # fmt: skip
+            "model": self.cfg.model,
+            "num_classes": d.num_classes,
+            "in_channels": d.in_channels,
+            "data": d.name,
+            "classes": list(d.classes),
+            "image_size": d.image_size,
+            "mean": list(d.mean),
+            "std": list(d.std),
+            "run_id": self.run_id,
+        }
 
 
 # --- stopping ------------------------------------------------------------------------------------------------------
 
 
 class StopFlag:
-    """Set by SIGINT/SIGTERM (or a step budget); the loop stops cleanly after the current step."""
+    """Set by SIGINT/SIGTERM (or a step budget); the loop stops cleanly after the current step.
+
+    ``signum`` is the signal that stopped the run (None for ``stop_after``): the CLI exits with 128 + it.
+    """
 
     def __init__(self, stop_after: int | None = None) -> None:
         self.requested = False
         self.stop_after = stop_after
         self.reason = ""
+        self.signum: int | None = None
 
     def check(self, step: int, dist: Dist) -> bool:
         if self.stop_after is not None and step >= self.stop_after and not self.requested:
             self.requested, self.reason = True, f"stopped after step {step} (--stop-after)"
-        if dist.world_size > 1:  # every rank must stop at the same step
-            flag = dist.all_reduce(torch.tensor([float(self.requested)]))
-            self.requested = bool(flag.item() > 0)
+        if dist.world_size > 1:  # every rank must stop at the same step: [ranks stopping, sum of their signals]
+            flags = dist.all_reduce(torch.tensor([float(self.requested), float(self.signum or 0)]))
+            if flags[0] > 0 and not self.requested:
+                self.requested, self.reason = True, "stopped with the other processes"
+                self.signum = int(flags[1] / flags[0]) or None
         return self.requested
 
     def install(self) -> Callable[[], None]:
@@ -126,9 +144,40 @@ class StopFlag:
             if self.requested and signum == signal.SIGINT:
                 raise KeyboardInterrupt
             self.requested, self.reason = True, f"{signal.Signals(signum).name} received"
+            self.signum = signum
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         return lambda: [signal.signal(s, h) for s, h in old.items()]
+
+
+class FiniteGuard:
+    """Stops the run at the first NaN/inf loss, before anything is saved: ``guard(loss)`` is the step's
+    ``check_finite`` hook, :meth:`raise_if_bad` raises :class:`NonFiniteLoss` if a bad step was seen.
+
+    On the CPU every loss is checked before its backward, so a bad update is never applied. On an accelerator a
+    per-step check would stall the device, so the first bad step is recorded on the device and read every
+    ``_FINITE_EVERY`` steps and at the end of the epoch.
+    """
+
+    def __init__(self, run: RunState) -> None:
+        self.run = run
+        self.bad = torch.full((), -1, dtype=torch.long, device=run.ctx.device)  # first non-finite step, -1 = none
+        self.every_step = run.ctx.device.type == "cpu"
+
+    def __call__(self, loss: torch.Tensor) -> None:
+        self.bad.masked_fill_((self.bad < 0) & ~torch.isfinite(loss), self.run.step)
+        if self.every_step:
+            self.raise_if_bad()
+
+    def raise_if_bad(self) -> None:
+        step = int(self.bad.item())
+        if step >= 0:
+            spe, run_dir = self.run.steps_per_epoch, self.run.run_dir
+            last = run_dir / "last.pt" if run_dir else "none written"
+            raise NonFiniteLoss(
+                f"non-finite loss at epoch {step // spe + 1}, step {step + 1}; stopped, keeping the last good "
+                f"checkpoint ({last}); try a lower --lr, --grad-clip or --precision fp32"
+            )
 
 
 # --- one epoch -----------------------------------------------------------------------------------------------------
@@ -138,34 +187,16 @@ def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torc
     """Train ``run.epoch`` from ``run.batch`` on; True if the epoch ended, False if stopped mid-way.
 
     Running sums stay on the device in float64 (no per-step host sync for the metrics) and are part of the
-    checkpoint, so an epoch resumed mid-way reports exactly what the uninterrupted epoch would. The loss is checked
-    for NaN/inf before every backward on the CPU; on an accelerator the first bad step is recorded on the device
-    and checked every ``_FINITE_EVERY`` steps and before anything is saved (a per-step check would stall the GPU).
+    checkpoint, so an epoch resumed mid-way reports exactly what the uninterrupted epoch would. Non-finite losses:
+    :class:`FiniteGuard`.
     """
-    cfg, data = run.cfg, run.data
-    spe, total = run.steps_per_epoch, total_steps(run.cfg, run.steps_per_epoch)
-    device = run.ctx.device
+    cfg, data, spe = run.cfg, run.data, run.steps_per_epoch
+    total = total_steps(cfg, spe)
     if run.sums is None:
-        run.sums = torch.zeros(2, dtype=torch.float64, device=device)  # [sum of loss * n, correct]
+        run.sums = torch.zeros(2, dtype=torch.float64, device=run.ctx.device)  # [sum of loss * n, correct]
+    step = run.graph if run.graph is not None else partial(train_step, run.net, run.optimizer, ctx=run.ctx)
+    guard = FiniteGuard(run)
     run.net.train()
-    mixing = cfg.mixup > 0 or cfg.cutmix > 0
-    bad = torch.full((), -1, dtype=torch.long, device=device)  # first non-finite step, -1 = none
-
-    def record(loss: torch.Tensor) -> None:
-        bad.masked_fill_((bad < 0) & ~torch.isfinite(loss), run.step)
-
-    def check(loss: torch.Tensor | None = None) -> None:
-        if loss is not None:
-            record(loss)
-        step = int(bad.item())
-        if step >= 0:
-            last = run.run_dir / "last.pt" if run.run_dir else "none written"
-            raise NonFiniteLoss(
-                f"non-finite loss at epoch {step // spe + 1}, step {step + 1}; stopped, keeping the last good "
-                f"checkpoint ({last}); try a lower --lr, --grad-clip or --precision fp32"
-            )
-
-    per_step = check if device.type == "cpu" else record
     tick = time.perf_counter()
     try:
         for images, labels in data.train.epoch(run.epoch, run.batch):
@@ -173,27 +204,21 @@ def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torc
                 break
             set_lr(run.optimizer, lr_at(run.step, cfg, spe))
             targets = labels
-            if mixing:
+            if cfg.mixup > 0 or cfg.cutmix > 0:
                 g = generator("cpu", cfg.seed, _MIX_STREAM, run.step)
                 images, targets = mix_batch(images, labels, cfg, data.num_classes, g)
-            if run.graph is not None:
-                loss, logits = run.graph(images, targets, check_finite=per_step)
-            else:
-                loss, logits = train_step(run.net, run.optimizer, images, targets, run.ctx, check_finite=per_step)
+            loss, logits = step(images, targets, check_finite=guard)
             if run.ema is not None:
                 run.ema.update_parameters(run.model)
-            n = labels.shape[0]
-            run.sums += torch.stack([loss.double() * n, (logits.argmax(1) == labels).sum().double()])
-            run.seen += n
-            run.step += 1
-            run.batch += 1
+            run.sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
+            run.seen, run.step, run.batch = run.seen + len(labels), run.step + 1, run.batch + 1
             if run.step % _FINITE_EVERY == 0:
-                check()
+                guard.raise_if_bad()
             if progress is not None:
                 progress(run.batch, loss)
             if run.batch < spe and run.step < total and stop.check(run.step, run.dist):
                 break
-        check()  # before the caller saves anything
+        guard.raise_if_bad()  # before the caller saves anything
     finally:
         run.epoch_seconds += time.perf_counter() - tick
     return run.batch >= spe or run.step >= total
@@ -203,8 +228,9 @@ def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torc
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader, ctx: StepContext, num_classes: int, *, dist: Dist | None = None,
-             confusion: bool = False) -> dict[str, Any]:  # fmt: skip
+def evaluate(
+    model: nn.Module, loader, ctx: StepContext, num_classes: int, *, dist: Dist | None = None, confusion: bool = False
+) -> dict[str, Any]:
     """Loss (plain cross-entropy, no smoothing), top-1 and top-5 accuracy (fractions) over a whole split.
 
     With ``confusion=True`` also the confusion matrix (rows: true class, columns: predicted) and per-class accuracy.
@@ -225,9 +251,14 @@ def evaluate(model: nn.Module, loader, ctx: StepContext, num_classes: int, *, di
                 logits = (logits + model(ctx.layout(images.flip(3))).float()) / 2
         top = logits.topk(k, dim=1).indices
         hit = top == labels[:, None]
-        sums += torch.stack([F.cross_entropy(logits, labels, reduction="sum").double(), hit[:, 0].sum().double(),
-                             hit.any(1).sum().double(), torch.tensor(float(len(labels)), device=sums.device,
-                                                                     dtype=torch.float64)])  # fmt: skip
+        sums += torch.stack(
+            [
+                F.cross_entropy(logits, labels, reduction="sum").double(),
+                hit[:, 0].sum().double(),
+                hit.any(1).sum().double(),
+                torch.tensor(float(len(labels)), device=sums.device, dtype=torch.float64),
+            ]
+        )
         if cm is not None:
             cm += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes**2).view_as(cm).double()
     dist.all_reduce(sums)
@@ -292,92 +323,98 @@ def load_state(run: RunState, ckpt: dict[str, Any]) -> None:
     run.history = list(ckpt["history"])
     run.best = dict(ckpt["best"])
     run.train_seconds = float(ckpt["train_seconds"])
+    run.run_id = ckpt["meta"].get("run_id")
     checkpoint.set_rng_state(ckpt["rng"])
 
 
 def _save_best(run: RunState, weights: nn.Module, source: str) -> None:
-    best = {"format": checkpoint.FORMAT, "meta": run.meta(), "config": run.cfg.to_dict(),
-            "model": weights.state_dict(), "best": dict(run.best, weights=source)}  # fmt: skip
+    best = {
+        "format": checkpoint.FORMAT,
+        "meta": run.meta(),
+        "config": run.cfg.to_dict(),
+        "model": weights.state_dict(),
+        "best": dict(run.best, weights=source),
+    }
     checkpoint.save_atomic(best, run.run_dir / "best.pt")
 
 
 def write_metrics(run: RunState) -> None:
     """Rewrite ``metrics.jsonl`` from the history (so a resumed run's file matches its checkpoint exactly)."""
-    lines = "".join(json.dumps(r) + "\n" for r in run.history)
-    tmp = run.run_dir / "metrics.jsonl.tmp"
-    tmp.write_text(lines)
-    tmp.replace(run.run_dir / "metrics.jsonl")
+    write_atomic(run.run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in run.history))
 
 
 # --- the whole run -------------------------------------------------------------------------------------------------
 
 
-def _progress_bar(run: RunState, epoch_count: int):
-    """A rich progress bar for one epoch on a terminal (rank 0), else None."""
+def _epoch_with_progress(run: RunState, stop: StopFlag, epoch_count: int) -> bool:
+    """:func:`train_one_epoch` under a rich progress bar on a terminal (rank 0): loss, accuracy and images/s."""
     if not (run.dist.main and sys.stdout.isatty()):
-        return None
+        return train_one_epoch(run, stop)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    bar = Progress(TextColumn(f"epoch {run.epoch + 1}/{epoch_count}"), BarColumn(), MofNCompleteColumn(),
-                   TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)  # fmt: skip
-    return bar
+    spe, start, t0 = run.steps_per_epoch, run.batch, time.perf_counter()
+    bar = Progress(
+        TextColumn(f"epoch {run.epoch + 1}/{epoch_count}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+        transient=True,
+    )
+    task = bar.add_task("train", total=min(spe, total_steps(run.cfg, spe) - run.step + start), completed=start, info="")
+
+    def progress(b: int, loss: torch.Tensor) -> None:
+        if b % 10 and b < spe:  # reading the sums waits for the device: only now and then
+            bar.update(task, completed=b)
+            return
+        rate = (b - start) * run.data.train.batch_size * run.dist.world_size / (time.perf_counter() - t0)
+        mean_loss, acc = (run.sums / max(run.seen, 1)).tolist()  # this epoch's running means
+        bar.update(task, completed=b, info=f"loss {mean_loss:.4f}  acc {100 * acc:.1f}%  {rate:,.0f} img/s")
+
+    with bar:
+        return train_one_epoch(run, stop, progress)
 
 
 def fit(run: RunState, *, stop_after: int | None = None, writer=None) -> dict[str, Any]:
-    """Train until the configured length, or until stopped; returns ``{"interrupted": bool, "reason": str}``.
+    """Train until the configured length, or until stopped; returns ``{"interrupted": bool, "reason": str,
+    "signal": int | None}`` (the signal that stopped the run, if one did).
 
     ``stop_after``: stop (exactly as on Ctrl-C) once this many steps are done in total: the test hook for
     interrupt-and-resume, and a way to spend a fixed budget. Rank 0 writes the run directory.
     """
     cfg, spe = run.cfg, run.steps_per_epoch
     if spe == 0:
-        raise CnnzooError(f"batch size {cfg.batch_size} is larger than the training split "
-                          f"({run.data.train.num_samples} images per rank): lower --batch-size")  # fmt: skip
+        raise CnnzooError(
+            f"batch size {cfg.batch_size} is larger than the training split "
+            f"({run.data.train.num_samples} images per rank): lower --batch-size"
+        )
     epochs, total = num_epochs(cfg, spe), total_steps(cfg, spe)
-    writes = run.dist.main and run.run_dir is not None
     stop = StopFlag(stop_after)
     uninstall = stop.install()
     try:
         while run.epoch < epochs and run.step < total:
-            bar = _progress_bar(run, epochs)
-            if bar is not None:
-                task = bar.add_task("train", total=min(spe, total - run.step + run.batch), completed=run.batch, info="")
-                t0 = time.perf_counter()
-
-                def progress(b, loss, bar=bar, task=task, t0=t0, start=run.batch):
-                    if b % 10 and b < spe:  # reading the sums waits for the device: only now and then
-                        bar.update(task, completed=b)
-                        return
-                    rate = (b - start) * run.data.train.batch_size * run.dist.world_size / (time.perf_counter() - t0)
-                    mean_loss, acc = (run.sums / max(run.seen, 1)).tolist()  # this epoch's running means
-                    info = f"loss {mean_loss:.4f}  acc {100 * acc:.1f}%  {rate:,.0f} img/s"
-                    bar.update(task, completed=b, info=info)
-
-                with bar:
-                    finished = train_one_epoch(run, stop, progress)
-            else:
-                finished = train_one_epoch(run, stop)
-            if not finished:
-                return _interrupted(run, stop, writes)
-            _end_epoch(run, writes, writer)
+            if not _epoch_with_progress(run, stop, epochs):
+                return _interrupted(run, stop)
+            record, new_best = close_epoch(run)
+            save_epoch(run, record, new_best, writer)
             if run.epoch < epochs and run.step < total and stop.check(run.step, run.dist):
-                return _interrupted(run, stop, writes)
+                return _interrupted(run, stop)
     finally:
         uninstall()
-    return {"interrupted": False, "reason": ""}
+    return {"interrupted": False, "reason": "", "signal": None}
 
 
-def _end_epoch(run: RunState, writes: bool, writer) -> None:
-    """Validate, record the epoch's line, update best.pt, advance, write last.pt."""
-    cfg, spe = run.cfg, run.steps_per_epoch
+def close_epoch(run: RunState) -> tuple[dict[str, Any], tuple[str, nn.Module] | None]:
+    """Validate the epoch just trained, append its metrics line to the history, select the best weights (on the
+    validation split only) and advance ``run`` to the next epoch. Returns (the line, ``(source, weights)`` when they
+    are the new best, else None)."""
     sums = run.dist.all_reduce(torch.cat([run.sums, run.sums.new_tensor([run.seen])]))
-    seconds = run.epoch_seconds  # this rank's wall time (ranks run in lock-step)
-    n = sums[2].item()
+    seconds, n = run.epoch_seconds, sums[2].item()  # this rank's wall time (ranks run in lock-step)
     val = evaluate(run.model, run.data.val, run.ctx, run.data.num_classes, dist=run.dist)
     record = {
         "epoch": run.epoch + 1,
         "step": run.step,
-        "lr": lr_at(run.step - 1, cfg, spe),
+        "lr": lr_at(run.step - 1, run.cfg, run.steps_per_epoch),
         "train_loss": sums[0].item() / n,
         "train_top1": sums[1].item() / n,
         "val_loss": val["loss"],
@@ -394,35 +431,45 @@ def _end_epoch(run: RunState, writes: bool, writer) -> None:
     record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}  # JSON has no NaN
     run.history.append(record)
     run.train_seconds += seconds
-    # Model selection on the validation split only; with no validation split the latest epoch is kept.
+    # With no validation split (NaN scores) the latest epoch is kept.
     score, source, weights = max(candidates, key=lambda c: -1.0 if math.isnan(c[0]) else c[0])
     improved = math.isnan(score) or run.best["val_top1"] is None or score > run.best["val_top1"]
     if improved:
         run.best = {"val_top1": None if math.isnan(score) else score, "epoch": run.epoch + 1, "weights": source}
     run.epoch, run.batch, run.sums, run.seen, run.epoch_seconds = run.epoch + 1, 0, None, 0, 0.0
-    if writes:
+    return record, (source, weights) if improved else None
+
+
+def save_epoch(run: RunState, record: dict[str, Any], new_best: tuple[str, nn.Module] | None, writer=None) -> None:
+    """After :func:`close_epoch` (rank 0): metrics.jsonl, best.pt when improved, last.pt, TensorBoard, one log line."""
+    if not run.dist.main:
+        return
+    if run.run_dir is not None:
         write_metrics(run)
-        if improved:
-            _save_best(run, weights, source)
+        if new_best is not None:
+            _save_best(run, new_best[1], new_best[0])
         checkpoint.save_atomic(state_dict(run), run.run_dir / "last.pt")
-        if writer is not None:
-            for key, value in record.items():
-                if key not in ("epoch", "step") and value is not None:
-                    writer.add_scalar(key, value, record["epoch"])
-    if run.dist.main:
-        keys = ["train_loss", "train_top1", "val_loss", "val_top1"] + (["ema_val_top1"] if run.ema is not None else [])
-        values = "  ".join(f"{k} {record[k]:.4f}" for k in keys if record[k] is not None)
-        run.log(f"epoch {record['epoch']:>3}  step {run.step:>6}  lr {record['lr']:.4g}  {values}  {seconds:.1f}s  "
-                f"{record['images_per_s'] or 0:,.0f} img/s")  # fmt: skip
+    if writer is not None:
+        for key, value in record.items():
+            if key not in ("epoch", "step") and value is not None:
+                writer.add_scalar(key, value, record["epoch"])
+    keys = ["train_loss", "train_top1", "val_loss", "val_top1"] + (["ema_val_top1"] if run.ema is not None else [])
+    values = "  ".join(f"{k} {record[k]:.4f}" for k in keys if record[k] is not None)
+    run.log(
+        f"epoch {record['epoch']:>3}  step {run.step:>6}  lr {record['lr']:.4g}  {values}  "
+        f"{record['seconds']:.1f}s  {record['images_per_s'] or 0:,.0f} img/s"
+    )
 
 
-def _interrupted(run: RunState, stop: StopFlag, writes: bool) -> dict[str, Any]:
+def _interrupted(run: RunState, stop: StopFlag) -> dict[str, Any]:
     """Write last.pt at the exact batch reached and say how to resume."""
-    if writes:
-        checkpoint.save_atomic(state_dict(run), run.run_dir / "last.pt")
-        write_metrics(run)
     if run.dist.main:
+        if run.run_dir is not None:
+            checkpoint.save_atomic(state_dict(run), run.run_dir / "last.pt")
+            write_metrics(run)
         where = run.run_dir if run.run_dir is not None else "RUN_DIR"
-        run.log(f"{stop.reason or 'stopped'}: saved epoch {run.epoch + 1} batch {run.batch} (step {run.step}) to "
-                f"{where}/last.pt; resume with: cnnzoo train --resume {where}")  # fmt: skip
-    return {"interrupted": True, "reason": stop.reason}
+        run.log(
+            f"{stop.reason or 'stopped'}: saved epoch {run.epoch + 1} batch {run.batch} (step {run.step}) to "
+            f"{where}/last.pt; resume with: cnnzoo train --resume {where}"
+        )
+    return {"interrupted": True, "reason": stop.reason, "signal": stop.signum}

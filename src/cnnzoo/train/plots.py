@@ -11,6 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from cnnzoo.atomic import write_figure
+
 
 def training_objective(cfg: Any) -> str:
     """What the training loss measures, from the config's ``label_smoothing``, ``mixup`` and ``cutmix``.
@@ -93,9 +95,9 @@ def plot_curves(
     objective: str = "cross-entropy",
     best_epoch: int | None = None,
 ) -> None:
-    """Save :func:`curves_figure` to ``path`` (``curves.png``)."""
+    """Save :func:`curves_figure` to ``path`` (``curves.png``), atomically."""
     fig = curves_figure(history, model=model, data=data, run=run, objective=objective, best_epoch=best_epoch)
-    fig.savefig(path, dpi=100)
+    write_figure(fig, path)
 
 
 def confusion_figure(confusion: list[list[int]], classes: list[str], *, title: str = ""):
@@ -127,5 +129,5 @@ def confusion_figure(confusion: list[list[int]], classes: list[str], *, title: s
 
 
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: str | Path, *, title: str = "") -> None:
-    """Save :func:`confusion_figure` to ``path`` (``confusion.png``)."""
-    confusion_figure(confusion, classes, title=title).savefig(path, dpi=100)
+    """Save :func:`confusion_figure` to ``path`` (``confusion.png``), atomically."""
+    write_figure(confusion_figure(confusion, classes, title=title), path)

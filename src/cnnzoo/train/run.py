@@ -1,9 +1,20 @@
 """One training run from a resolved :class:`TrainConfig` to a finished run directory.
 
-``run_training`` sets up (device, DDP, seeds, data, model, optimizer, EMA, compile), resumes from ``last.pt`` when
-asked, calls :func:`cnnzoo.train.loop.fit`, then (unless stopped) draws ``curves.png`` and tests the best
-checkpoint once on the test split: ``report.json`` and ``confusion.png``. ``load_run`` / ``model_from_checkpoint``
+``run_training`` checks everything it can before any work (arguments, the ``--out`` folder), builds the run in
+memory (:func:`build_run`: data, model, optimizer, EMA), only then claims the run directory, or continues the run
+from its ``last.pt``, calls :func:`cnnzoo.train.loop.fit`, then (unless stopped) draws ``curves.png`` and tests the
+best checkpoint once on the test split: ``report.json`` and ``confusion.png``. ``load_run`` / ``model_from_checkpoint``
 rebuild a trained model for ``cnnzoo eval``, ``predict`` and ``export``.
+
+A run directory is one unit, and nothing outside it is ever touched:
+
+- it is recognised by its marker file ``cnnzoo-run.json``, which holds the run's id; every checkpoint's meta holds
+  the same id. ``--out`` writes only into a new folder, an empty one, or a run directory of cnnzoo's own (one that
+  holds results only with ``--overwrite``, and then only after the new run's data, model and config are built);
+- every file in it is written atomically (:mod:`cnnzoo.atomic`); the temporary files a kill leaves are removed at
+  the next start or resume;
+- a resume takes its config from ``last.pt`` and refuses a directory whose marker, checkpoints or ``config.toml``
+  disagree with it, and data that differs from what the run was trained on (:func:`check_data_matches`).
 """
 
 from __future__ import annotations
@@ -12,7 +23,10 @@ import inspect
 import json
 import os
 import random
+import re
+import shutil
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnzoo.atomic import temp_files, write_atomic
 from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint
-from cnnzoo.train.config import TrainConfig, config_from_dict, write_config
-from cnnzoo.train.engine import (
-    GraphedStep,
-    backend_settings,
-    compile_model,
-    make_ema,
-    make_optimizer,
-    resolve_device,
-    set_dropout,
-    step_context,
-    use_channels_last,
-)
+from cnnzoo.train.config import TrainConfig, config_from_dict, read_config, write_config
+from cnnzoo.train.engine import GraphedStep, backend_settings, make_ema, resolve_device, set_dropout, setup_training
 from cnnzoo.train.loop import Dist, RunState, evaluate, fit, load_state, write_metrics
 
 
@@ -88,19 +93,27 @@ def load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, *, augment: 
     """The data for ``cfg`` on ``device``; the global batch is split evenly over the DDP ranks."""
     from cnnzoo.data import load_data
 
-    if cfg.batch_size % dist.world_size:
-        raise CnnzooError(f"batch size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
     val_size = cfg.val_size
     if val_size is not None and val_size >= 1:
         val_size = int(val_size)  # a count of images, not a fraction
     per_rank = cfg.batch_size // dist.world_size
     return load_data(
-        cfg.data, data_dir=cfg.data_dir, download=cfg.download or None, batch_size=per_rank,
-        eval_batch_size=cfg.eval_batch_size or 2 * per_rank, device=device,
-        image_size=cfg.image_size, in_channels=cfg.in_channels, val_size=val_size, seed=cfg.seed,
-        augment=cfg.augment if augment else "none", cutout=cfg.cutout, rank=dist.rank, world_size=dist.world_size,
+        cfg.data,
+        data_dir=cfg.data_dir,
+        download=cfg.download or None,
+        batch_size=per_rank,
+        eval_batch_size=cfg.eval_batch_size or 2 * per_rank,
+        device=device,
+        image_size=cfg.image_size,
+        in_channels=cfg.in_channels,
+        val_size=val_size,
+        seed=cfg.seed,
+        augment=cfg.augment if augment else "none",
+        cutout=cfg.cutout,
+        rank=dist.rank,
+        world_size=dist.world_size,
         subset=cfg.subset,
-    )  # fmt: skip
+    )
 
 
 def _open_writer(run_dir: Path):
@@ -112,100 +125,278 @@ def _open_writer(run_dir: Path):
     return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
 
 
-RUN_FILES = ("config.toml", "metrics.jsonl", "last.pt", "best.pt", "curves.png", "report.json", "confusion.png")
+# --- the run directory ---------------------------------------------------------------------------------------------
+
+MARKER = "cnnzoo-run.json"
+# Every file a run (or an export of it) writes into its directory: what --overwrite removes.
+RUN_FILES = (
+    MARKER,
+    "config.toml",
+    "metrics.jsonl",
+    "last.pt",
+    "best.pt",
+    "curves.png",
+    "report.json",
+    "confusion.png",
+    "model.onnx",
+    "model.ts.pt",
+)
+FINAL_FILES = ("report.json", "curves.png", "confusion.png")  # written by finish(), at the end of a run
+RESULTS = ("metrics.jsonl", "last.pt", "best.pt", "report.json")  # a run that holds any is kept unless --overwrite
 
 
-def run_training(cfg: TrainConfig, run_dir: str | Path | None = None, *, resume: bool = False,
-                 stop_after: int | None = None, overwrite: bool = False, log=print) -> dict[str, Any]:  # fmt: skip
-    """Train ``cfg`` into ``run_dir`` (resuming from its ``last.pt`` if ``resume``); returns the report.
+def read_marker(run_dir: Path) -> dict[str, Any] | None:
+    """The marker of a cnnzoo run directory (``{"cnnzoo_run": 1, "id": ..., ...}``), or None if it has no valid one."""
+    try:
+        marker = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(marker, dict) or marker.get("cnnzoo_run") != 1 or not isinstance(marker.get("id"), str):
+        return None
+    return marker
 
-    ``overwrite``: replace the run files (``RUN_FILES``) of a previous run in ``run_dir`` instead of refusing.
-    An interrupted run returns ``{"interrupted": True, "run_dir": ..., "step": ...}`` with ``last.pt`` written.
+
+def check_out(run_dir: Path, *, overwrite: bool = False) -> None:
+    """Refuse, before any work, a destination a new run may not write into: a file, a folder that is not writable,
+    a non-empty folder that is not a cnnzoo run directory, or (without ``overwrite``) a run that holds results."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CnnzooError(f"--out {run_dir} is a file, not a folder: name a new or empty folder for the run")
+    existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CnnzooError(f"--out {run_dir}: cannot write in {existing} (permission denied)")
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if read_marker(run_dir) is None:
+        raise CnnzooError(
+            f"--out {run_dir} holds other files and is not a cnnzoo run directory (no {MARKER}): "
+            "name a new or empty folder"
+        )
+    if not overwrite and any((run_dir / name).exists() for name in RESULTS):
+        raise CnnzooError(f"{run_dir} already holds a run: --resume {run_dir}, --overwrite, or another --out")
+
+
+def check_seeds_out(root: Path, seeds: list[int], *, overwrite: bool = False) -> None:
+    """:func:`check_out` for each ``root/seed-K`` of a multi-seed run, and ``root`` may hold nothing else."""
+    if root.exists() and not root.is_dir():
+        raise CnnzooError(f"--out {root} is a file, not a folder: name a new or empty folder for the runs")
+    if root.is_dir():
+        seed_run = re.compile(r"seed-\d+")
+        others = sorted(p.name for p in root.iterdir() if p.name != "seeds.json" and not seed_run.fullmatch(p.name))
+        if others:
+            raise CnnzooError(f"--out {root} holds files other than seed runs ({others[0]}): name a new or empty one")
+        if (root / "seeds.json").exists() and not overwrite:
+            raise CnnzooError(f"{root} already holds a multi-seed run: --overwrite or another --out")
+    for seed in seeds:
+        check_out(root / f"seed-{seed}", overwrite=overwrite)
+
+
+def _remove_temp_files(run_dir: Path) -> None:
+    """What atomic writes interrupted by a kill left behind (and the fixed-name temporary file of older versions)."""
+    for path in [*temp_files(run_dir, RUN_FILES), run_dir / "metrics.jsonl.tmp"]:
+        path.unlink(missing_ok=True)
+
+
+def claim(run: RunState, *, overwrite: bool = False) -> None:
+    """Make ``run.run_dir`` this new run's (rank 0, after :func:`build_run` succeeded): check it again, remove a
+    previous run's files, then write the marker with a fresh run id and ``config.toml``."""
+    run_dir = run.run_dir
+    check_out(run_dir, overwrite=overwrite)  # again: the folder may have changed while the data loaded
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CnnzooError(f"--out {run_dir}: cannot create the folder ({e.strerror})") from None
+    _remove_temp_files(run_dir)
+    for name in reversed(RUN_FILES):  # the marker last: a kill in between leaves a run directory, no stranger
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+    run.run_id = uuid.uuid4().hex
+    marker = {
+        "cnnzoo_run": 1,
+        "id": run.run_id,
+        "model": run.cfg.model,
+        "data": run.cfg.data,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    write_atomic(run_dir / MARKER, json.dumps(marker, indent=2) + "\n")
+    write_config(run.cfg, run_dir / "config.toml")
+
+
+def open_run(run_dir: str | Path) -> dict[str, Any]:
+    """The ``last.pt`` of a run directory to resume, after checking that its files are one run's: the marker's id is
+    the checkpoints' and ``config.toml`` agrees with the checkpoint's config (except the settings a resume may
+    change, ``RESUME_OVERRIDES``: there the checkpoint's values are the run's)."""
+    from cnnzoo.train.api import RESUME_OVERRIDES
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnzooError(f"--resume {run_dir}: no such run directory")
+    marker = read_marker(run_dir)
+    if marker is None:
+        raise CnnzooError(f"--resume {run_dir}: not a cnnzoo run directory (no valid {MARKER})")
+    if not (run_dir / "last.pt").is_file():
+        raise CnnzooError(
+            f"--resume {run_dir}: no last.pt (the run stopped before its first checkpoint): "
+            f"train it again with --out {run_dir}"
+        )
+    ckpt = checkpoint.load(run_dir / "last.pt", resume=True)
+    if ckpt["meta"].get("run_id") != marker["id"]:
+        raise CnnzooError(f"--resume {run_dir}: last.pt is not the checkpoint of the run in {MARKER}")
+    if ckpt["best"]["epoch"] >= 1:  # finish() tests best.pt: it must be there, and this run's
+        best = run_dir / "best.pt"
+        if not best.is_file() or checkpoint.load(best)["meta"].get("run_id") != marker["id"]:
+            raise CnnzooError(f"--resume {run_dir}: best.pt is missing or not this run's: the run cannot be finished")
+    stored = read_config(run_dir / "config.toml").to_dict()
+    differ = sorted(k for k, v in ckpt["config"].items() if k not in RESUME_OVERRIDES and stored.get(k) != v)
+    if differ:
+        raise CnnzooError(
+            f"--resume {run_dir}: config.toml disagrees with last.pt on {', '.join(differ)} (edited by hand?); "
+            "a run's files are not edited: restore config.toml, or start a new run with the new settings"
+        )
+    return ckpt
+
+
+def check_data_matches(meta: dict[str, Any], data, where: str | Path) -> None:
+    """Refuse data (a :class:`~cnnzoo.data.DataBundle`) that differs from what a checkpoint was trained on (its
+    ``meta``: class names, channels, image size, normalisation), in one line that says how it differs."""
+    diffs = []
+    then, now = list(meta["classes"]), list(data.classes)
+    if then != now:
+        missing, new = [c for c in then if c not in now], [c for c in now if c not in then]
+        if not (missing or new):
+            diffs.append("the same classes in another order")
+        diffs += [
+            f"{label} {_names(names)}" for label, names in (("missing classes", missing), ("new classes", new)) if names
+        ]
+    if meta["in_channels"] != data.in_channels:
+        diffs.append(f"{data.in_channels} channels, not {meta['in_channels']}")
+    if meta["image_size"] != data.image_size:
+        diffs.append(f"image size {data.image_size}, not {meta['image_size']}")
+    for key in ("mean", "std"):
+        a, b = [float(v) for v in meta[key]], [float(v) for v in getattr(data, key)]
+        if len(a) != len(b) or any(abs(x - y) > 1e-6 * max(1.0, abs(x)) for x, y in zip(a, b, strict=True)):
+            diffs.append(f"normalisation {key} {_floats(b)}, not {_floats(a)}")
+    if diffs:
+        raise CnnzooError(f"{where}: the data is not what the run was trained on ({meta['data']}): {'; '.join(diffs)}")
+
+
+def _names(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(repr(n) for n in names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _floats(values: list[float]) -> str:
+    return "[" + ", ".join(f"{v:.4g}" for v in values) + "]"
+
+
+# --- one run -------------------------------------------------------------------------------------------------------
+
+
+def check_setup(cfg: TrainConfig, device: torch.device, dist: Dist) -> None:
+    """Refuse, before any work, what this device or process group cannot run."""
+    if cfg.batch_size % dist.world_size:
+        raise CnnzooError(f"batch size {cfg.batch_size} is not divisible by the {dist.world_size} processes")
+    if cfg.sync_bn and device.type != "cuda":
+        raise CnnzooError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on the CPU)")
+    if cfg.cuda_graph and dist.world_size > 1:
+        raise CnnzooError(
+            "--cuda-graph trains in one process (DDP's gradient all-reduce is not captured): drop it under torchrun"
+        )
+
+
+def build_run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path | None = None, log=print) -> RunState:
+    """Everything a run needs in memory, nothing written: seeds, data, model, :func:`setup_training` (the set-up
+    ``cnnzoo compare`` times), EMA and the ``--cuda-graph`` step. Call inside :func:`backend_settings`."""
+    seed_everything(cfg.seed)
+    data = load_bundle(cfg, device, dist)
+    model = build_model(cfg, data.num_classes, data.in_channels)
+    net, optimizer, ctx = setup_training(model, cfg, device, world_size=dist.world_size)
+    ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
+    run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
+    if cfg.cuda_graph:
+        run.graph = GraphedStep(net, optimizer, ctx)
+        if device.type != "cuda":
+            log(f"--cuda-graph: no CUDA graphs on {device}; the same step runs uncaptured")
+    return run
+
+
+def run_training(
+    cfg: TrainConfig,
+    run_dir: str | Path | None = None,
+    *,
+    resume: dict[str, Any] | None = None,
+    stop_after: int | None = None,
+    overwrite: bool = False,
+    log=print,
+) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``, or continue the run there from ``resume`` (its ``last.pt``, as
+    :func:`open_run` returns it); returns the report.
+
+    ``overwrite``: replace a previous run in ``run_dir`` (after the new one is built) instead of refusing.
+    An interrupted run returns ``{"interrupted": True, "signal": ..., "run_dir": ..., "step": ...}`` with ``last.pt``
+    written (``signal``: the number of the signal that stopped it, None for ``stop_after``).
     """
     dist, device = init_distributed(cfg)
     log = log if dist.main else (lambda *a, **k: None)
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
-    if not resume and (run_dir / "last.pt").exists():
-        if not overwrite:
-            raise CnnzooError(f"{run_dir} already holds a run: --resume {run_dir}, --overwrite, or another --out")
-        if dist.main:
-            for name in RUN_FILES:
-                (run_dir / name).unlink(missing_ok=True)
+    check_setup(cfg, device, dist)
+    if resume is None:
+        check_out(run_dir, overwrite=overwrite)
     with backend_settings(cfg, device):
-        return _run(cfg, dist, device, run_dir, resume=resume, stop_after=stop_after, log=log)
+        run = build_run(cfg, dist, device, run_dir, log)
+        if resume is not None:
+            continue_run(run, resume)
+        else:
+            if dist.main:
+                claim(run, overwrite=overwrite)
+            _announce(run)
+        result = _fit(run, stop_after)
+        if result["interrupted"]:
+            where = {"run_dir": str(run_dir), "epoch": run.epoch, "batch": run.batch, "step": run.step}
+            return {"interrupted": True, "reason": result["reason"], "signal": result["signal"], **where}
+        return finish(run)
 
 
-def _run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path, *, resume: bool,
-         stop_after: int | None, log) -> dict[str, Any]:  # fmt: skip
-    """The body of :func:`run_training`, with the backend flags set."""
-    seed_everything(cfg.seed)
-    data = load_bundle(cfg, device, dist)
-    model = build_model(cfg, data.num_classes, data.in_channels).to(device)
-    if cfg.sync_bn and device.type != "cuda":
-        raise CnnzooError("--sync-bn needs CUDA (torch's SyncBatchNorm does not run on the CPU)")
-    if dist.world_size > 1 and cfg.sync_bn:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    if use_channels_last(cfg, device):
-        model = model.to(memory_format=torch.channels_last)
-    ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
-    optimizer = make_optimizer(model, cfg, device)
-    ctx = step_context(cfg, device)
-    net: nn.Module = model
-    if dist.world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
+def _announce(run: RunState) -> None:
+    """One line: what trains on what, where, and into which folder."""
+    d, n = run.data, run.dist.world_size
+    n_params = sum(p.numel() for p in run.model.parameters())
+    procs = f", {n} processes" if n > 1 else ""
+    run.log(
+        f"training {run.cfg.model} ({n_params:,} parameters) on {d.name} ({d.train.num_samples * n} train / "
+        f"{d.val.num_samples * n} val images) on {run.ctx.device} [{run.ctx.precision}{procs}] -> {run.run_dir}"
+    )
 
-        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    net = compile_model(net, cfg)
-    run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
-    if cfg.cuda_graph:
-        if dist.world_size > 1:
-            raise CnnzooError("--cuda-graph trains in one process (DDP's gradient all-reduce is not captured): "
-                              "drop it under torchrun")  # fmt: skip
-        run.graph = GraphedStep(net, optimizer, ctx)
-        if device.type != "cuda":
-            log(f"--cuda-graph: no CUDA graphs on {device}; the same step runs uncaptured")
-    if dist.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(cfg, run_dir / "config.toml")
-    if resume:
-        ckpt = checkpoint.load(run_dir / "last.pt", model=cfg.model, num_classes=data.num_classes,
-                               in_channels=data.in_channels, resume=True)  # fmt: skip
-        try:
-            load_state(run, ckpt)
-        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # a hand-edited or foreign last.pt
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CnnzooError(f"{run_dir / 'last.pt'}: cannot resume from it ({first})") from None
-        if dist.main:
-            write_metrics(run)  # drop any line written after the checkpoint
-        log(f"resuming {run_dir} at epoch {run.epoch + 1}, batch {run.batch} (step {run.step})")
-    else:
-        n_params = sum(p.numel() for p in model.parameters())
-        procs = f", {dist.world_size} processes" if dist.world_size > 1 else ""
-        log(
-            f"training {cfg.model} ({n_params:,} parameters) on {data.name} ({data.train.num_samples * dist.world_size}"
-            f" train / {data.val.num_samples * dist.world_size} val images) on {device} [{ctx.precision}{procs}]"
-            f" -> {run_dir}"
-        )
-    writer = _open_writer(run_dir) if dist.main else None
+
+def continue_run(run: RunState, ckpt: dict[str, Any]) -> None:
+    """Continue ``run`` from its ``last.pt`` (``ckpt``) at the exact batch it stopped, on the same data."""
+    check_data_matches(ckpt["meta"], run.data, f"--resume {run.run_dir}")
     try:
-        result = fit(run, stop_after=stop_after, writer=writer)
+        load_state(run, ckpt)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:  # a hand-edited or foreign last.pt
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CnnzooError(f"{run.run_dir / 'last.pt'}: cannot resume from it ({first})") from None
+    if run.dist.main:
+        _remove_temp_files(run.run_dir)
+        for name in FINAL_FILES:  # a finished run resumed for more epochs: its old report no longer describes it
+            (run.run_dir / name).unlink(missing_ok=True)
+        write_config(run.cfg, run.run_dir / "config.toml")  # with what this resume changed (e.g. more epochs)
+        write_metrics(run)  # drop any line written after the checkpoint
+    run.log(f"resuming {run.run_dir} at epoch {run.epoch + 1}, batch {run.batch} (step {run.step})")
+
+
+def _fit(run: RunState, stop_after: int | None) -> dict[str, Any]:
+    """:func:`fit` with a TensorBoard writer on rank 0 (closed whatever happens)."""
+    writer = _open_writer(run.run_dir) if run.dist.main else None
+    try:
+        return fit(run, stop_after=stop_after, writer=writer)
     finally:
         if writer is not None:
             writer.close()
-    if result["interrupted"]:
-        return {"interrupted": True, "reason": result["reason"], "run_dir": str(run_dir), "epoch": run.epoch,
-                "batch": run.batch, "step": run.step}  # fmt: skip
-    report = finish(run)
-    if dist.world_size > 1:
-        import torch.distributed as tdist
-
-        tdist.barrier()
-    return report
 
 
 def finish(run: RunState) -> dict[str, Any]:
     """After training: curves.png, then ONE test of the best checkpoint: report.json and confusion.png."""
-    from cnnzoo.train.plots import plot_confusion, plot_curves
+    from cnnzoo.train.plots import plot_confusion, plot_curves, training_objective
 
     run_dir, data = run.run_dir, run.data
     best = checkpoint.load(run_dir / "best.pt") if run.dist.main else None
@@ -225,8 +416,14 @@ def finish(run: RunState) -> dict[str, Any]:
         "model": run.cfg.model,
         "data": data.name,
         "classes": list(data.classes),
-        "test": {"loss": test["loss"], "top1": test["top1"], "top5": test["top5"], "n": test["n"], "protocol": "center",
-                 "per_class": dict(zip(data.classes, test["per_class"], strict=True))},  # fmt: skip
+        "test": {
+            "loss": test["loss"],
+            "top1": test["top1"],
+            "top5": test["top5"],
+            "n": test["n"],
+            "protocol": "center",
+            "per_class": dict(zip(data.classes, test["per_class"], strict=True)),
+        },
         "best_epoch": run.best["epoch"],
         "best_val_top1": run.best["val_top1"],
         "best_weights": run.best["weights"],
@@ -244,11 +441,27 @@ def finish(run: RunState) -> dict[str, Any]:
         "run_dir": str(run_dir),
     }
     if run.dist.main:
-        (run_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        plot_curves(run.history, run_dir / "curves.png")
-        plot_confusion(test["confusion"], data.classes, run_dir / "confusion.png",
-                       title=f"{run.cfg.model} on {data.name}: test top-1 {100 * test['top1']:.2f}%")  # fmt: skip
+        write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
+        plot_curves(
+            run.history,
+            run_dir / "curves.png",
+            model=run.cfg.model,
+            data=data.name,
+            run=run_dir.name,
+            objective=training_objective(run.cfg),
+            best_epoch=run.best["epoch"],
+        )
+        plot_confusion(
+            test["confusion"],
+            data.classes,
+            run_dir / "confusion.png",
+            title=f"{run.cfg.model} on {data.name}: test top-1 {100 * test['top1']:.2f}%",
+        )
         run.log(format_report(report))
+    if run.dist.world_size > 1:  # no rank returns before rank 0 has written the report
+        import torch.distributed as tdist
+
+        tdist.barrier()
     return report
 
 

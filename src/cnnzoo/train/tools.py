@@ -22,7 +22,7 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.engine import resolve_device, step_context
 from cnnzoo.train.loop import Dist, evaluate
-from cnnzoo.train.run import load_bundle, load_run
+from cnnzoo.train.run import check_data_matches, load_bundle, load_run
 
 MAX_REPORT_BYTES = 16 << 20  # a report.json is a few kB; anything near this is not one
 
@@ -60,9 +60,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best
     cfg = config_from_dict(ckpt["config"])
     dev = resolve_device(device)
     data = load_bundle(cfg, dev, Dist(), augment=False)
-    if data.num_classes != ckpt["meta"]["num_classes"]:
-        raise CnnzooError(f"{run_dir}: the data now has {data.num_classes} classes, the checkpoint "
-                          f"{ckpt['meta']['num_classes']}")  # fmt: skip
+    check_data_matches(ckpt["meta"], data, run_dir)
     loader = {"test": data.test, "val": data.val, "train": data.train}[split]
     if loader.num_samples == 0:
         raise CnnzooError(f"{run_dir}: the run has no {split} split")

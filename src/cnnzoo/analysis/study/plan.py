@@ -40,7 +40,7 @@ class Plan:
 
     def length(self, run: Run) -> tuple[int, int]:
         """(epochs, steps) of ``run``."""
-        from cnnzoo.train.engine import num_epochs, total_steps
+        from cnnzoo.train.schedule import num_epochs, total_steps
 
         spe = max(1, self.train_images // run.config.batch_size)
         return num_epochs(run.config, spe), total_steps(run.config, spe)
