@@ -406,7 +406,7 @@ def _fit(run: RunState, stop_after: int | None) -> dict[str, Any]:
 
 def finish(run: RunState) -> dict[str, Any]:
     """After training: curves.png, then ONE test of the best checkpoint: report.json and confusion.png."""
-    from cnnzoo.train.plots import plot_confusion, plot_curves
+    from cnnzoo.train.plots import plot_confusion, plot_curves, training_objective
 
     run_dir, data = run.run_dir, run.data
     best = checkpoint.load(run_dir / "best.pt") if run.dist.main else None
@@ -453,7 +453,15 @@ def finish(run: RunState) -> dict[str, Any]:
     }
     if run.dist.main:
         write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
-        plot_curves(run.history, run_dir / "curves.png")
+        plot_curves(
+            run.history,
+            run_dir / "curves.png",
+            model=run.cfg.model,
+            data=data.name,
+            run=run_dir.name,
+            objective=training_objective(run.cfg),
+            best_epoch=run.best["epoch"],
+        )
         plot_confusion(
             test["confusion"],
             data.classes,
