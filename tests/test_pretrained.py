@@ -287,6 +287,8 @@ def test_finetuned_run_records_its_start_evaluates_and_resumes(hub, tmp_path, ca
     assert main(["eval", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert math.isclose(result["top1"], report["test"]["top1"])
+    chained = create_model("resnet18", weights=str(out))  # a run directory as the start of another model
+    assert chained.fc.out_features == 10 and torch.equal(chained.state_dict()["fc.weight"], best["model"]["fc.weight"])
 
 
 # --- torchvision reference augmentations (image folders) ------------------------------------------------------------
