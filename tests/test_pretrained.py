@@ -287,6 +287,11 @@ def test_finetuned_run_records_its_start_evaluates_and_resumes(hub, tmp_path, ca
     assert main(["eval", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert math.isclose(result["top1"], report["test"]["top1"])
+    image = tmp_path / "digit.png"
+    Image.fromarray(torch.randint(0, 256, (40, 40, 3), dtype=torch.uint8).numpy()).save(image)
+    assert main(["predict", str(out), str(image), "--top-k", "2"]) == 0
+    top = [line.split("%", 1)[1].strip() for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(top) == 2 and set(top) <= set(report["classes"])
     chained = create_model("resnet18", weights=str(out))  # a run directory as the start of another model
     assert chained.fc.out_features == 10 and torch.equal(chained.state_dict()["fc.weight"], best["model"]["fc.weight"])
 
