@@ -316,3 +316,16 @@ def test_auto_augment_and_random_erase_on_a_streamed_folder(tmp_path):
         load_data("digits", random_erase=0.5, batch_size=4)
     with pytest.raises(DataError, match="not after --augment resnet"):
         load_data(str(root), augment="resnet", auto_augment="randaugment", **kw)
+
+
+def test_show_filters_of_pretrained_weights_are_those_weights(hub, tmp_path, capsys):
+    # `cnnzoo show filters MODEL --weights NAME` draws the loaded kernels, not a fresh initialisation's.
+    from cnnzoo.analysis import show
+    from cnnzoo.cli import main
+
+    state, _ = _cache(hub, "resnet18")
+    model, meta = show.load_subject("resnet18", weights="IMAGENET1K_V1")
+    assert torch.equal(show.first_conv(model).weight, state["conv1.weight"]) and "IMAGENET1K_V1" in meta["label"]
+    out = tmp_path / "filters.png"
+    assert main(["show", "filters", "resnet18", "--weights", "IMAGENET1K_V1", "--out", str(out)]) == 0
+    assert out.stat().st_size > 0 and str(out) in capsys.readouterr().out
