@@ -88,9 +88,18 @@ def test_models_table_whole_zoo_matches_resnet1202():
 def test_models_command_from_cache(capsys, monkeypatch):
     import cnnzoo.models
 
-    monkeypatch.setattr(cnnzoo.models, "list_models", lambda: ["alexnet_cifar", "googlenet"])
-    assert main(["models", "--family", "googlenet"]) == 0
-    assert "googlenet" in capsys.readouterr().out
+    sample = ["alexnet_cifar", "googlenet"]
+    families = {name: cnnzoo.get_model_info(name).family for name in sample}
+    monkeypatch.setattr(
+        cnnzoo.models, "list_models", lambda family=None: [n for n in sample if family in (None, families[n])]
+    )
+    from cnnzoo.analysis.profile import zoo_table
+
+    for _ in ("not cached: counts only the family", "from the cache"):
+        assert main(["models", "--family", "googlenet"]) == 0
+        out = capsys.readouterr().out
+        assert "googlenet" in out and "alexnet_cifar" not in out
+        zoo_table()  # the whole (sampled) zoo, cached
     assert main(["models", "--family", "nope"]) == 2
     assert "unknown family 'nope'" in capsys.readouterr().err
 

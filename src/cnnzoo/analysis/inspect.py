@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from cnnzoo.analysis.tables import Column, add_format_argument, emit
-from cnnzoo.errors import CnnzooError
 
 # torch, rich and the models are imported in the commands: `cnnzoo --help` and `cnnzoo models` need none of them
 # (the table comes from the cache, :func:`cnnzoo.analysis.profile.zoo_table`).
@@ -31,12 +30,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     from cnnzoo.analysis.profile import human, zoo_table
 
-    rows = zoo_table()
-    if args.family:
-        families = sorted({r["family"] for r in rows})
-        if args.family not in families:
-            raise CnnzooError(f"unknown family {args.family!r}; families: {', '.join(families)}")
-        rows = [r for r in rows if r["family"] == args.family]
+    rows = zoo_table(args.family)
     console = Console()
     title = (
         "cnnzoo models (params and MACs of the network used at inference, at the input size shown; 1000 "

@@ -186,8 +186,8 @@ def human(n: float, unit: str = "") -> str:
     return f"{n:.0f}{unit}"
 
 
-def zoo_table() -> list[dict]:
-    """:func:`profile_model` of every registered built-in model, in ``list_models()`` order.
+def zoo_table(family: str | None = None) -> list[dict]:
+    """:func:`profile_model` of every registered built-in model (or of ``family``'s), in ``list_models()`` order.
 
     Counting builds and runs every network on the meta device (seconds; resnet1202's forward alone takes ~10 s on
     two cores), so the table is cached as JSON in the cache dir (``$CNNZOO_CACHE_DIR``), keyed by the package
@@ -209,11 +209,15 @@ def zoo_table() -> list[dict]:
     try:
         rows = json.loads(path.read_text())
         if isinstance(rows, list) and all(isinstance(r, dict) for r in rows):
-            return rows
-    except (OSError, ValueError):
+            return _of_family(rows, family, sorted({r["family"] for r in rows}))
+    except (OSError, ValueError, KeyError):
         pass
-    from cnnzoo.models import list_models
+    from cnnzoo.models import get_model_info, list_models
 
+    if family is not None:  # one family, not cached: counting only it is quicker than the whole zoo
+        families = sorted({get_model_info(n).family for n in list_models()})
+        names = list_models(family=family) if family in families else []
+        return _of_family(json.loads(json.dumps([profile_model(n) for n in names])), family, families)
     rows = [profile_model(name) for name in list_models()]
     rows = json.loads(json.dumps(rows))  # the cached form (tuples become lists), so both paths return the same
     try:
@@ -222,3 +226,12 @@ def zoo_table() -> list[dict]:
     except OSError:
         pass  # a read-only cache dir: the table is still right, only slower next time
     return rows
+
+
+def _of_family(rows: list[dict], family: str | None, families: list[str]) -> list[dict]:
+    """``rows`` of ``family`` (all for None); an unknown family is one line naming the known ones."""
+    if family is None:
+        return rows
+    if family not in families:
+        raise CnnzooError(f"unknown family {family!r}; families: {', '.join(families)}")
+    return [r for r in rows if r["family"] == family]
