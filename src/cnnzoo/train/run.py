@@ -397,6 +397,12 @@ def _announce(run: RunState) -> None:
         f"training {run.cfg.model} ({n_params:,} parameters) on {d.name} ({d.train.num_samples * n} train / "
         f"{d.val.num_samples * n} val images) on {run.ctx.device} [{run.ctx.precision}{procs}] -> {run.run_dir}"
     )
+    if run.cfg.subset and d.val.num_samples > d.train.num_samples and run.cfg.eval_every == 1:
+        # --subset leaves validation whole (a split size is part of what a figure means): say how to keep it cheap.
+        run.log(
+            f"note: validating {d.val.num_samples * n} images after every epoch of {d.train.num_samples * n}: "
+            "--val-size N or --eval-every N keep evaluation in proportion"
+        )
 
 
 def continue_run(run: RunState, ckpt: dict[str, Any]) -> None:
