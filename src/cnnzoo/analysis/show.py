@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnzoo.atomic import write_figure
 from cnnzoo.errors import CnnzooError
 
 
@@ -278,21 +278,13 @@ CAM_LABEL = "Grad-CAM (each map / its max)"
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
+    """Write ``fig`` as PNG to ``path`` atomically, after checking the name is a .png file's."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise CnnzooError(f"{path}: expected a .png file name")
     if path.is_dir():
         raise CnnzooError(f"{path}: is a directory, expected a .png file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_figure(fig, path)
     return path
 
 
