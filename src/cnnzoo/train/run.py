@@ -427,7 +427,7 @@ def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> d
     ``--val-size`` never shrink it; the report says how many images): report.json and confusion.png, and into
     TensorBoard (``writer``) the hyperparameters with the test metrics and both figures. ``early_stopped``: the
     epoch after which ``--early-stop`` ended training (recorded in the report)."""
-    from cnnzoo.train.plots import plot_confusion, plot_curves
+    from cnnzoo.train.plots import plot_confusion, plot_curves, training_objective
 
     run_dir, data = run.run_dir, run.data
     best = checkpoint.load(run_dir / "best.pt") if run.dist.main else None
@@ -475,7 +475,15 @@ def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> d
     }
     if run.dist.main:
         write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
-        plot_curves(run.history, run_dir / "curves.png")
+        plot_curves(
+            run.history,
+            run_dir / "curves.png",
+            model=run.cfg.model,
+            data=data.name,
+            run=run_dir.name,
+            objective=training_objective(run.cfg),
+            best_epoch=run.best["epoch"],
+        )
         plot_confusion(
             test["confusion"],
             data.classes,
