@@ -6,10 +6,9 @@ the previous file or the new one, never half of one.
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
+from cnnzoo.analysis.tables import to_csv
 from cnnzoo.atomic import write_atomic
 
 # Table 6 of the paper: CIFAR-10 test error (%) of the CIFAR ResNets (110: best of 5 runs; mean 6.61 +- 0.16).
@@ -23,12 +22,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_csv(path: str | Path, rows: list[dict], fields: list[str]) -> None:
-    """``rows`` as CSV with the columns ``fields`` (None is written as an empty cell)."""
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    """``rows`` as CSV with the columns ``fields`` (None is written as an empty cell), atomically."""
+    write_atomic(path, to_csv(rows, fields))
 
 
 def num(value: object) -> float | None:
