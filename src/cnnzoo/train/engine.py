@@ -34,6 +34,8 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import NO_GRAPHED_FP16, TrainConfig
+from cnnzoo.train.ema import EMA
+from cnnzoo.train.schedule import lr_at, total_steps
 
 # --- device and numerics -------------------------------------------------------------------------------------------
 
@@ -184,11 +186,19 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = lr
 
 
-def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of the weights and BN buffers, updated once per step."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+def make_ema(model: nn.Module, decay: float) -> EMA:
+    """An exponential moving average of the weights and BN buffers, updated once per step with no host work
+    (:class:`cnnzoo.train.ema.EMA`: ``AveragedModel``'s numbers and state_dict, so older checkpoints load). Build it
+    after the model is on its device and in its memory format: it binds to the model's tensors as they are."""
+    return EMA(model, decay)
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+def lr_table(cfg: TrainConfig, steps_per_epoch: int, device: torch.device | str) -> torch.Tensor:
+    """:func:`~cnnzoo.train.schedule.lr_at` for every step of the run, float32 on ``device`` (what
+    :class:`GraphedStep` indexes with its device-side step counter, so the loop sets no lr per step). float32 is the
+    lr the captured update reads either way (:meth:`GraphedStep._device_lr`)."""
+    total = total_steps(cfg, steps_per_epoch)
+    return torch.tensor([lr_at(s, cfg, steps_per_epoch) for s in range(total)], dtype=torch.float32, device=device)
 
 
 # --- mixup / cutmix ------------------------------------------------------------------------------------------------
@@ -331,11 +341,15 @@ class GraphedStep:
     - static inputs: each batch is copied into the buffers the graph reads. Training batches all have one shape
       (the loaders drop the last partial batch); outputs (loss, logits) are the graph's buffers, valid until the
       next call;
-    - the learning rate of every param group becomes a float32 device tensor that :func:`set_lr` fills in place
-      (a Python float would be baked into the graph); fused SGD and AdamW read it on the device;
+    - the learning rate of every param group becomes a float32 device tensor (a Python float would be baked into
+      the graph); fused SGD and AdamW read it on the device. With ``lrs`` (:func:`lr_table`) the step itself fills
+      it from the table at its device-side step counter, which it advances, so the loop sets no lr per step
+      (:meth:`seek` puts the counter at the run's step once per epoch); without, :func:`set_lr` fills it;
+    - with ``ema``, the EMA update (:class:`cnnzoo.train.ema.EMA`: device-side counter, no host branch) runs inside
+      the step after the optimizer's update, as the eager loop orders them;
     - warm-up: the first ``warmup`` calls are ordinary eager steps on a side stream (real training steps, not
       thrown away), so cudnn's autotuning, torch.compile's compilation and the momentum buffers happen before the
-      capture;
+      capture, which records on that same stream (per-stream cuBLAS/cuDNN workspaces already exist);
     - nothing inside synchronises with the host: fp16 (its GradScaler checks for inf on the host) is refused, AdamW
       is built capturable (:func:`make_optimizer`), autocast runs without its weight cache, and the non-finite check
       reads the loss the graph leaves behind, after the replay (so, as on any accelerator, a bad step is detected
@@ -346,17 +360,35 @@ class GraphedStep:
     Without CUDA (the CPU tests) the same static-buffer step runs uncaptured, so its logic is tested everywhere.
     """
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext, warmup: int = 3) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ctx: StepContext,
+        warmup: int = 3,
+        *,
+        ema: EMA | None = None,
+        lrs: torch.Tensor | None = None,
+    ) -> None:
         if ctx.scaler.is_enabled():
             raise CnnzooError(NO_GRAPHED_FP16)
         self.net, self.optimizer, self.warmup = net, optimizer, max(1, warmup)
         self.ctx = dataclasses.replace(ctx, autocast_cache=False)
-        # CUDA: the warm-up's side stream (the docs' recipe), and capture. Elsewhere None: the step runs uncaptured.
+        self.ema = ema  # updated inside the step, after the optimizer's update (the eager loop's order)
+        self.lrs = lrs  # lr_table(): the lr of every step, read at the counter; None: the caller sets the lr
+        # The global step the next call trains, on the device: it indexes ``lrs`` inside the graph and advances there.
+        self.counter = torch.zeros((), dtype=torch.long, device=ctx.device)
+        # CUDA: the stream the warm-up runs on and the capture records on (same stream: cuBLAS/cuDNN's per-stream
+        # workspaces exist before the capture). Elsewhere None: the step runs uncaptured.
         self.side = torch.cuda.Stream() if ctx.device.type == "cuda" else None
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, targets) the graph reads
         self.out: tuple[torch.Tensor, torch.Tensor] | None = None  # (loss, logits) the graph writes
+
+    def seek(self, step: int) -> None:
+        """Set the device counter to global step ``step`` (once per epoch, by the loop: a fill, no host sync)."""
+        self.counter.fill_(step)
 
     def __call__(
         self, images: torch.Tensor, targets: torch.Tensor, *, check_finite: Callable[[torch.Tensor], None] | None = None
@@ -371,18 +403,33 @@ class GraphedStep:
             if self.side is not None:
                 self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the grads in its pool
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):  # records the kernels; the step itself runs in replay() below
-                    self.out = train_step(self.net, self.optimizer, *self.static, self.ctx)
+                with torch.cuda.graph(self.graph, stream=self.side):  # records; the step runs in replay() below
+                    self.out = self._step(*self.static)
         else:
             self.static[0].copy_(images)
             self.static[1].copy_(targets)
         if self.graph is not None:
             self.graph.replay()
         else:
-            self.out = train_step(self.net, self.optimizer, *self.static, self.ctx)
+            self.out = self._step(*self.static)
         if check_finite is not None:
             check_finite(self.out[0])
         return self.out
+
+    def _step(
+        self, images: torch.Tensor, targets: torch.Tensor, check_finite: Callable[[torch.Tensor], None] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the graph records: the lr from the table, :func:`train_step`, the EMA update, the counter's advance."""
+        if self.lrs is not None:
+            # Clamped: a replay past the table's end (never in the loop) reads the last lr, not out of bounds.
+            lr = self.lrs.index_select(0, self.counter.clamp(max=len(self.lrs) - 1).view(1)).view(())
+            for group in self.optimizer.param_groups:
+                group["lr"].copy_(lr)
+        out = train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+        if self.ema is not None:
+            self.ema.update_parameters()
+        self.counter += 1
+        return out
 
     def _device_lr(self) -> None:
         """Every group's lr as a float32 tensor on the parameters' device (what the fused kernels read)."""
@@ -394,12 +441,12 @@ class GraphedStep:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """An eager step; on CUDA on the side stream, which the current stream then waits for."""
         if self.side is None:
-            return train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+            return self._step(images, targets, check_finite)
         self.side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side), warnings.catch_warnings():
             # An AdamW built capturable warns once that it steps uncaptured: here it does so on purpose.
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
-            out = train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+            out = self._step(images, targets, check_finite)
         torch.cuda.current_stream().wait_stream(self.side)
         return out
 

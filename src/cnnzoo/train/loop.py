@@ -76,7 +76,7 @@ class RunState:
     optimizer: torch.optim.Optimizer
     ctx: StepContext
     run_dir: Path | None = None
-    ema: nn.Module | None = None  # torch.optim.swa_utils.AveragedModel
+    ema: nn.Module | None = None  # cnnzoo.train.ema.EMA (make_ema)
     graph: GraphedStep | None = None  # --cuda-graph: replaces train_step
     dist: Dist = field(default_factory=Dist)
     epoch: int = 0  # the epoch in progress (or next to start)
@@ -196,19 +196,25 @@ def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torc
         run.sums = torch.zeros(2, dtype=torch.float64, device=run.ctx.device)  # [sum of loss * n, correct]
     step = run.graph if run.graph is not None else partial(train_step, run.net, run.optimizer, ctx=run.ctx)
     guard = FiniteGuard(run)
+    graph = run.graph
+    if graph is not None:
+        graph.seek(run.step)  # its device-side step counter: the lr table's index
+    set_lrs = graph is None or graph.lrs is None  # else the captured step reads its lr from the table
+    own_ema = run.ema is not None and (graph is None or graph.ema is not run.ema)  # else updated inside the step
     run.net.train()
     tick = time.perf_counter()
     try:
         for images, labels in data.train.epoch(run.epoch, run.batch):
             if run.step >= total:
                 break
-            set_lr(run.optimizer, lr_at(run.step, cfg, spe))
+            if set_lrs:
+                set_lr(run.optimizer, lr_at(run.step, cfg, spe))
             targets = labels
             if cfg.mixup > 0 or cfg.cutmix > 0:
                 g = generator("cpu", cfg.seed, _MIX_STREAM, run.step)
                 images, targets = mix_batch(images, labels, cfg, data.num_classes, g)
             loss, logits = step(images, targets, check_finite=guard)
-            if run.ema is not None:
+            if own_ema:
                 run.ema.update_parameters(run.model)
             run.sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
             run.seen, run.step, run.batch = run.seen + len(labels), run.step + 1, run.batch + 1
