@@ -76,7 +76,7 @@ class RunState:
     optimizer: torch.optim.Optimizer
     ctx: StepContext
     run_dir: Path | None = None
-    ema: nn.Module | None = None  # cnnzoo.train.ema.EMA (make_ema)
+    ema: nn.Module | None = None  # cnnzoo.train.ema.EMA (engine.make_ema)
     graph: GraphedStep | None = None  # --cuda-graph: replaces train_step
     dist: Dist = field(default_factory=Dist)
     epoch: int = 0  # the epoch in progress (or next to start)
