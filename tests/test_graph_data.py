@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
@@ -35,9 +36,10 @@ def test_make_ema_is_the_sync_free_ema():
 
 
 def test_graphed_step_with_table_and_ema_matches_the_eager_loop():
-    """GraphedStep reading its lr from the table at its own counter, and updating the EMA inside the step, trains
-    exactly as the eager loop (set_lr(lr_at(step)) on a float32 lr, train_step, ema.update_parameters) does; the
-    counter advances once per call, warm-up included, and seek() moves it (a resumed run's start)."""
+    """GraphedStep reading its lr from the table at its own counter, updating the EMA and the running sums inside
+    the step, trains exactly as the eager loop (set_lr(lr_at(step)) on a float32 lr, train_step,
+    ema.update_parameters, the sums) does; the counter advances once per call, warm-up included, seek() moves it (a
+    resumed run's start), and the first non-finite step is recorded on the device."""
     torch.manual_seed(0)
     bundle = load_data("digits", batch_size=32, device="cpu", seed=0, val_size=0)
     cfg = build_config("resnet20", "digits", device="cpu", precision="fp32", batch_size=32, lr=0.4, epochs=1,
@@ -53,25 +55,37 @@ def test_graphed_step_with_table_and_ema_matches_the_eager_loop():
     for group in plain_opt.param_groups:  # the float32 lr the graph reads
         group["lr"] = torch.tensor(0.0, dtype=torch.float32)
     batches = bundle.train.epoch(0)
+    sums = torch.zeros(2, dtype=torch.float64)
     for step in range(6):
         images, labels = next(batches)
         set_lr(plain_opt, lr_at(step, cfg, spe))
-        plain_loss, _ = train_step(plain, plain_opt, images, labels, ctx)
+        plain_loss, logits = train_step(plain, plain_opt, images, labels, ctx)
         plain_ema.update_parameters(plain)
-        graphed_loss, _ = graphed(images, labels)
+        sums += torch.stack([plain_loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
+        graphed_loss, _ = graphed(images, labels, labels)
         assert torch.equal(plain_loss, graphed_loss), step
+        assert torch.equal(graphed.sums, sums), step  # the loop's running sums, accumulated inside the step
         assert all(g["lr"].item() == table[step].item() for g in graphed_opt.param_groups), step
-    assert int(graphed.counter) == 6 and graphed.static is not None
+    assert int(graphed.counter) == 6 and graphed.static is not None and int(graphed.bad) == -1
     assert int(graphed_ema.n_averaged) == 6
     for p, q in zip(plain.parameters(), graphed_net.parameters(), strict=True):
         assert torch.equal(p, q)
     theirs = plain_ema.state_dict()
     for key, value in graphed_ema.state_dict().items():
         assert torch.equal(value, theirs[key]), key
-    graphed.seek(spe - 1)
-    graphed(*next(batches))
+    graphed.seek(spe - 1, torch.tensor([1.0, 2.0], dtype=torch.float64))
+    images, labels = next(batches)
+    loss, _ = graphed(images, labels, labels)
     assert int(graphed.counter) == spe
     assert graphed_opt.param_groups[0]["lr"].item() == table[spe - 1].item()
+    assert graphed.sums[0].item() == 1.0 + loss.double().item() * len(labels)  # carried on from seek's sums
+
+    # A non-finite loss: the first bad step's global index is recorded (as FiniteGuard does), later ones ignored.
+    graphed.seek(40)
+    graphed(images, labels, labels)
+    graphed(torch.full_like(images, float("nan")), labels, labels)
+    graphed(torch.full_like(images, float("nan")), labels, labels)
+    assert int(graphed.bad) == 41 and int(graphed.counter) == 43
 
 
 def test_graphed_loop_sets_no_lr_and_updates_ema_once(tmp_path, monkeypatch):
@@ -103,6 +117,14 @@ def test_cuda_graph_ema_run_resumes_exactly_and_either_way(exact_run, tmp_path):
     ema_cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["ema"]
     assert int(ema_full["n_averaged"]) == 9
     assert all(torch.equal(ema_full[k], ema_cut[k]) for k in ema_full)
+    # The running sums the step accumulates carry over the interruption: the same train metrics, bit for bit.
+    lines = [
+        [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("full", "cut")
+    ]
+    assert [(m["train_loss"], m["train_top1"]) for m in lines[0]] == [
+        (m["train_loss"], m["train_top1"]) for m in lines[1]
+    ]
+    assert len(lines[0]) == 3
 
     train("resnet20", "digits", out=tmp_path / "g2e", cuda_graph=True, stop_after=4, quiet=True, **EXACT)
     train(resume=tmp_path / "g2e", cuda_graph=False, quiet=True)
