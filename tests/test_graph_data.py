@@ -20,13 +20,18 @@ from cnnzoo.train.schedule import lr_at
 from conftest import EXACT
 
 
-def test_lr_table_is_lr_at_for_every_step_in_float32():
+def test_lr_table_is_lr_at_for_every_step():
     cfg = build_config("resnet20", "digits", epochs=3, lr=0.3, schedule="cosine", warmup_epochs=1, min_lr=0.01)
     table = lr_table(cfg, 7, "cpu")
-    assert table.dtype == torch.float32 and table.shape == (21,)
-    expected = torch.tensor([lr_at(s, cfg, 7) for s in range(21)], dtype=torch.float32)
+    assert table.dtype == torch.float64 and table.shape == (21,)
+    expected = torch.tensor([lr_at(s, cfg, 7) for s in range(21)], dtype=torch.float64)
     assert torch.equal(table, expected)
     assert table[0] < table[6] and table[7] > table[20]  # warm-up ramp, then the decay: not a constant
+    # The step's lr * lr_scale on the device, copied into the float32 lr, equals set_lr's Python product filled in.
+    for scale in (1.0, 0.1, 1 / 3):
+        for s in range(21):
+            on_device = torch.zeros((), dtype=torch.float32).copy_(table[s] * scale)
+            assert on_device.item() == torch.zeros((), dtype=torch.float32).fill_(lr_at(s, cfg, 7) * scale).item()
 
 
 def test_make_ema_is_the_sync_free_ema():
@@ -65,7 +70,7 @@ def test_graphed_step_with_table_and_ema_matches_the_eager_loop():
         graphed_loss, _ = graphed(images, labels, labels)
         assert torch.equal(plain_loss, graphed_loss), step
         assert torch.equal(graphed.sums, sums), step  # the loop's running sums, accumulated inside the step
-        assert all(g["lr"].item() == table[step].item() for g in graphed_opt.param_groups), step
+        assert all(g["lr"].item() == table[step].float().item() for g in graphed_opt.param_groups), step
     assert int(graphed.counter) == 6 and graphed.static is not None and int(graphed.bad) == -1
     assert int(graphed_ema.n_averaged) == 6
     for p, q in zip(plain.parameters(), graphed_net.parameters(), strict=True):
@@ -77,7 +82,7 @@ def test_graphed_step_with_table_and_ema_matches_the_eager_loop():
     images, labels = next(batches)
     loss, _ = graphed(images, labels, labels)
     assert int(graphed.counter) == spe
-    assert graphed_opt.param_groups[0]["lr"].item() == table[spe - 1].item()
+    assert graphed_opt.param_groups[0]["lr"].item() == table[spe - 1].float().item()
     assert graphed.sums[0].item() == 1.0 + loss.double().item() * len(labels)  # carried on from seek's sums
 
     # A non-finite loss: the first bad step's global index is recorded (as FiniteGuard does), later ones ignored.

@@ -112,6 +112,20 @@ def test_write_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
     assert path.read_bytes() == b"new\n"
 
 
+def test_write_atomic_gives_the_mode_a_plain_write_would(tmp_path):
+    # mkstemp's 0600 must not leak into a user's report.json or figures (others could no longer read them).
+    old = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "new.json", "{}")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "kept.json").write_text("{}")
+        (tmp_path / "kept.json").chmod(0o640)
+        write_atomic(tmp_path / "kept.json", "[]")
+        assert (tmp_path / "kept.json").stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)
+
+
 def test_temp_files_a_kill_left_are_removed_at_the_next_resume(tiny_run, copy_run):
     # A kill during an atomic write leaves ".<name>.<random>.tmp" beside the file; resume removes them. The resume also
     # switches --cuda-graph on (a speed setting, like --compile, that a resume may change).

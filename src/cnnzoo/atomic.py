@@ -18,12 +18,24 @@ from typing import Any, BinaryIO
 import torch
 
 
+def _mode_for(path: Path) -> int:
+    """The replaced file's permission bits, or 0o666 less the process umask for a new file."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def _replacing(path: Path) -> Iterator[BinaryIO]:
     """A binary file that becomes ``path`` when the block ends without an exception (and is removed if not)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp makes the file 0600; the result gets the mode a plain open() would give (or the old file's).
+        os.fchmod(fd, _mode_for(path))
         with os.fdopen(fd, "wb") as f:
             yield f
             f.flush()
@@ -51,6 +63,12 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write ``data`` (text as UTF-8, or bytes) to ``path``, atomically."""
     with _replacing(Path(path)) as f:
         f.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+
+def write_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> None:
+    """Save a matplotlib ``Figure`` as PNG to ``path``, atomically (every chart cnnzoo draws goes through here)."""
+    with _replacing(Path(path)) as f:
+        fig.savefig(f, format="png", dpi=dpi)
 
 
 def temp_files(folder: str | Path, names: Iterable[str]) -> list[Path]:

@@ -16,7 +16,6 @@ measured in a fresh spawned process, inference before training.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing
 import resource
@@ -27,7 +26,9 @@ from pathlib import Path
 
 import torch
 
+from cnnzoo.analysis import tables
 from cnnzoo.analysis.profile import parse_input, profile_model
+from cnnzoo.atomic import write_atomic, write_figure
 from cnnzoo.errors import CnnzooError
 
 DEFAULT_224 = ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152"]
@@ -35,7 +36,7 @@ DEFAULT_32 = ["alexnet_cifar", "vgg16_cifar", "googlenet_cifar", "resnet18_cifar
 TORCHVISION = {"alexnet", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"} | {
     f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")
 }
-COLUMNS = ["model", "input", "batch_size", "params", "macs", "latency_ms", "infer_img_s", "train_img_s",
+COLUMNS = ["model", "run", "input", "batch_size", "params", "macs", "latency_ms", "infer_img_s", "train_img_s",
            "infer_mem_mb", "train_mem_mb", "vs_torchvision_latency", "vs_torchvision_train", "accuracy",
            "accuracy_source", "note"]  # fmt: skip
 
@@ -57,6 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "the data folder's name")
     p.add_argument("--no-torchvision", action="store_true", help="skip the side-by-side torchvision timing")
     p.add_argument("--out", default="runs/compare")
+    tables.add_format_argument(p)
     p.set_defaults(func=cmd_compare)
 
 
@@ -230,15 +232,32 @@ def published_top1(name: str) -> float | None:
     return weights.meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100
 
 
-def runs_accuracy(run_dirs: list[str], label: str | None = None) -> dict[str, tuple[float, str]]:
-    """{model: (test top-1, dataset)} from run directories' report.json, or report files named directly (the last one
-    wins for a model)."""
-    found = {}
-    for run in run_dirs:
-        from cnnzoo.train.tools import read_report
+def runs_accuracy(run_dirs: list[str], label: str | None = None) -> list[dict]:
+    """One entry per run directory (or report.json named directly): ``{"model", "run", "accuracy", "data"}``.
 
-        report = read_report(run)
-        found[report["model"]] = (report["test"]["top1"], label or Path(str(report["data"])).name)
+    ``run`` labels the run in the table and chart: its directory's name, or as many trailing path parts as it takes
+    to tell runs with the same name apart (``a/resnet20``, ``b/resnet20``). Two runs of one model both stay.
+    """
+    from cnnzoo.train.tools import read_report
+
+    found = []
+    for run in run_dirs:
+        path = Path(run) / "report.json" if Path(run).is_dir() else Path(run)
+        report = read_report(path)  # checked: model, data, test.top1
+        found.append(
+            {
+                "model": report["model"],
+                "accuracy": report["test"]["top1"],
+                "data": label or Path(report["data"]).name,
+                "dir": path.resolve().parent,
+            }
+        )
+    dirs = [e.pop("dir").parts for e in found]
+    for entry, parts in zip(found, dirs, strict=True):
+        depth = 1  # enough trailing parts that no other run's directory ends the same way
+        while depth < len(parts) and sum(d[-depth:] == parts[-depth:] for d in dirs) > 1:
+            depth += 1
+        entry["run"] = "/".join(parts[-depth:])
     return found
 
 
@@ -260,56 +279,66 @@ def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise CnnzooError("--device cuda: no CUDA device here (use --device cpu)")
     measured = runs_accuracy(runs, label)
+    for extra in dict.fromkeys(m["model"] for m in measured if m["model"] not in models):
+        print(f"adding {extra}: a --runs run trained it", file=sys.stderr)  # shown, never silently dropped
+        models = [*models, extra]
     classes = num_classes or (1000 if input_shape[1] > 64 else 10)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, name in enumerate(models, 1):
-        print(f"[{i}/{len(models)}] {name} at {'x'.join(map(str, input_shape))} on {device} ...", flush=True)
-        row = {"model": name, "input": "x".join(map(str, input_shape)), "note": ""}
-        try:
-            prof = profile_model(name, num_classes=classes, input_shape=input_shape)
-            row.update(params=prof["params"], macs=prof["macs"])
-            result = _measure_fresh(name, input_shape, batch_size, device, repeats, vs_torchvision, classes)
-        except CnnzooError as e:  # the net cannot take this input (e.g. alexnet_paper needs 227x227)
-            row.update(params=profile_model(name, num_classes=classes)["params"])
-            result = {"error": str(e), "batch_size": batch_size}
-        if "error" in result:
-            row.update(batch_size=result["batch_size"], note=f"cannot run: {result['error']}", macs=None)
-        else:
-            row.update(result)
-            if result["batch_size"] != batch_size:
-                row["note"] = f"out of memory at batch {batch_size}; measured at {result['batch_size']}"
-        if name in measured:
-            row.update(accuracy=measured[name][0], accuracy_source=f"measured on {measured[name][1]}")
-        elif (top1 := published_top1(name)) is not None:
-            row.update(accuracy=top1, accuracy_source="published ImageNet top-1 (torchvision weights)")
-        rows.append({c: row.get(c) for c in COLUMNS})
+        print(
+            f"[{i}/{len(models)}] {name} at {'x'.join(map(str, input_shape))} on {device} ...",
+            file=sys.stderr,
+            flush=True,
+        )
+        row = _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision, classes)
+        own = [m for m in measured if m["model"] == name]
+        for m in own:  # one row per run of this model, labelled by its run directory; the costs are the model's
+            rows.append(dict(row, run=m["run"], accuracy=m["accuracy"], accuracy_source=f"measured on {m['data']}"))
+        if not own and (top1 := published_top1(name)) is not None:
+            rows.append(dict(row, accuracy=top1, accuracy_source="published ImageNet top-1 (torchvision weights)"))
+        elif not own:
+            rows.append(row)
+    rows = [{c: r.get(c) for c in COLUMNS} for r in rows]
     _write(rows, out, device, classes)
     return rows
 
 
+def _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision, classes) -> dict:
+    """Parameters, MACs, timings and memory of one model (a "cannot run" note when it cannot take the input)."""
+    row = {"model": name, "input": "x".join(map(str, input_shape)), "note": ""}
+    try:
+        prof = profile_model(name, num_classes=classes, input_shape=input_shape)
+        row.update(params=prof["params"], macs=prof["macs"])
+        result = _measure_fresh(name, input_shape, batch_size, device, repeats, vs_torchvision, classes)
+    except CnnzooError as e:  # the net cannot take this input (e.g. alexnet_paper needs 227x227)
+        row.update(params=profile_model(name, num_classes=classes)["params"])
+        result = {"error": str(e), "batch_size": batch_size}
+    if "error" in result:
+        row.update(batch_size=result["batch_size"], note=f"cannot run: {result['error']}", macs=None)
+    else:
+        row.update(result)
+        if result["batch_size"] != batch_size:
+            row["note"] = f"out of memory at batch {batch_size}; measured at {result['batch_size']}"
+    return row
+
+
 def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
-    with open(out / "compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_atomic(out / "compare.csv", tables.to_csv(rows, COLUMNS))
     meta = {"device": device, "torch": torch.__version__, "num_classes": num_classes, "columns": COLUMNS,
             "units": {"macs": "multiply-accumulates per image", "latency_ms": "median ms at batch 1",
                       "infer_img_s": "images/s", "train_img_s": "images/s, forward+backward+SGD step",
                       "infer_mem_mb": "MiB above the weights", "train_mem_mb": "MiB above the weights",
                       "accuracy": "fraction",
                       "vs_torchvision_latency": "cnnzoo speed / torchvision speed"}}  # fmt: skip
-    (out / "compare.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    lines = [f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
-             "image.", "",
-             "| model | params | GMACs | latency (ms, batch 1) | inference img/s | training img/s | inference MiB | "
-             "training MiB | speed vs torchvision (latency / train) | top-1 | source | note |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|"]  # fmt: skip
-    for r in rows:
-        lines.append("| " + " | ".join(_cells(r)) + " |")
-    (out / "compare.md").write_text("\n".join(lines) + "\n")
-    _plot(rows, out / "overview.png", device)
+    write_atomic(out / "compare.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    intro = (
+        f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
+        "image; speed vs torchvision = cnnzoo / torchvision (latency / train).\n\n"
+    )
+    write_atomic(out / "compare.md", intro + tables.to_markdown(rows, _display_columns(rows)))
+    write_figure(overview_figure(rows, device), out / "overview.png", dpi=90)
 
 
 def _fmt(v, spec: str) -> str:
@@ -321,67 +350,123 @@ def _rate(v: float | None) -> str:
     return "" if v is None else format(v, ",.0f") if v >= 100 else format(v, "#.3g")
 
 
-def _cells(r: dict) -> list[str]:
-    vs = ""
-    if r["vs_torchvision_latency"] is not None:
-        vs = f"{r['vs_torchvision_latency']:.2f} / {r['vs_torchvision_train']:.2f}"
-    return [r["model"], f"{r['params']:,}", _fmt(r["macs"] and r["macs"] / 1e9, ".3f"), _fmt(r["latency_ms"], ".2f"),
-            _rate(r["infer_img_s"]), _rate(r["train_img_s"]), _fmt(r["infer_mem_mb"], ",.0f"),
-            _fmt(r["train_mem_mb"], ",.0f"), vs, _fmt(r["accuracy"] and 100 * r["accuracy"], ".2f"),
-            r["accuracy_source"] or "", r["note"] or ""]  # fmt: skip
+def _versus(r: dict) -> str:
+    if r["vs_torchvision_latency"] is None:
+        return ""
+    return f"{r['vs_torchvision_latency']:.2f} / {r['vs_torchvision_train']:.2f}"
 
 
-def _plot(rows: list[dict], path: Path, device: str) -> None:
-    """Accuracy against GMACs (area ~ parameters) and accuracy against measured training throughput."""
+def _display_columns(rows: list[dict]) -> list[tables.Column]:
+    """The table's columns (terminal and markdown): those with something to show in some row (``run`` only with
+    ``--runs``, ``vs torchvision`` only when timed); csv and json keep every field."""
+    c = tables.Column
+    cols = [
+        c("model", "model", justify="left"),
+        c("run", "run", justify="left"),
+        c("params", "params", lambda r: _fmt(r["params"], ",")),
+        c("macs", "GMACs", lambda r: _fmt(r["macs"] and r["macs"] / 1e9, ".3f")),
+        c("latency_ms", "latency ms", lambda r: _fmt(r["latency_ms"], ".2f")),
+        c("infer_img_s", "infer img/s", lambda r: _rate(r["infer_img_s"])),
+        c("train_img_s", "train img/s", lambda r: _rate(r["train_img_s"])),
+        c("infer_mem_mb", "infer MiB", lambda r: _fmt(r["infer_mem_mb"], ",.0f")),
+        c("train_mem_mb", "train MiB", lambda r: _fmt(r["train_mem_mb"], ",.0f")),
+        c("vs_torchvision_latency", "vs torchvision", _versus),
+        c("accuracy", "top-1 %", lambda r: _fmt(r["accuracy"] and 100 * r["accuracy"], ".2f")),
+        c("accuracy_source", "source", wrap=True, justify="left"),
+        c("note", "note", wrap=True, justify="left"),
+    ]
+    return [col for col in cols if col.key == "model" or any(col.text(r) for r in rows)]
+
+
+def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
+    """Y-limits (percent) that frame ``accuracies`` (percent) with room for the labels, never outside [0, 100]."""
+    if not accuracies:
+        return 0.0, 100.0
+    lo, hi = min(accuracies), max(accuracies)
+    pad = max(3.0, 0.25 * (hi - lo))  # room for a label above the top point and below the lowest
+    return max(0.0, lo - pad), min(100.0, hi + pad)
+
+
+def model_colors(models: list[str]) -> dict[str, tuple]:
+    """One colour per model (several runs of one model share it): tab10, or tab20 beyond ten models."""
+    from matplotlib import colormaps
+
+    names = list(dict.fromkeys(models))
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def overview_figure(rows: list[dict], device: str):
+    """Accuracy against GMACs (area ~ parameters) and against measured training throughput, as a ``Figure``."""
     import math
 
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(13, 5.6), layout="constrained")
     ax_macs, ax_speed = fig.subplots(1, 2)
-    biggest = max((r["params"] for r in rows), default=1)
+    biggest = max((r["params"] or 1 for r in rows), default=1)
+    colors = model_colors([r["model"] for r in rows])
     for ax, key in ((ax_macs, "macs"), (ax_speed, "train_img_s")):
         placed: list[tuple[float, float]] = []  # (log10 x, accuracy) of labels put above their point
-        for i, r in enumerate(rows):
+        for r in rows:
             if not r["macs"] or not r[key]:
                 continue
-            x = r["macs"] / 1e9 if key == "macs" else r[key]
+            x, color = (r["macs"] / 1e9 if key == "macs" else r[key]), colors[r["model"]]
             if r["accuracy"] is None:  # cost known, accuracy not: a dotted line at its cost, named at the foot
-                ax.axvline(x, color=f"C{i}", ls=":", lw=1.5)
-                ax.text(x, 0.02, f" {r['model']}", rotation=90, fontsize=8, ha="right", va="bottom",
-                        transform=ax.get_xaxis_transform())  # fmt: skip
+                ax.axvline(x, color=color, ls=":", lw=1.5)
+                foot = ax.get_xaxis_transform()  # x in data, y in axes fraction
+                ax.annotate(
+                    r["model"],
+                    (x, 0.02),
+                    xycoords=foot,
+                    xytext=(-2, 0),
+                    textcoords="offset points",
+                    rotation=90,
+                    fontsize=8,
+                    ha="right",
+                    va="bottom",
+                )
                 continue
             acc, size = 100 * r["accuracy"], 40 + 1200 * r["params"] / biggest
             measured = (r["accuracy_source"] or "").startswith("measured")
-            ax.scatter(x, acc, s=size, color=f"C{i}", alpha=0.55, marker="o" if measured else "s", edgecolors="k")
+            ax.scatter(x, acc, s=size, color=color, alpha=0.55, marker="o" if measured else "s", edgecolors="k")
             # Label above the marker, or below it when a label above a nearby point would collide with this one.
             crowded = any(abs(math.log10(x) - lx) < 0.3 and abs(acc - la) < 4 for lx, la in placed)
             if not crowded:
                 placed.append((math.log10(x), acc))
             gap = math.sqrt(size) / 2 + 3  # marker radius in points, plus a margin
-            ax.annotate(f"{r['model']}\n{r['params'] / 1e6:.1f}M params", (x, acc), fontsize=8, ha="center",
-                        va="top" if crowded else "bottom", xytext=(0, -gap if crowded else gap),
-                        textcoords="offset points")  # fmt: skip
+            name = f"{r['model']} ({r['run']})" if r.get("run") else r["model"]
+            ax.annotate(
+                f"{name}\n{r['params'] / 1e6:.1f}M params",
+                (x, acc),
+                fontsize=8,
+                ha="center",
+                va="top" if crowded else "bottom",
+                xytext=(0, -gap if crowded else gap),
+                textcoords="offset points",
+                annotation_clip=False,
+            )
     shape = rows[0]["input"] if rows else ""
     ax_macs.set(xlabel="GMACs per image (multiply-accumulates, log scale)", xscale="log", ylabel="top-1 accuracy (%)",
                 title=f"Accuracy vs computation at {shape} (point area = parameters)")  # fmt: skip
     ax_speed.set(xlabel=f"training throughput on {device} (images/s, log scale)", xscale="log",
                  ylabel="top-1 accuracy (%)", title=f"Accuracy vs measured training speed on {device}")  # fmt: skip
+    ylim = accuracy_limits([100 * r["accuracy"] for r in rows if r["accuracy"] is not None])
     for ax in (ax_macs, ax_speed):
         ax.grid(alpha=0.3, which="both")
-        ax.margins(0.18)
+        ax.margins(x=0.18)
+        ax.set_ylim(ylim)  # from the data, not from zero: the differences between the nets stay visible
     sources = sorted({r["accuracy_source"] for r in rows if r["accuracy_source"]})
     kinds = [f"{'circles' if s.startswith('measured') else 'squares'}: {s}" for s in sources]
     if any(r["accuracy"] is None and r["macs"] for r in rows):
         kinds.append("dotted lines: cost only, accuracy unknown (pass --runs RUN_DIR)")
     fig.suptitle(f"The classic CNNs: what accuracy costs. Accuracy ({'; '.join(kinds)})", fontsize=10)
-    fig.savefig(path, dpi=90)
+    return fig
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Measure, print the table, write the files."""
+    """Measure, print the table in ``--format``, write the files."""
     from rich.console import Console
-    from rich.table import Table
 
     shape = parse_input(args.input)
     models = args.models or (DEFAULT_32 if shape[1] <= 32 else DEFAULT_224)
@@ -391,16 +476,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     rows = run_compare(models, input_shape=shape, device=args.device, batch_size=batch, repeats=args.repeats,
                        runs=args.runs, vs_torchvision=not args.no_torchvision, out=args.out,
                        num_classes=args.num_classes, label=args.label)  # fmt: skip
-    table = Table(title=f"cnnzoo compare at {args.input} on {args.device}, batch {batch} "
-                        "(MACs = multiply-accumulates; speed vs torchvision = cnnzoo / torchvision)")  # fmt: skip
-    for col in ("model", "params", "GMACs", "latency ms", "infer img/s", "train img/s", "infer MiB", "train MiB",
-                "vs torchvision", "top-1 %", "source", "note"):  # fmt: skip
-        table.add_column(col, justify="left" if col in ("model", "source", "note") else "right", no_wrap=col != "note")
-    for r in rows:
-        table.add_row(*_cells(r))
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=220)  # files and pipes: one row per model rather than wrapped columns
-    console.print(table)
-    print(f"wrote {Path(args.out) / 'compare.csv'}, compare.json, compare.md, overview.png ({len(rows)} rows)")
+    title = (
+        f"cnnzoo compare at {args.input} on {args.device}, batch {batch} (MACs = multiply-accumulates; "
+        "speed vs torchvision = cnnzoo / torchvision, latency / train)"
+    )
+    columns = _display_columns(rows)
+    tables.emit(
+        rows,
+        columns,
+        args.format,
+        fields=COLUMNS,
+        title=title,
+        keys=2 if any(c.key == "run" for c in columns) else 1,
+        console=Console(),
+    )
+    print(
+        f"wrote {Path(args.out) / 'compare.csv'}, compare.json, compare.md, overview.png ({len(rows)} rows)",
+        file=sys.stderr,
+    )
     return 0

@@ -10,6 +10,7 @@ from rich.progress import Progress
 from rich.table import Table
 
 from cnnzoo.analysis.profile import count_params, human, layer_summary, parse_input, profile_model
+from cnnzoo.analysis.tables import Column, add_format_argument, emit
 from cnnzoo.models import create_model, get_model_info, list_models
 
 
@@ -18,6 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     families = sorted({get_model_info(n).family for n in list_models()})
     p = sub.add_parser("models", help="list every network: family, paper, input size, params, MACs")
     p.add_argument("--family", choices=families, help="only this family")
+    add_format_argument(p)
     p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("summary", help="one network layer by layer: output shape, params, MACs")
@@ -37,31 +39,25 @@ def cmd_models(args: argparse.Namespace) -> int:
         for name in names:
             rows.append(profile_model(name))
             progress.advance(task)
-    table = Table(
-        title="cnnzoo models (params and MACs of the network used at inference, at the input size shown; 1000 "
+    title = (
+        "cnnzoo models (params and MACs of the network used at inference, at the input size shown; 1000 "
         "classes for ImageNet-size nets, 10 for 32x32 ones; aux = training-only auxiliary classifiers; "
         "MACs = multiply-accumulates per image)"
     )
-    cells = [
-        {
-            "name": r["name"],
-            "family": r["family"],
-            "paper": r["paper"].split(",")[0],
-            "input": "x".join(map(str, r["input_size"])),
-            "params": f"{r['params']:,}",
-            "aux params": f"+{r['aux_params']:,}" if r["aux_params"] else "",
-            "MACs": human(r["macs"]),
-        }
-        for r in rows
+    rows = [dict(r, input="x".join(map(str, r["input_size"]))) for r in rows]
+    columns = [
+        Column("name", "name", justify="left"),
+        Column("family", "family", justify="left"),
+        Column("paper", "paper", lambda r: r["paper"].split(",")[0], wrap=True, justify="left"),
+        Column("input", "input"),
+        Column("params", "params", lambda r: f"{r['params']:,}"),
+        Column("aux_params", "aux params", lambda r: f"+{r['aux_params']:,}" if r["aux_params"] else ""),
+        Column("macs", "MACs", lambda r: human(r["macs"])),
     ]
-    columns = [c for c in cells[0] if c != "aux params" or any(row[c] for row in cells)] if cells else []
-    for col in columns:
-        # Every column but the paper keeps its full width (a narrow terminal folds the paper, never a number).
-        width = None if col == "paper" else max(len(col), *(len(row[col]) for row in cells))
-        table.add_column(col, justify="left" if col in ("name", "family", "paper") else "right", min_width=width)
-    for row in cells:
-        table.add_row(*(row[c] for c in columns))
-    console.print(table)
+    if not any(r["aux_params"] for r in rows):
+        columns = [c for c in columns if c.key != "aux_params"]
+    fields = ["name", "family", "paper", "input", "params", "aux_params", "macs"]  # csv/json: raw counts, full paper
+    emit(rows, columns, args.format, fields=fields, title=title, console=console)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnzoo.atomic import write_figure
 from cnnzoo.errors import CnnzooError
 
 
@@ -58,10 +58,18 @@ def _captum():
 # --- what to show: a run or a fresh model, and images ----------------------------------------------------------------
 
 
-def load_subject(spec: str | os.PathLike, *, which: str = "best", in_channels: int = 3) -> tuple[nn.Module, dict]:
-    """``(model in eval mode, meta)`` for a run directory (its trained weights) or a model name (a fresh, seeded
-    initialisation, for contrast). ``meta`` has the checkpoint's metadata (classes, in_channels, image_size, mean,
-    std) when there is one, and ``label``, a caption for figures."""
+def load_subject(
+    spec: str | os.PathLike,
+    *,
+    which: str = "best",
+    in_channels: int = 3,
+    weights: str | None = None,
+    download: bool = False,
+) -> tuple[nn.Module, dict]:
+    """``(model in eval mode, meta)`` for a run directory (its trained weights) or a model name: with ``weights``
+    (any spec :func:`cnnzoo.create_model` takes: a torchvision name such as ``IMAGENET1K_V1``, a state_dict file, a
+    run directory) those weights, else a fresh, seeded initialisation, for contrast. ``meta`` has the checkpoint's
+    metadata (classes, in_channels, image_size, mean, std) when there is one, and ``label``, a caption for figures."""
     from cnnzoo.models import create_model, list_models
     from cnnzoo.train.run import load_run
 
@@ -73,9 +81,10 @@ def load_subject(spec: str | os.PathLike, *, which: str = "best", in_channels: i
     name = str(spec)
     if in_channels < 1:
         raise CnnzooError(f"--in-channels must be >= 1, got {in_channels}")
+    if weights is not None and name in list_models():
+        model = create_model(name, weights=weights, download=download)
+        return model.eval(), {"model": name, "in_channels": 3, "label": f"{name}, weights {weights}"}
     if name in list_models():
-        # Pretrained weights (issue 16) plug in here: a name with weights loads them into this model and says so in
-        # the label ("pretrained on ImageNet"); a plain name is a fresh initialisation.
         with torch.random.fork_rng():
             torch.manual_seed(0)
             model = create_model(name, in_channels=in_channels)
@@ -278,21 +287,13 @@ CAM_LABEL = "Grad-CAM (each map / its max)"
 
 
 def save_figure(fig, path: str | os.PathLike) -> Path:
-    """Write ``fig`` as PNG to ``path`` atomically (a temporary file in the same folder, then ``os.replace``)."""
+    """Write ``fig`` as PNG to ``path`` atomically, after checking the name is a .png file's."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise CnnzooError(f"{path}: expected a .png file name")
     if path.is_dir():
         raise CnnzooError(f"{path}: is a directory, expected a .png file name")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            fig.savefig(f, format="png", dpi=100)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_figure(fig, path)
     return path
 
 
@@ -420,6 +421,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ssub.add_parser("filters", help="the first convolution's kernels (Krizhevsky et al. 2012, Figure 3)")
     p.add_argument("subject", metavar="RUN_OR_MODEL", help="a run directory, or a model name (fresh init)")
     p.add_argument("--in-channels", type=int, default=3, help="input channels of a fresh model (default 3)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="with a model name: pretrained weights (torchvision name such as IMAGENET1K_V1, a .pth file, a run)",
+    )
+    p.add_argument("--download", action="store_true", help="fetch missing torchvision weights (needs the network)")
     p.add_argument("--checkpoint", **which)
     p.add_argument("--out", default=None, help="PNG to write (default RUN/filters.png or ./filters-MODEL.png)")
     p.set_defaults(func=cmd_filters)
@@ -454,7 +461,9 @@ def _done(path: Path) -> int:
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
-    model, meta = load_subject(args.subject, which=args.checkpoint, in_channels=args.in_channels)
+    model, meta = load_subject(
+        args.subject, which=args.checkpoint, in_channels=args.in_channels, weights=args.weights, download=args.download
+    )
     is_run = Path(args.subject).is_dir()
     out = args.out or (Path(args.subject) / "filters.png" if is_run else Path(f"filters-{meta['model']}.png"))
     kh, kw = first_conv(model).kernel_size

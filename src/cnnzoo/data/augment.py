@@ -130,3 +130,34 @@ def train_transform(name: str, image_size: int, *, pca: tuple[torch.Tensor, torc
 def uses_pca(name: str) -> bool:
     """Whether ``--augment name`` needs the training set's pixel PCA."""
     return name in ("alexnet", "vgg", "resnet")
+
+
+# --- torchvision's classification reference: automatic augmentation policies and random erasing ---------------------
+
+
+def reference_extras(auto_augment: str | None, random_erase: float, mean: tuple[float, ...]) -> list[v2.Transform]:
+    """What ``--auto-augment`` and ``--random-erase`` add after ``--augment``'s transform, as torchvision's
+    classification reference does (``references/classification/presets.py``, ``ClassificationPresetTrain``): the
+    policy after the crop and flip, random erasing last. Both on the uint8 image, per sample.
+
+    - ``randaugment``: RandAugment (Cubuk et al. 2020), 2 ops at magnitude 9 (the reference's ``--ra-magnitude``);
+    - ``trivialaugment``: TrivialAugmentWide (Muller & Hutter 2021);
+    - ``autoaugment``: AutoAugment's ImageNet policy (Cubuk et al. 2019);
+    - random erasing (Zhong et al. 2020) of 2-33% of the area with probability ``random_erase``. The reference erases
+      the normalised tensor with 0, that is with the mean colour; here, before normalisation, with the ``mean``
+      colour on the 0..255 scale: the same pixels.
+
+    Interpolation is bilinear, the reference's default (torchvision's policies default to nearest).
+    """
+    bilinear = v2.InterpolationMode.BILINEAR
+    policies = {
+        "randaugment": lambda: v2.RandAugment(interpolation=bilinear),
+        "trivialaugment": lambda: v2.TrivialAugmentWide(interpolation=bilinear),
+        "autoaugment": lambda: v2.AutoAugment(v2.AutoAugmentPolicy.IMAGENET, interpolation=bilinear),
+    }
+    if auto_augment is not None and auto_augment not in policies:
+        raise ValueError(f"unknown automatic augmentation {auto_augment!r}")
+    extras = [policies[auto_augment]()] if auto_augment else []
+    if random_erase > 0:
+        extras.append(v2.RandomErasing(p=random_erase, value=[round(255 * m) for m in mean]))
+    return extras

@@ -21,6 +21,7 @@ from cnnzoo.errors import CnnzooError
 
 PAPER_AUGMENTS = ("alexnet", "vgg", "googlenet", "resnet")  # the papers' own (cnnzoo.data.augment; streamed folders)
 AUGMENTS = ("standard", "none", *PAPER_AUGMENTS)  # what ``load_data(augment=...)`` and ``--augment`` accept
+AUTO_AUGMENTS = ("randaugment", "trivialaugment", "autoaugment")  # --auto-augment (augment.reference_extras)
 
 
 def default_home() -> Path:

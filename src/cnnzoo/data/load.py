@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnzoo.data.augment import eval_transform
+from cnnzoo.data.augment import eval_transform, reference_extras, uses_pca
 from cnnzoo.data.bundle import (
     AUGMENTS,
     PAPER_AUGMENTS,
@@ -81,6 +81,10 @@ def load_data(
     world_size: int = 1,
     subset: int | None = None,
     num_workers: int | None = None,
+    mean: tuple[float, ...] | None = None,
+    std: tuple[float, ...] | None = None,
+    auto_augment: str | None = None,
+    random_erase: float = 0.0,
 ) -> DataBundle:
     """Load ``data`` (a dataset name or an image folder) as train/val/test loaders on ``device``.
 
@@ -94,6 +98,10 @@ def load_data(
     ``cutout``: side of the cutout square, 0 = off.
     ``download``: True fetches a missing named dataset; None/False never touch the network.
     ``num_workers``: DataLoader workers for streamed (large-image) folders; default min(8, CPUs).
+    ``mean``, ``std``: the normalisation to use (e.g. pretrained weights'); None = the data's own statistics
+    (ImageNet's for streamed folders). ``auto_augment`` (``randaugment | trivialaugment | autoaugment``),
+    ``random_erase`` (a probability): torchvision's reference augmentations, added per sample to streamed folders'
+    training images (:func:`cnnzoo.data.augment.reference_extras`); refused for data held on the device.
     """
     if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
         raise DataError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
@@ -111,26 +119,32 @@ def load_data(
             decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
             image_size=image_size or 224, in_channels=in_channels, val_size=val_size, seed=seed, rank=rank,
             world_size=world_size, subset=subset, num_workers=num_workers, augment=augment or "none",
+            norm=_norm(mean, std), auto_augment=auto_augment, random_erase=random_erase,
         )  # fmt: skip
+    if auto_augment or random_erase:  # per-sample, like the papers' augmentations below
+        raise DataError(
+            f"--auto-augment and --random-erase apply to image folders streamed from disk (images over "
+            f"{SMALL_MAX} px); {data} is held on the device and augmented in batches: drop them"
+        )
     if augment in PAPER_AUGMENTS:  # per-sample transforms of large images; small data is augmented in batches
         raise DataError(f"--augment {augment} applies to image folders streamed from disk (images over {SMALL_MAX} "
                         f"px); {data} is held on the device: use --augment standard or none")  # fmt: skip
     return _device_bundle(
         decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
         image_size=image_size, in_channels=in_channels, val_size=val_size, seed=seed, augment=augment or "none",
-        cutout=cutout, rank=rank, world_size=world_size, subset=subset,
+        cutout=cutout, rank=rank, world_size=world_size, subset=subset, norm=_norm(mean, std),
     )  # fmt: skip
 
 
 def _device_bundle(
     d: Decoded, *, batch_size, eval_batch_size, device, image_size, in_channels, val_size, seed, augment, cutout, rank,
-    world_size, subset,
+    world_size, subset, norm,
 ) -> DataBundle:  # fmt: skip
     """Carve validation, convert channels, compute normalisation, and put the three splits on the device."""
-    in_channels = in_channels or d.train_images.shape[1]
+    in_channels = _check_norm(norm, in_channels or d.train_images.shape[1])
     train_x, test_x = to_channels(d.train_images, in_channels), to_channels(d.test_images, in_channels)
     train_idx, val_idx = _train_val(len(train_x), d.default_val if val_size is None else val_size, seed, subset)
-    mean, std = channel_stats(train_x[train_idx])  # of the images trained on, so validation stays unseen
+    mean, std = norm or channel_stats(train_x[train_idx])  # of the images trained on: validation stays unseen
     native = max(train_x.shape[-2:])  # non-square images are stretched to native x native (the nets want squares)
     size = image_size or native
     common = dict(mean=mean, std=std, device=device, image_size=size, rank=rank, world_size=world_size)
@@ -161,13 +175,13 @@ def _train_val(n: int, val_size: int | float, seed: int, subset: int | None) -> 
 
 def _stream_bundle(
     d: Streamed, *, batch_size, eval_batch_size, device, image_size, in_channels, val_size, seed, rank, world_size,
-    subset, num_workers, augment,
+    subset, num_workers, augment, norm, auto_augment, random_erase,
 ) -> DataBundle:  # fmt: skip
     """Loaders that decode a large-image folder each epoch; ImageNet's normalisation (no pass over the data)."""
-    in_channels = in_channels or d.in_channels
+    in_channels = _check_norm(norm, in_channels or d.in_channels)
     if in_channels not in (1, 3):
         raise DataError(f"in_channels must be 1 or 3 for image folders, got {in_channels}")
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.449,), (0.226,))
+    mean, std = norm or ((IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.449,), (0.226,)))
     train_idx, val_idx = _train_val(len(d.train_files), d.default_val if val_size is None else val_size, seed, subset)
     common = dict(image_size=image_size, channels=in_channels, mean=mean, std=std, device=device, rank=rank,
                   world_size=world_size, num_workers=num_workers)  # fmt: skip
@@ -175,7 +189,15 @@ def _stream_bundle(
     def split(idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         return [d.train_files[i] for i in idx.tolist()], d.train_labels[idx]
 
-    train = StreamLoader(*split(train_idx), batch_size=batch_size, train=True, seed=seed, augment=augment, **common)
+    if auto_augment and uses_pca(augment):
+        raise DataError(
+            f"--auto-augment works on uint8 images: not after --augment {augment}, whose PCA lighting "
+            "makes them float; use --augment standard (torchvision's reference: crop, flip, policy)"
+        )
+    extra = reference_extras(auto_augment, random_erase, mean)
+    train = StreamLoader(
+        *split(train_idx), batch_size=batch_size, train=True, seed=seed, augment=augment, extra=extra, **common
+    )
     val = (
         StreamLoader(*split(val_idx), batch_size=eval_batch_size, **common)
         if len(val_idx)
@@ -184,6 +206,19 @@ def _stream_bundle(
     test = StreamLoader(d.test_files, d.test_labels, batch_size=eval_batch_size, **common)
     info = dict(d.info, train=len(train_idx), val=len(val_idx), test=len(d.test_files), streamed=True)
     return DataBundle(d.name, list(d.classes), in_channels, image_size, mean, std, train, val, test, info)
+
+
+def _norm(mean, std) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
+    return (tuple(mean), tuple(std)) if mean else None
+
+
+def _check_norm(norm, in_channels: int) -> int:
+    if norm is not None and len(norm[0]) != in_channels:
+        raise DataError(
+            f"the normalisation has {len(norm[0])} channels (mean {list(norm[0])}), the data {in_channels}: "
+            f"pass --in-channels {len(norm[0])} or a --mean/--std of {in_channels} values"
+        )
+    return in_channels
 
 
 def load_images(

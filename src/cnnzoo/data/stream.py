@@ -84,6 +84,7 @@ class StreamLoader:
         world_size: int = 1,
         num_workers: int | None = None,
         augment: str = "standard",
+        extra: list[v2.Transform] | None = None,
     ) -> None:
         self.shard = Shard(len(files), batch_size, train, seed, rank, world_size)
         self.device = torch.device(device)
@@ -95,6 +96,8 @@ class StreamLoader:
         # a seeded sample of this split's pixels.
         pca = pixel_pca(files, channels, seed=seed) if train and uses_pca(augment) else None
         transform = train_transform(augment, image_size, pca=pca) if train else eval_transform(image_size)
+        if extra:  # --auto-augment, --random-erase: augment.reference_extras
+            transform = v2.Compose([transform, *extra])
         self.dataset = _Files(files, labels, channels, transform)
         scale, shift = normaliser(mean, std, channels, self.device)
         self._scale, self._shift = scale.view(1, -1, 1, 1), shift.view(1, -1, 1, 1)  # NCHW batches

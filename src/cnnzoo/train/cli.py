@@ -90,9 +90,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("predict", help="top-k classes of image files with a trained run")
-    p.add_argument("run_dir", metavar="RUN_DIR")
-    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p = sub.add_parser(
+        "predict",
+        help="top-k classes of image files with a trained run or pretrained weights",
+        description="cnnzoo predict RUN_DIR IMAGE... | cnnzoo predict --model NAME --weights SPEC IMAGE...",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (omit with --model/--weights)")
+    p.add_argument("images", nargs="*", metavar="IMAGE")
+    p.add_argument("--model", default=None, help="with --weights: predict with these weights, no run directory")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="a torchvision weights name (IMAGENET1K_V1, ...), a .pth file or a run directory: the preprocessing and "
+        "class names come with it",
+    )
+    p.add_argument("--download", action="store_true", help="fetch torchvision weights missing from the cache")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -151,9 +163,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from cnnzoo.train.tools import predict
+    from cnnzoo.train.tools import predict, predict_pretrained
 
-    results = predict(args.run_dir, args.images, top_k=args.top_k, which=args.checkpoint)
+    if (args.model is None) != (args.weights is None):
+        raise CnnzooError("predict with pretrained weights needs both --model NAME and --weights SPEC")
+    if args.model is not None:  # no run directory: every positional is an image
+        images = [args.run_dir, *args.images]
+        results = predict_pretrained(args.model, args.weights, images, top_k=args.top_k, download=args.download)
+    elif not args.images:
+        raise CnnzooError("no image files given: cnnzoo predict RUN_DIR IMAGE...")
+    else:
+        results = predict(args.run_dir, args.images, top_k=args.top_k, which=args.checkpoint)
     if args.json:
         print(json.dumps(results, indent=2))
         return 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.atomic import write_atomic
-from cnnzoo.data.bundle import AUGMENTS
+from cnnzoo.data.bundle import AUGMENTS, AUTO_AUGMENTS
 from cnnzoo.errors import CnnzooError
 
 if sys.version_info >= (3, 11):
@@ -31,6 +31,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+FREEZE = ("backbone",)
 NO_GRAPHED_FP16 = "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"
 
 
@@ -49,7 +50,7 @@ class TrainConfig:
     model: str = _f("resnet20", "registered model name")
     data: str = _f("digits", "dataset name or image folder")
     data_dir: str | None = _f(None, "where named datasets live (default $CNNZOO_DATA_DIR or ~/.cache/cnnzoo/data)")
-    download: bool = _f(False, "download a missing named dataset with torchvision (needs the network)")
+    download: bool = _f(False, "download a missing named dataset or --weights file (needs the network)")
     recipe: str | None = _f(None, "recipe the config was built from (informational)")
     image_size: int | None = _f(None, "input side in pixels (default: the dataset's)")
     in_channels: int | None = _f(None, "input channels (default: the dataset's)")
@@ -58,6 +59,10 @@ class TrainConfig:
     augment: str = _f("standard", "training augmentation; alexnet | vgg | googlenet | resnet: the papers' (image "
                       "folders)", choices=AUGMENTS)  # fmt: skip
     cutout: int = _f(0, "cutout square side in pixels, 0 = off")
+    auto_augment: str | None = _f(
+        None, "image folders: torchvision reference's policy after crop and flip, per image", choices=AUTO_AUGMENTS
+    )
+    random_erase: float = _f(0.0, "image folders: random erasing probability per image (torchvision reference)")
     # How long.
     epochs: int = _f(30, "epochs to train (ignored when --iterations > 0)")
     iterations: int = _f(0, "train for exactly this many steps (the papers' unit), 0 = use --epochs")
@@ -92,6 +97,28 @@ class TrainConfig:
     aux_logits: bool | None = _f(None, "GoogLeNet: train with the auxiliary classifiers (default: the model's own)")
     tta_flip: bool = _f(False, "evaluate on each image and its mirror image, logits averaged (validation and test)")
     ema: float = _f(0.0, "EMA decay of the weights per step (e.g. 0.999), evaluated alongside, 0 = off")
+    # Starting weights and fine-tuning (cnnzoo.models.weights, cnnzoo.train.finetune).
+    weights: str | None = _f(
+        None,
+        "start from these weights: a torchvision name (DEFAULT, IMAGENET1K_V1, ResNet50_Weights.IMAGENET1K_V2), a "
+        ".pth/.pt state_dict file or a cnnzoo run directory; a torchvision file missing from "
+        "$TORCH_HOME/hub/checkpoints needs --download",
+    )
+    weights_sha256: str | None = _f(
+        None, "SHA-256 of the --weights file: recorded by the run; given, another file is refused"
+    )
+    freeze: str | None = _f(
+        None, "backbone: train only the classifier (a linear probe); frozen BN stays in eval mode", choices=FREEZE
+    )
+    freeze_until: str | None = _f(
+        None, "keep every layer up to and including this stage fixed (ResNet: maxpool, layer1..layer4)"
+    )
+    backbone_lr_scale: float = _f(1.0, "the layers outside the classifier learn at this factor times the scheduled lr")
+    mean: list[float] = _f([], "normalisation mean per channel (default: the --weights', else the data's own)")
+    std: list[float] = _f([], "normalisation std per channel (default: the --weights', else the data's own)")
+    transform_input: bool | None = _f(
+        None, "GoogLeNet: rescale ImageNet-normalised input to [-1, 1] (default: on with torchvision's weights)"
+    )
     # Speed and reproducibility.
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16", choices=PRECISIONS)
@@ -163,6 +190,26 @@ class TrainConfig:
             (not (self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")),
              f"--cuda-graph captures the step itself: use it with --compile-mode default or "
              f"max-autotune-no-cudagraphs, not {self.compile_mode} (which makes CUDA graphs of its own)"),
+            (
+                self.auto_augment in (None, *AUTO_AUGMENTS),
+                f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, got {self.auto_augment!r}",
+            ),
+            (0 <= self.random_erase <= 1, f"random_erase must be a probability in [0, 1], got {self.random_erase}"),
+            (self.freeze in (None, *FREEZE), f"freeze must be one of {', '.join(FREEZE)}, got {self.freeze!r}"),
+            (not (self.freeze and self.freeze_until), "give --freeze or --freeze-until, not both"),
+            (
+                self.backbone_lr_scale >= 0 and math.isfinite(self.backbone_lr_scale),
+                f"backbone_lr_scale must be a number >= 0, got {self.backbone_lr_scale}",
+            ),
+            (
+                len(self.mean) == len(self.std) and all(s > 0 for s in self.std),
+                f"mean and std need one value per channel each, std > 0; got {self.mean} and {self.std}",
+            ),
+            (
+                self.weights_sha256 is None
+                or (len(self.weights_sha256) == 64 and all(c in "0123456789abcdef" for c in self.weights_sha256)),
+                f"weights_sha256 must be 64 lowercase hex digits, got {self.weights_sha256!r}",
+            ),
             (not (self.cuda_graph and self.fused is False),
              "--cuda-graph needs the fused optimizer (the unfused one reads a tensor lr on the host): drop --no-fused"),
         ]

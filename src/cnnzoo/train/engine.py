@@ -143,16 +143,23 @@ def set_dropout(model: nn.Module, p: float) -> int:
 # --- optimizer -----------------------------------------------------------------------------------------------------
 
 
-def param_groups(model: nn.Module, weight_decay: float, exclude_bn_bias: bool = True) -> list[dict]:
-    """Two groups: decayed weights, and (if ``exclude_bn_bias``) undecayed 1-d tensors (BN scale/shift, biases)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def param_groups(
+    model: nn.Module, weight_decay: float, exclude_bn_bias: bool = True, lr_scales: dict[str, float] | None = None
+) -> list[dict]:
+    """Decayed weights, and (if ``exclude_bn_bias``) undecayed 1-d tensors (BN scale/shift, biases); each split
+    again by ``lr_scales`` (parameter name -> factor on the scheduled lr, default 1: see ``train.finetune``), which
+    every group carries as ``lr_scale`` for :func:`set_lr`. Frozen parameters (``requires_grad=False``) are left out."""
+    groups: dict[tuple[bool, float], list[nn.Parameter]] = {(True, 1.0): []}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if exclude_bn_bias and p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+            decay = not (exclude_bn_bias and p.ndim <= 1)
+            groups.setdefault((decay, (lr_scales or {}).get(name, 1.0)), []).append(p)
+    order = sorted(groups, key=lambda k: (not k[0], k[1] != 1.0))  # decayed first, then the classifier's scale
+    return [
+        {"params": groups[k], "weight_decay": weight_decay if k[0] else 0.0, "lr_scale": k[1]}
+        for k in order
+        if groups[k] or k == (True, 1.0)
+    ]
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | None = None) -> torch.optim.Optimizer:
@@ -165,7 +172,12 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
     kw = {"fused": True} if fused else {}
     if cfg.optimizer == "adamw" and cfg.cuda_graph and device.type == "cuda":
         kw["capturable"] = True  # its step counters stay on the device, so GraphedStep can capture the update
-    groups = param_groups(model, cfg.weight_decay, cfg.wd_exclude_bn_bias)
+    scales = None
+    if cfg.backbone_lr_scale != 1.0:
+        from cnnzoo.train.finetune import lr_scales
+
+        scales = lr_scales(model, cfg.backbone_lr_scale)
+    groups = param_groups(model, cfg.weight_decay, cfg.wd_exclude_bn_bias, scales)
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
             groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0, **kw
@@ -174,16 +186,18 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device | No
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    """Set the learning rate of every parameter group (the schedule is :func:`lr_at`, not a torch scheduler).
+    """Set the learning rate of every parameter group (the schedule is :func:`lr_at`, not a torch scheduler), times
+    the group's ``lr_scale`` (layer-wise rates, :func:`param_groups`).
 
     A group whose lr is a tensor (:class:`GraphedStep` makes it one, so a captured update reads it) is filled in
     place: one small kernel, no host synchronisation.
     """
     for group in optimizer.param_groups:
+        value = lr * group.get("lr_scale", 1.0)
         if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
+            group["lr"].fill_(value)
         else:
-            group["lr"] = lr
+            group["lr"] = value
 
 
 def make_ema(model: nn.Module, decay: float) -> EMA:
@@ -194,11 +208,13 @@ def make_ema(model: nn.Module, decay: float) -> EMA:
 
 
 def lr_table(cfg: TrainConfig, steps_per_epoch: int, device: torch.device | str) -> torch.Tensor:
-    """:func:`~cnnzoo.train.schedule.lr_at` for every step of the run, float32 on ``device`` (what
-    :class:`GraphedStep` indexes with its device-side step counter, so the loop sets no lr per step). float32 is the
-    lr the captured update reads either way (:meth:`GraphedStep._device_lr`)."""
+    """:func:`~cnnzoo.train.schedule.lr_at` for every step of the run on ``device`` (what :class:`GraphedStep`
+    indexes with its device-side step counter, so the loop sets no lr per step). float64 (float32 on MPS, which has
+    none), as the Python float :func:`set_lr` multiplies by a group's ``lr_scale`` before rounding it to the float32
+    lr tensor: the step does the same on the device, so both give the same float32 lr."""
     total = total_steps(cfg, steps_per_epoch)
-    return torch.tensor([lr_at(s, cfg, steps_per_epoch) for s in range(total)], dtype=torch.float32, device=device)
+    dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+    return torch.tensor([lr_at(s, cfg, steps_per_epoch) for s in range(total)], dtype=dtype, device=device)
 
 
 # --- mixup / cutmix ------------------------------------------------------------------------------------------------
@@ -450,8 +466,8 @@ class GraphedStep:
         if self.lrs is not None:
             # Clamped: a replay past the table's end (never in the loop) reads the last lr, not out of bounds.
             lr = self.lrs.index_select(0, self.counter.clamp(max=len(self.lrs) - 1).view(1)).view(())
-            for group in self.optimizer.param_groups:
-                group["lr"].copy_(lr)
+            for group in self.optimizer.param_groups:  # set_lr's lr * lr_scale, rounded to float32 by the copy
+                group["lr"].copy_(lr * group.get("lr_scale", 1.0))
         loss, logits = train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
         if self.ema is not None:
             self.ema.update_parameters()

@@ -37,7 +37,7 @@ from torch import nn
 from cnnzoo.atomic import temp_files, write_atomic
 from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model, get_model_info
-from cnnzoo.train import checkpoint
+from cnnzoo.train import checkpoint, finetune
 from cnnzoo.train.config import TrainConfig, config_from_dict, read_config, write_config
 from cnnzoo.train.engine import (
     GraphedStep,
@@ -91,6 +91,7 @@ def build_model(cfg: TrainConfig, num_classes: int, in_channels: int) -> nn.Modu
         if "aux_logits" not in inspect.signature(get_model_info(cfg.model).builder).parameters:
             raise CnnzooError(f"--aux-logits: {cfg.model} has no auxiliary classifiers (the GoogLeNets have)")
         options["aux_logits"] = cfg.aux_logits
+    options.update(finetune.model_options(cfg))  # GoogLeNet's transform_input for torchvision's weights
     model = create_model(cfg.model, num_classes=num_classes, in_channels=in_channels, **options)
     if cfg.dropout is not None and set_dropout(model, cfg.dropout) == 0:
         raise CnnzooError(f"--dropout given but {cfg.model} has no dropout layers")
@@ -121,6 +122,10 @@ def load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, *, augment: 
         rank=dist.rank,
         world_size=dist.world_size,
         subset=cfg.subset,
+        mean=tuple(cfg.mean) or None,  # the --weights' normalisation (finetune.start_config), else the data's
+        std=tuple(cfg.std) or None,
+        auto_augment=cfg.auto_augment if augment else None,
+        random_erase=cfg.random_erase if augment else 0.0,
     )
 
 
@@ -317,6 +322,7 @@ def build_run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path 
     seed_everything(cfg.seed)
     data = load_bundle(cfg, device, dist)
     model = build_model(cfg, data.num_classes, data.in_channels)
+    finetune.freeze(model, cfg, log)  # --freeze, --freeze-until: before the optimizer is made
     net, optimizer, ctx = setup_training(model, cfg, device, world_size=dist.world_size)
     ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
     run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
@@ -345,6 +351,8 @@ def run_training(
     """
     dist, device = init_distributed(cfg)
     log = log if dist.main else (lambda *a, **k: None)
+    if resume is None:
+        cfg = finetune.start_config(cfg)  # the --weights' preprocessing, unless given
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
     check_setup(cfg, device, dist)
     if resume is None:
@@ -354,6 +362,8 @@ def run_training(
         if resume is not None:
             continue_run(run, resume)
         else:
+            if cfg.weights:  # a new run's start (a resumed one has its weights in last.pt)
+                cfg.weights_sha256 = finetune.load_start(run.model, cfg, log)
             if dist.main:
                 claim(run, overwrite=overwrite)
             _announce(run)
@@ -404,7 +414,7 @@ def _fit(run: RunState, stop_after: int | None) -> dict[str, Any]:
 
 def finish(run: RunState) -> dict[str, Any]:
     """After training: curves.png, then ONE test of the best checkpoint: report.json and confusion.png."""
-    from cnnzoo.train.plots import plot_confusion, plot_curves
+    from cnnzoo.train.plots import plot_confusion, plot_curves, training_objective
 
     run_dir, data = run.run_dir, run.data
     best = checkpoint.load(run_dir / "best.pt") if run.dist.main else None
@@ -447,10 +457,19 @@ def finish(run: RunState) -> dict[str, Any]:
         "precision": run.ctx.precision,
         "world_size": run.dist.world_size,
         "run_dir": str(run_dir),
+        "start_weights": {"source": run.cfg.weights, "sha256": run.cfg.weights_sha256} if run.cfg.weights else None,
     }
     if run.dist.main:
         write_atomic(run_dir / "report.json", json.dumps(report, indent=2) + "\n")
-        plot_curves(run.history, run_dir / "curves.png")
+        plot_curves(
+            run.history,
+            run_dir / "curves.png",
+            model=run.cfg.model,
+            data=data.name,
+            run=run_dir.name,
+            objective=training_objective(run.cfg),
+            best_epoch=run.best["epoch"],
+        )
         plot_confusion(
             test["confusion"],
             data.classes,

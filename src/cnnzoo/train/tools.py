@@ -88,15 +88,51 @@ def predict(run_dir: str | Path, images: list[str | Path], *, top_k: int = 5, wh
     meta = ckpt["meta"]
     x = load_images([str(p) for p in images], in_channels=meta["in_channels"], image_size=meta["image_size"],
                     mean=tuple(meta["mean"]), std=tuple(meta["std"]))  # fmt: skip
+    return top_classes(model, x, meta["classes"], images, top_k)
+
+
+def top_classes(
+    model: torch.nn.Module, x: torch.Tensor, classes: list[str] | None, images: list, top_k: int
+) -> list[dict]:
+    """``[{"image": path, "top": [(class name, probability), ...]}]`` of ``model`` (in eval mode) on the batch ``x``
+    (``classes`` None: the class indices as names)."""
     with torch.no_grad():
         probs = model(x).float().softmax(1)
-    k = min(top_k, probs.shape[1])
-    top = probs.topk(k, dim=1)
-    classes = meta["classes"]
+    classes = classes or [str(i) for i in range(probs.shape[1])]
+    top = probs.topk(min(top_k, probs.shape[1]), dim=1)
     return [
         {"image": str(path), "top": [(classes[i], p) for p, i in zip(vals.tolist(), idx.tolist(), strict=True)]}
         for path, vals, idx in zip(images, top.values, top.indices, strict=True)
     ]
+
+
+def predict_pretrained(
+    model: str, weights: str, images: list[str | Path], *, top_k: int = 5, download: bool = False
+) -> list[dict]:
+    """``cnnzoo predict --model NAME --weights SPEC``: top-k classes with no run directory, named by the weights'
+    categories and preprocessed as the weights were evaluated (torchvision's ``weights.transforms()``: resize,
+    centre crop, normalisation; a run directory's own; ImageNet's 256 -> 224 for a bare state_dict file)."""
+    from cnnzoo.data import load_images
+    from cnnzoo.data.folders import decode_file
+    from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD
+    from cnnzoo.models.weights import create_pretrained, resolve_weights
+
+    if top_k < 1:
+        raise CnnzooError(f"--top-k must be >= 1, got {top_k}")
+    if not images:
+        raise CnnzooError("no image files given")
+    spec = resolve_weights(model, weights)
+    net = create_pretrained(model, weights, download=download).eval()
+    if spec.source == "torchvision":
+        from torchvision.models import get_weight
+
+        transform = get_weight(spec.name).transforms()
+        x = torch.stack([transform(decode_file(str(p), 3)) for p in images])
+    else:
+        channels = len(spec.mean) if spec.mean else 3
+        size, mean, std = spec.crop_size or 224, spec.mean or IMAGENET_MEAN, spec.std or IMAGENET_STD
+        x = load_images([str(p) for p in images], in_channels=channels, image_size=size, mean=mean, std=std)
+    return top_classes(net, x, spec.categories, images, top_k)
 
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # export (torch.onnx dynamo exporter) and the check

@@ -10,6 +10,7 @@ from pathlib import Path
 from matplotlib.ticker import FuncFormatter, MaxNLocator
 
 from cnnzoo.analysis.study.tables import num
+from cnnzoo.atomic import write_figure
 
 WHOLE = {"integer": True, "min_n_ticks": 1}
 
@@ -73,7 +74,7 @@ def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
         "plain nets dashed, residual nets solid, their shortcut's share dotted",
         fontsize=11,
     )
-    fig.savefig(path, dpi=90)
+    write_figure(fig, path, dpi=90)
 
 
 def _panels(kinds_depths: set[tuple[str, int]]) -> list[tuple[str, list[tuple[str, int]]]]:
@@ -121,7 +122,7 @@ def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
         "dashed: training error; bold: validation error (held out; test error once, in degradation.md)",
         fontsize=10,
     )
-    fig.savefig(path, dpi=90)
+    write_figure(fig, path, dpi=90)
 
 
 def plot_depth(rows: list[dict], pick: dict, path: str | Path, *, title: str, shared: int = 0) -> None:
@@ -157,4 +158,4 @@ def plot_depth(rows: list[dict], pick: dict, path: str | Path, *, title: str, sh
         ax.set_xticks(xs)  # the depths themselves: whole numbers, no in-between ticks
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.savefig(path, dpi=90)
+    write_figure(fig, path, dpi=90)

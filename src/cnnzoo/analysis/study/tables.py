@@ -6,10 +6,10 @@ the previous file or the new one, never half of one.
 
 from __future__ import annotations
 
-import csv
-import io
-import os
 from pathlib import Path
+
+from cnnzoo.analysis.tables import to_csv
+from cnnzoo.atomic import write_atomic
 
 # Table 6 of the paper: CIFAR-10 test error (%) of the CIFAR ResNets (110: best of 5 runs; mean 6.61 +- 0.16).
 PAPER_TABLE6 = {20: 8.75, 32: 7.51, 44: 7.17, 56: 6.97, 110: 6.43, 1202: 7.93}
@@ -18,19 +18,12 @@ PAPER_ITERATIONS = 64_000  # section 4.2: lr 0.1, divided by 10 at 32k and 48k, 
 
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 def write_csv(path: str | Path, rows: list[dict], fields: list[str]) -> None:
-    """``rows`` as CSV with the columns ``fields`` (None is written as an empty cell)."""
-    buf = io.StringIO(newline="")
-    writer = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text(path, buf.getvalue())
+    """``rows`` as CSV with the columns ``fields`` (None is written as an empty cell), atomically."""
+    write_atomic(path, to_csv(rows, fields))
 
 
 def num(value: object) -> float | None:
