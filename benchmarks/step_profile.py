@@ -338,7 +338,7 @@ def replay_fn(run: RunState):
     if run.graph.graph is not None:
         return run.graph.graph.replay
     x, y = one_batch(run)
-    return lambda: run.graph(x, y)
+    return lambda: run.graph(x, y, y)  # labels too: the loop captured the step with its sums
 
 
 def graph_replay(opts: Opts, *, batch: int, precision: str, channels_last: bool) -> dict[str, Any]:
