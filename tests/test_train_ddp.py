@@ -8,6 +8,7 @@ metrics are reduced over ranks, only rank 0 writes). Tolerance: 1e-5 (float32 re
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -72,4 +73,7 @@ def test_resnet20_under_torchrun(tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert report["world_size"] == 2 and report["test"]["n"] == 360
     files = "best.pt cnnzoo-run.json config.toml confusion.png curves.png last.pt metrics.jsonl report.json"
+    files += " tensorboard" if importlib.util.find_spec("tensorboard") else ""  # the extra, in `dev`
     assert sorted(p.name for p in out.iterdir()) == files.split()  # rank 0 wrote each file once; rank 1 no strays
+    if "tensorboard" in files:
+        assert len(list((out / "tensorboard").iterdir())) == 1  # one event file: rank 0's

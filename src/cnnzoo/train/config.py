@@ -97,6 +97,10 @@ class TrainConfig:
     aux_logits: bool | None = _f(None, "GoogLeNet: train with the auxiliary classifiers (default: the model's own)")
     tta_flip: bool = _f(False, "evaluate on each image and its mirror image, logits averaged (validation and test)")
     ema: float = _f(0.0, "EMA decay of the weights per step (e.g. 0.999), evaluated alongside, 0 = off")
+    # Evaluation and logging.
+    eval_every: int = _f(1, "validate every N epochs (and always after the last); the best is chosen among these")
+    early_stop: int = _f(0, "stop when validation top-1 has not improved for this many validated epochs, 0 = off")
+    log_every: int = _f(10, "TensorBoard: log the training loss, lr and images/s every this many steps")
     # Starting weights and fine-tuning (cnnzoo.models.weights, cnnzoo.train.finetune).
     weights: str | None = _f(
         None,
@@ -164,6 +168,11 @@ class TrainConfig:
              f"val_size must be a count of images (>= 1) or a fraction (< 1), got {self.val_size}"),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
             (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
+            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
+            (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
+            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
+            (not (self.early_stop and self.val_size == 0),
+             "--early-stop needs a validation split: drop --val-size 0 or --early-stop"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.lr > 0, f"lr must be a positive number, got {self.lr}"),

@@ -11,6 +11,7 @@ raises :class:`NonFiniteLoss` before the bad update, leaving the last good ``las
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import signal
@@ -241,14 +242,22 @@ def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torc
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader, ctx: StepContext, num_classes: int, *, dist: Dist | None = None, confusion: bool = False
+    model: nn.Module,
+    loader,
+    ctx: StepContext,
+    num_classes: int,
+    *,
+    dist: Dist | None = None,
+    confusion: bool = False,
+    label: str | None = None,
 ) -> dict[str, Any]:
     """Loss (plain cross-entropy, no smoothing), top-1 and top-5 accuracy (fractions) over a whole split.
 
     With ``confusion=True`` also the confusion matrix (rows: true class, columns: predicted) and per-class accuracy.
     Sums are reduced over DDP ranks, so every rank returns the totals of the whole split. With ``ctx.tta_flip`` the
     logits are the mean of the image's and its mirror image's (test-time augmentation, as the fast CIFAR trainers do;
-    the training augmentation flips, so both views are in the training distribution).
+    the training augmentation flips, so both views are in the training distribution). ``label`` (e.g. "validate"):
+    show a transient progress bar with it on a terminal (rank 0).
     """
     dist = dist or Dist()
     was_training = model.training
@@ -256,23 +265,27 @@ def evaluate(
     k = min(5, num_classes)
     sums = torch.zeros(4, dtype=torch.float64, device=ctx.device)  # loss * n, top1, top5, n
     cm = torch.zeros(num_classes, num_classes, dtype=torch.float64, device=ctx.device) if confusion else None
-    for images, labels in loader.epoch(0):
-        with ctx.autocast():
-            logits = model(ctx.layout(images)).float()
-            if ctx.tta_flip:
-                logits = (logits + model(ctx.layout(images.flip(3))).float()) / 2
-        top = logits.topk(k, dim=1).indices
-        hit = top == labels[:, None]
-        sums += torch.stack(
-            [
-                F.cross_entropy(logits, labels, reduction="sum").double(),
-                hit[:, 0].sum().double(),
-                hit.any(1).sum().double(),
-                torch.tensor(float(len(labels)), device=sums.device, dtype=torch.float64),
-            ]
-        )
-        if cm is not None:
-            cm += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes**2).view_as(cm).double()
+    bar = _eval_bar(label, len(loader)) if label is not None and dist.main else None
+    with bar or contextlib.nullcontext():
+        for i, (images, labels) in enumerate(loader.epoch(0)):
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=i)
+            with ctx.autocast():
+                logits = model(ctx.layout(images)).float()
+                if ctx.tta_flip:
+                    logits = (logits + model(ctx.layout(images.flip(3))).float()) / 2
+            top = logits.topk(k, dim=1).indices
+            hit = top == labels[:, None]
+            sums += torch.stack(
+                [
+                    F.cross_entropy(logits, labels, reduction="sum").double(),
+                    hit[:, 0].sum().double(),
+                    hit.any(1).sum().double(),
+                    torch.tensor(float(len(labels)), device=sums.device, dtype=torch.float64),
+                ]
+            )
+            if cm is not None:
+                cm += torch.bincount(labels * num_classes + top[:, 0], minlength=num_classes**2).view_as(cm).double()
     dist.all_reduce(sums)
     model.train(was_training)
     n = sums[3].item()
@@ -285,6 +298,18 @@ def evaluate(
         out["confusion"] = cm.long().tolist()
         out["per_class"] = per_class
     return out
+
+
+def _eval_bar(label: str, batches: int):
+    """A transient rich progress bar over ``batches`` evaluation batches, or None when stdout is no
+    terminal (logs and pipes get only the epoch line)."""
+    if not sys.stdout.isatty() or batches == 0:
+        return None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+    bar.add_task(label, total=batches)
+    return bar
 
 
 # --- checkpoints of a run ------------------------------------------------------------------------------------------
@@ -358,10 +383,13 @@ def write_metrics(run: RunState) -> None:
 # --- the whole run -------------------------------------------------------------------------------------------------
 
 
-def _epoch_with_progress(run: RunState, stop: StopFlag, epoch_count: int) -> bool:
-    """:func:`train_one_epoch` under a rich progress bar on a terminal (rank 0): loss, accuracy and images/s."""
+def _epoch_with_progress(run: RunState, stop: StopFlag, epoch_count: int, writer=None) -> bool:
+    """:func:`train_one_epoch` with what watches it: a rich progress bar on a terminal (rank 0: loss, accuracy and
+    images/s) and per-step TensorBoard scalars every ``cfg.log_every`` steps (:func:`_step_logger`)."""
+    logger = _step_logger(run, writer)
+    hooks = [logger] if logger is not None else []
     if not (run.dist.main and sys.stdout.isatty()):
-        return train_one_epoch(run, stop)
+        return train_one_epoch(run, stop, _chain(hooks))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     spe, start, t0 = run.steps_per_epoch, run.batch, time.perf_counter()
@@ -384,12 +412,61 @@ def _epoch_with_progress(run: RunState, stop: StopFlag, epoch_count: int) -> boo
         bar.update(task, completed=b, info=f"loss {mean_loss:.4f}  acc {100 * acc:.1f}%  {rate:,.0f} img/s")
 
     with bar:
-        return train_one_epoch(run, stop, progress)
+        return train_one_epoch(run, stop, _chain([progress, *hooks]))
+
+
+def _chain(hooks: list[Callable[[int, torch.Tensor], None]]) -> Callable[[int, torch.Tensor], None] | None:
+    """One progress callback calling each of ``hooks`` (None for none: the loop then calls nothing)."""
+    if not hooks:
+        return None
+    if len(hooks) == 1:
+        return hooks[0]
+
+    def call_all(b: int, loss: torch.Tensor) -> None:
+        for hook in hooks:
+            hook(b, loss)
+
+    return call_all
+
+
+def _step_logger(run: RunState, writer) -> Callable[[int, torch.Tensor], None] | None:
+    """Per-step TensorBoard scalars (rank 0): ``train/loss`` (the step's objective), ``train/lr`` and
+    ``train/images_per_s`` at every ``cfg.log_every``-th global step. The loss is read from the device only at those
+    steps, so the other steps add no host sync; the lr is :func:`lr_at`'s (plain Python, what the step used)."""
+    if writer is None:
+        return None
+    every, spe = run.cfg.log_every, run.steps_per_epoch
+    images_per_step = run.data.train.batch_size * run.dist.world_size
+    last = {"step": run.step, "time": time.perf_counter()}
+
+    def log(b: int, loss: torch.Tensor) -> None:
+        if run.step % every:
+            return
+        now = time.perf_counter()
+        writer.add_scalar("train/loss", loss.item(), run.step)
+        writer.add_scalar("train/lr", lr_at(run.step - 1, run.cfg, spe), run.step)
+        if now > last["time"] and run.step > last["step"]:
+            rate = (run.step - last["step"]) * images_per_step / (now - last["time"])
+            writer.add_scalar("train/images_per_s", rate, run.step)
+        last.update(step=run.step, time=now)
+
+    return log
+
+
+def early_stopped(run: RunState) -> bool:
+    """True when ``--early-stop`` patience is spent: the last ``cfg.early_stop`` validated epochs (from the history,
+    so a resumed run decides exactly as the uninterrupted one) all came after the best one without beating it."""
+    patience = run.cfg.early_stop
+    if not patience or run.best["epoch"] < 1:
+        return False
+    since = [r for r in run.history if r["epoch"] > run.best["epoch"] and r.get("val_top1") is not None]
+    return len(since) >= patience
 
 
 def fit(run: RunState, *, stop_after: int | None = None, writer=None) -> dict[str, Any]:
-    """Train until the configured length, or until stopped; returns ``{"interrupted": bool, "reason": str,
-    "signal": int | None}`` (the signal that stopped the run, if one did).
+    """Train until the configured length, until ``--early-stop`` patience is spent, or until stopped; returns
+    ``{"interrupted": bool, "reason": str, "signal": int | None, "early_stopped": int | None}`` (the signal that
+    stopped the run, if one did; the last epoch trained when early stopping ended it: a normal finish).
 
     ``stop_after``: stop (exactly as on Ctrl-C) once this many steps are done in total: the test hook for
     interrupt-and-resume, and a way to spend a fixed budget. Rank 0 writes the run directory.
@@ -404,25 +481,43 @@ def fit(run: RunState, *, stop_after: int | None = None, writer=None) -> dict[st
     stop = StopFlag(stop_after)
     uninstall = stop.install()
     try:
-        while run.epoch < epochs and run.step < total:
-            if not _epoch_with_progress(run, stop, epochs):
+        while run.epoch < epochs and run.step < total and not early_stopped(run):
+            if not _epoch_with_progress(run, stop, epochs, writer):
                 return _interrupted(run, stop)
             record, new_best = close_epoch(run)
             save_epoch(run, record, new_best, writer)
+            if early_stopped(run):
+                break
             if run.epoch < epochs and run.step < total and stop.check(run.step, run.dist):
                 return _interrupted(run, stop)
     finally:
         uninstall()
-    return {"interrupted": False, "reason": "", "signal": None}
+    done_early = early_stopped(run) and (run.epoch < epochs and run.step < total)
+    if done_early:
+        run.log(
+            f"early stop: validation top-1 not improved for {cfg.early_stop} validated epochs since epoch "
+            f"{run.best['epoch']}; stopped after epoch {run.epoch}"
+        )
+    return {"interrupted": False, "reason": "", "signal": None, "early_stopped": run.epoch if done_early else None}
+
+
+def _validate_now(run: RunState) -> bool:
+    """Whether the epoch just trained is validated: every ``cfg.eval_every``-th epoch and always the last one."""
+    epoch, spe = run.epoch + 1, run.steps_per_epoch
+    last = epoch >= num_epochs(run.cfg, spe) or run.step >= total_steps(run.cfg, spe)
+    return last or epoch % run.cfg.eval_every == 0
 
 
 def close_epoch(run: RunState) -> tuple[dict[str, Any], tuple[str, nn.Module] | None]:
-    """Validate the epoch just trained, append its metrics line to the history, select the best weights (on the
-    validation split only) and advance ``run`` to the next epoch. Returns (the line, ``(source, weights)`` when they
-    are the new best, else None)."""
+    """Validate the epoch just trained (when :func:`_validate_now`), append its metrics line to the history, select
+    the best weights (on the validation split only, among validated epochs) and advance ``run`` to the next epoch.
+    Returns (the line, ``(source, weights)`` when they are the new best, else None)."""
     sums = run.dist.all_reduce(torch.cat([run.sums, run.sums.new_tensor([run.seen])]))
     seconds, n = run.epoch_seconds, sums[2].item()  # this rank's wall time (ranks run in lock-step)
-    val = evaluate(run.model, run.data.val, run.ctx, run.data.num_classes, dist=run.dist)
+    validate = _validate_now(run)
+    tick = time.perf_counter()
+    nan = {"loss": math.nan, "top1": math.nan, "top5": math.nan}
+    val = _val(run, run.model) if validate else nan
     record = {
         "epoch": run.epoch + 1,
         "step": run.step,
@@ -432,44 +527,56 @@ def close_epoch(run: RunState) -> tuple[dict[str, Any], tuple[str, nn.Module] | 
         "val_loss": val["loss"],
         "val_top1": val["top1"],
         "val_top5": val["top5"],
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 3),  # training seconds (the name older runs and readers use)
         "images_per_s": round(n / seconds, 1) if seconds > 0 else None,
     }
     candidates = [(val["top1"], "model", run.model)]
     if run.ema is not None:
-        ema_val = evaluate(run.ema.module, run.data.val, run.ctx, run.data.num_classes, dist=run.dist)
+        ema_val = _val(run, run.ema.module) if validate else nan
         record.update(ema_val_loss=ema_val["loss"], ema_val_top1=ema_val["top1"], ema_val_top5=ema_val["top5"])
         candidates.append((ema_val["top1"], "ema", run.ema.module))
+    record.update(train_seconds=round(seconds, 3), eval_seconds=round(time.perf_counter() - tick, 3))
+    record["save_seconds"] = None  # measured by save_epoch
     record = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in record.items()}  # JSON has no NaN
     run.history.append(record)
     run.train_seconds += seconds
-    # With no validation split (NaN scores) the latest epoch is kept.
+    # With no validation split (NaN scores) the latest validated epoch is kept.
     score, source, weights = max(candidates, key=lambda c: -1.0 if math.isnan(c[0]) else c[0])
-    improved = math.isnan(score) or run.best["val_top1"] is None or score > run.best["val_top1"]
+    improved = validate and (math.isnan(score) or run.best["val_top1"] is None or score > run.best["val_top1"])
     if improved:
         run.best = {"val_top1": None if math.isnan(score) else score, "epoch": run.epoch + 1, "weights": source}
     run.epoch, run.batch, run.sums, run.seen, run.epoch_seconds = run.epoch + 1, 0, None, 0, 0.0
     return record, (source, weights) if improved else None
 
 
+def _val(run: RunState, model: nn.Module) -> dict[str, Any]:
+    return evaluate(model, run.data.val, run.ctx, run.data.num_classes, dist=run.dist, label="validate")
+
+
 def save_epoch(run: RunState, record: dict[str, Any], new_best: tuple[str, nn.Module] | None, writer=None) -> None:
-    """After :func:`close_epoch` (rank 0): metrics.jsonl, best.pt when improved, last.pt, TensorBoard, one log line."""
+    """After :func:`close_epoch` (rank 0): best.pt when improved, last.pt (timed: ``save_seconds``), metrics.jsonl,
+    TensorBoard, one log line. The ``last.pt`` just written holds this line without its own ``save_seconds``."""
     if not run.dist.main:
         return
     if run.run_dir is not None:
-        write_metrics(run)
+        tick = time.perf_counter()
         if new_best is not None:
             _save_best(run, new_best[1], new_best[0])
         checkpoint.save_atomic(state_dict(run), run.run_dir / "last.pt")
+        record["save_seconds"] = round(time.perf_counter() - tick, 3)
+        write_metrics(run)
     if writer is not None:
         for key, value in record.items():
-            if key not in ("epoch", "step") and value is not None:
-                writer.add_scalar(key, value, record["epoch"])
+            if key not in ("epoch", "step", "seconds") and value is not None:  # seconds: = train_seconds
+                writer.add_scalar(f"epoch/{key}", value, record["step"])
     keys = ["train_loss", "train_top1", "val_loss", "val_top1"] + (["ema_val_top1"] if run.ema is not None else [])
     values = "  ".join(f"{k} {record[k]:.4f}" for k in keys if record[k] is not None)
+    times = f"train {record['train_seconds']:.1f}s  eval {record['eval_seconds']:.1f}s"
+    if record["save_seconds"] is not None:
+        times += f"  save {record['save_seconds']:.1f}s"
     run.log(
         f"epoch {record['epoch']:>3}  step {run.step:>6}  lr {record['lr']:.4g}  {values}  "
-        f"{record['seconds']:.1f}s  {record['images_per_s'] or 0:,.0f} img/s"
+        f"{times}  {record['images_per_s'] or 0:,.0f} img/s"
     )
 
 

@@ -129,13 +129,38 @@ def load_bundle(cfg: TrainConfig, device: torch.device, dist: Dist, *, augment: 
     )
 
 
-def _open_writer(run_dir: Path):
-    """A TensorBoard SummaryWriter when tensorboard is installed, else None (silently)."""
+def _open_writer(run: RunState):
+    """A TensorBoard SummaryWriter on ``run_dir/tensorboard`` when tensorboard is installed (the ``tensorboard``
+    extra), else None. A resumed run purges the events logged after its checkpoint's step (a kill after the last
+    save), so no step appears twice."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+    purge = run.step + 1 if run.step > 0 else None  # events at steps <= run.step match the checkpoint: kept
+    return SummaryWriter(log_dir=str(run.run_dir / "tensorboard"), purge_step=purge)
+
+
+def log_final(writer, run: RunState, report: dict[str, Any]) -> None:
+    """The run's hyperparameters with its test metrics (TensorBoard's hparams dashboard), written into the run's own
+    event file (``add_hparams`` would open a timestamped subfolder), and curves.png / confusion.png as images."""
+    from PIL import Image
+    from torch.utils.tensorboard.summary import hparams
+
+    hp = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in run.cfg.to_dict().items()}
+    test = report["test"]
+    metrics = {"hparam/test_top1": test["top1"], "hparam/test_top5": test["top5"], "hparam/test_loss": test["loss"]}
+    metrics["hparam/best_val_top1"] = report["best_val_top1"] if report["best_val_top1"] is not None else float("nan")
+    for summary in hparams(hp, metrics):
+        writer.file_writer.add_summary(summary)
+    for tag, value in metrics.items():
+        writer.add_scalar(tag, value, run.step)
+    for name in ("curves", "confusion"):
+        path = run.run_dir / f"{name}.png"
+        if path.is_file():
+            with Image.open(path) as image:
+                writer.add_image(name, np.asarray(image.convert("RGB")), run.step, dataformats="HWC")
+    writer.flush()
 
 
 # --- the run directory ---------------------------------------------------------------------------------------------
@@ -325,6 +350,8 @@ def build_run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path 
     finetune.freeze(model, cfg, log)  # --freeze, --freeze-until: before the optimizer is made
     net, optimizer, ctx = setup_training(model, cfg, device, world_size=dist.world_size)
     ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
+    if cfg.early_stop and data.val.num_samples == 0:
+        raise CnnzooError(f"--early-stop {cfg.early_stop} needs a validation split, and {data.name} has none here")
     run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
     if cfg.cuda_graph:
         run.graph = GraphedStep(net, optimizer, ctx, ema=ema, lrs=lr_table(cfg, run.steps_per_epoch, device))
@@ -367,11 +394,16 @@ def run_training(
             if dist.main:
                 claim(run, overwrite=overwrite)
             _announce(run)
-        result = _fit(run, stop_after)
-        if result["interrupted"]:
-            where = {"run_dir": str(run_dir), "epoch": run.epoch, "batch": run.batch, "step": run.step}
-            return {"interrupted": True, "reason": result["reason"], "signal": result["signal"], **where}
-        return finish(run)
+        writer = _open_writer(run) if dist.main else None
+        try:
+            result = fit(run, stop_after=stop_after, writer=writer)
+            if result["interrupted"]:
+                where = {"run_dir": str(run_dir), "epoch": run.epoch, "batch": run.batch, "step": run.step}
+                return {"interrupted": True, "reason": result["reason"], "signal": result["signal"], **where}
+            return finish(run, writer, early_stopped=result["early_stopped"])
+        finally:
+            if writer is not None:
+                writer.close()
 
 
 def _announce(run: RunState) -> None:
@@ -383,6 +415,12 @@ def _announce(run: RunState) -> None:
         f"training {run.cfg.model} ({n_params:,} parameters) on {d.name} ({d.train.num_samples * n} train / "
         f"{d.val.num_samples * n} val images) on {run.ctx.device} [{run.ctx.precision}{procs}] -> {run.run_dir}"
     )
+    if run.cfg.subset and d.val.num_samples > d.train.num_samples and run.cfg.eval_every == 1:
+        # --subset leaves validation whole (a split size is part of what a figure means): say how to keep it cheap.
+        run.log(
+            f"note: validating {d.val.num_samples * n} images after every epoch of {d.train.num_samples * n}: "
+            "--val-size N or --eval-every N keep evaluation in proportion"
+        )
 
 
 def continue_run(run: RunState, ckpt: dict[str, Any]) -> None:
@@ -402,18 +440,11 @@ def continue_run(run: RunState, ckpt: dict[str, Any]) -> None:
     run.log(f"resuming {run.run_dir} at epoch {run.epoch + 1}, batch {run.batch} (step {run.step})")
 
 
-def _fit(run: RunState, stop_after: int | None) -> dict[str, Any]:
-    """:func:`fit` with a TensorBoard writer on rank 0 (closed whatever happens)."""
-    writer = _open_writer(run.run_dir) if run.dist.main else None
-    try:
-        return fit(run, stop_after=stop_after, writer=writer)
-    finally:
-        if writer is not None:
-            writer.close()
-
-
-def finish(run: RunState) -> dict[str, Any]:
-    """After training: curves.png, then ONE test of the best checkpoint: report.json and confusion.png."""
+def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> dict[str, Any]:
+    """After training: curves.png, then ONE test of the best checkpoint, on the whole test split (``--subset`` and
+    ``--val-size`` never shrink it; the report says how many images): report.json and confusion.png, and into
+    TensorBoard (``writer``) the hyperparameters with the test metrics and both figures. ``early_stopped``: the
+    epoch after which ``--early-stop`` ended training (recorded in the report)."""
     from cnnzoo.train.plots import plot_confusion, plot_curves, training_objective
 
     run_dir, data = run.run_dir, run.data
@@ -428,7 +459,7 @@ def finish(run: RunState) -> dict[str, Any]:
         weights = best["model"]
     tester = build_model(run.cfg, data.num_classes, data.in_channels).to(run.ctx.device)
     tester.load_state_dict(weights)
-    test = evaluate(tester, data.test, run.ctx, data.num_classes, dist=run.dist, confusion=True)
+    test = evaluate(tester, data.test, run.ctx, data.num_classes, dist=run.dist, confusion=True, label="test")
     last = run.history[-1]
     report = {
         "model": run.cfg.model,
@@ -448,6 +479,8 @@ def finish(run: RunState) -> dict[str, Any]:
         "selection": "best validation top-1" if data.val.num_samples else "last epoch (no validation split)",
         "tta": "flip" if run.cfg.tta_flip else None,
         "epochs": last["epoch"],
+        "early_stopped": early_stopped is not None,
+        "stopped_epoch": early_stopped,
         "steps": run.step,
         "final_val_top1": last["val_top1"],
         "train_seconds": round(run.train_seconds, 3),
@@ -476,6 +509,8 @@ def finish(run: RunState) -> dict[str, Any]:
             run_dir / "confusion.png",
             title=f"{run.cfg.model} on {data.name}: test top-1 {100 * test['top1']:.2f}%",
         )
+        if writer is not None:
+            log_final(writer, run, report)
         run.log(format_report(report))
     if run.dist.world_size > 1:  # no rank returns before rank 0 has written the report
         import torch.distributed as tdist
@@ -490,7 +525,8 @@ def format_report(report: dict[str, Any]) -> str:
     worst = sorted(t["per_class"].items(), key=lambda kv: kv[1])[:3]
     return (
         f"test ({t['n']} images, {report['model']} on {report['data']}, best epoch {report['best_epoch']} by "
-        f"{report['selection']}{', flip TTA' if report.get('tta') else ''}):\n"
+        f"{report['selection']}{', flip TTA' if report.get('tta') else ''}"
+        f"{', stopped early after epoch ' + str(report['stopped_epoch']) if report.get('early_stopped') else ''}):\n"
         f"  loss {t['loss']:.4f}   top-1 {100 * t['top1']:.2f}%   top-5 {100 * t['top5']:.2f}%\n"
         f"  weakest classes: {', '.join(f'{k} {100 * v:.1f}%' for k, v in worst)}\n"
         f"  run directory: {report['run_dir']} (report.json, metrics.jsonl, curves.png, confusion.png, best.pt)"

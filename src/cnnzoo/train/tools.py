@@ -66,7 +66,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best
         raise CnnzooError(f"{run_dir}: the run has no {split} split")
     ctx = step_context(cfg, dev)
     if protocol == "center":
-        result = evaluate(model.to(dev), loader, ctx, data.num_classes, confusion=True)
+        result = evaluate(model.to(dev), loader, ctx, data.num_classes, confusion=True, label=split)
         result.pop("confusion")
     else:
         from cnnzoo.train.protocols import evaluate_files, split_files
