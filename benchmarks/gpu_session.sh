@@ -2,8 +2,8 @@
 # One GPU session's measurements, run from the repository root on a machine with a CUDA GPU:
 #   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
 # PARTS: comma-separated, default "data,compare,speed"; also "step_profile", "step", "step_big", "fast", "speed_all",
-# "paper56" and "gradients,degradation" (issue 6; the degradation study alone takes about 10 minutes). A device call may
-# run 10 minutes at most: give each call a few parts, most valuable first ("step_profile" alone, about 4 minutes and no
+# "paper56", "levers" (issue 12 part 2, about 2 minutes) and "gradients,degradation" (issue 6; the degradation study
+# alone takes about 10 minutes). A device call may run 10 minutes at most: give each call a few parts, most valuable first ("step_profile" alone, about 4 minutes and no
 # data needed: issue 12 says measure it first; then "data,speed", "paper56,fast", "step", "step_big",
 # "compare,speed_all") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
 # while the machine stays warm. Writes OUT_DIR/{env.txt, <part>.log, <part>.json, ...}.
@@ -68,6 +68,15 @@ if has paper56; then
     { time $PY -m cnnzoo train resnet56 --data $DATA --recipe resnet-cifar-paper --iterations 2000 "${flags[@]}" \
         --out "$OUT/paper56-${mode/+/-}" --overwrite > "$OUT/paper56-${mode/+/-}.log" 2>&1; } 2>> "$OUT/paper56.times"
   done
+fi
+# Issue 12 part 2: the lr table and the EMA inside the captured step, in the profile and in the trainer (with --ema).
+if has levers; then
+  $PY benchmarks/step_profile.py --device cuda --parts graph,ema,levers --out "$OUT/levers.json" 2>&1 \
+      | tee "$OUT/levers.log"
+  TIMEFORMAT="cuda-graph+ema: %R s wall for 2000 iterations"
+  { time $PY -m cnnzoo train resnet56 --data $DATA --recipe resnet-cifar-paper --iterations 2000 --cuda-graph \
+      --ema 0.999 --out "$OUT/paper56-cuda-graph-ema" --overwrite > "$OUT/paper56-cuda-graph-ema.log" 2>&1; } \
+      2>> "$OUT/paper56.times"
 fi
 # Issue 7: ImageNet-size training steps, cnnzoo vs torchvision + autocast + compile (ratio >= 1.0 wanted).
 # Compiling both sides of six nets takes minutes: "step" does the four smaller ones, "step_big" resnet50/152.

@@ -31,6 +31,8 @@ sync       ``torch.cuda.set_sync_debug_mode("warn")`` over one epoch of the real
 ema        ``--ema``'s update per step: torch's ``AveragedModel`` (what the trainer uses today) against
            ``cnnzoo.train.ema.EMA`` (issue 12 part 2), then EMA captured in a CUDA graph and checked against an eager
            one (not in the issue's list: the check of part 2's EMA on a GPU, a few seconds).
+levers     the real loop with ``--ema 0.999`` and ``GraphedStep``: the loop setting the lr and updating the EMA per
+           step (before issue 12 part 2) against the lr table and the EMA update inside the captured step (now).
 compile    last, since it may fail: ``torch.compile`` (default mode) + ``GraphedStep``: seconds of the first step
            (compilation), graph replay and loop times measured with ``torch._dynamo.config.error_on_recompile`` on,
            and dynamo's counters (graphs compiled, graph breaks).
@@ -72,6 +74,8 @@ from cnnzoo.train.engine import (
     GraphedStep,
     compile_model,
     configure_backends,
+    lr_table,
+    make_ema,
     make_optimizer,
     resolve_device,
     step_context,
@@ -80,7 +84,7 @@ from cnnzoo.train.engine import (
 )
 from cnnzoo.train.loop import RunState, StopFlag, evaluate, fit, state_dict, train_one_epoch
 
-PARTS = ("eager", "graph", "profile", "batch256", "precision", "layout", "sync", "ema", "compile")
+PARTS = ("eager", "graph", "profile", "batch256", "precision", "layout", "sync", "ema", "levers", "compile")
 NEEDS_CUDA = "skipped: needs CUDA"
 MODEL, RECIPE = "resnet56", "resnet-cifar-paper"  # --model picks another CIFAR net (the smoke test: resnet20)
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -247,12 +251,15 @@ def make_run(
     *,
     batch: int | None = None,
     graph: bool = False,
+    in_graph: bool = True,
     n_train: int | None = None,
     n_val: int = 0,
     **overrides: Any,
 ) -> RunState:
     """A minimal RunState built the way ``run.py`` builds one (model on the device, channels_last, optimizer,
-    step context, compile, GraphedStep), with the recipe's config and ``overrides`` (TrainConfig fields)."""
+    step context, compile, EMA with ``ema=``, GraphedStep), with the recipe's config and ``overrides`` (TrainConfig
+    fields). ``in_graph=False``: the GraphedStep before issue 12's levers (the loop sets the lr and updates the EMA
+    per step), to measure what moving them into the graph saves."""
     batch = batch or opts.batch
     cfg = build_config(
         opts.model, "cifar10", recipe=RECIPE, device=str(opts.device), batch_size=batch, cuda_graph=graph, **overrides
@@ -267,8 +274,11 @@ def make_run(
     optimizer = make_optimizer(model, cfg, opts.device)
     ctx = step_context(cfg, opts.device)
     net = compile_model(model, cfg)
-    run = RunState(cfg, data, model, net, optimizer, ctx, log=lambda *a, **k: None)
-    if graph:
+    ema = make_ema(model, cfg.ema) if cfg.ema > 0 else None
+    run = RunState(cfg, data, model, net, optimizer, ctx, ema=ema, log=lambda *a, **k: None)
+    if graph and in_graph:
+        run.graph = GraphedStep(net, optimizer, ctx, ema=ema, lrs=lr_table(cfg, run.steps_per_epoch, opts.device))
+    elif graph:
         run.graph = GraphedStep(net, optimizer, ctx)
     return run
 
@@ -328,7 +338,7 @@ def replay_fn(run: RunState):
     if run.graph.graph is not None:
         return run.graph.graph.replay
     x, y = one_batch(run)
-    return lambda: run.graph(x, y)
+    return lambda: run.graph(x, y, y)  # labels too: the loop captured the step with its sums
 
 
 def graph_replay(opts: Opts, *, batch: int, precision: str, channels_last: bool) -> dict[str, Any]:
@@ -601,6 +611,29 @@ def part_ema(opts: Opts, res: dict) -> str:
     return f"{head}, EMA in a CUDA graph {res['graph_ms']:.3f} ms (max diff to eager {diff:.1e})"
 
 
+def part_levers(opts: Opts, res: dict) -> str:
+    """Issue 12 part 2 in the real loop with ``--ema 0.999``: GraphedStep with the loop setting the lr and updating
+    the EMA per step (before), against the lr table and the EMA update inside the captured step (now); the
+    difference is host work and launches the levers took off each step. Also the graph's own replay time (now)."""
+    for key, in_graph in (("outside", False), ("inside", True)):
+        run = make_run(opts, graph=True, in_graph=in_graph, ema=0.999)
+        loop_steps(run, opts.warm(20, graph=True))
+        n = opts.n(300)
+        res[f"loop_ms_{key}"] = 1000 * loop_steps(run, n) / n
+        if in_graph and run.graph.graph is not None:
+            t = timed(run.graph.graph.replay, n, opts.device)
+            res.update(replay_ms=t["ms"], host_not_hidden_ms=res["loop_ms_inside"] - t["ms"])
+        opts.save()
+        del run
+        free(opts.device)
+    res["saved_ms"] = res["loop_ms_outside"] - res["loop_ms_inside"]
+    tail = f", replay {res['replay_ms']:.2f} ms" if "replay_ms" in res else ""
+    return (
+        f"--ema loop: lr + EMA outside the graph {res['loop_ms_outside']:.2f} ms/step, inside "
+        f"{res['loop_ms_inside']:.2f} ms/step (saved {res['saved_ms']:.2f} ms){tail}"
+    )
+
+
 def part_compile(opts: Opts, res: dict) -> str:
     import torch._dynamo
     from torch._dynamo.utils import counters
@@ -639,6 +672,7 @@ RUNNERS = {
     "layout": part_layout,
     "sync": part_sync,
     "ema": part_ema,
+    "levers": part_levers,
     "compile": part_compile,
 }
 CUDA_ONLY = {"profile", "batch256", "precision", "layout", "sync", "compile"}

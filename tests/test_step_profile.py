@@ -35,7 +35,7 @@ def test_cpu_smoke_run_records_every_part(step_profile, tmp_path, capsys):
     doc = json.loads(out.read_text())
     assert list(doc["parts"]) == list(step_profile.PARTS)
     status = {name: part["status"] for name, part in doc["parts"].items()}
-    assert status["eager"] == status["graph"] == status["ema"] == "ok", doc["parts"]
+    assert status["eager"] == status["graph"] == status["ema"] == status["levers"] == "ok", doc["parts"]
     assert all(status[p] == "skipped: needs CUDA" for p in step_profile.CUDA_ONLY), status
     eager, graph = doc["parts"]["eager"], doc["parts"]["graph"]
     assert eager["train_step_ms"] > 0 and eager["loop_ms"] > 0

@@ -34,6 +34,8 @@ from torch import nn
 
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import NO_GRAPHED_FP16, TrainConfig
+from cnnzoo.train.ema import EMA
+from cnnzoo.train.schedule import lr_at, total_steps
 
 # --- device and numerics -------------------------------------------------------------------------------------------
 
@@ -198,11 +200,21 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
             group["lr"] = value
 
 
-def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel:
-    """An exponential moving average of the weights and BN buffers, updated once per step."""
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+def make_ema(model: nn.Module, decay: float) -> EMA:
+    """An exponential moving average of the weights and BN buffers, updated once per step with no host work
+    (:class:`cnnzoo.train.ema.EMA`: ``AveragedModel``'s numbers and state_dict, so older checkpoints load). Build it
+    after the model is on its device and in its memory format: it binds to the model's tensors as they are."""
+    return EMA(model, decay)
 
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+def lr_table(cfg: TrainConfig, steps_per_epoch: int, device: torch.device | str) -> torch.Tensor:
+    """:func:`~cnnzoo.train.schedule.lr_at` for every step of the run on ``device`` (what :class:`GraphedStep`
+    indexes with its device-side step counter, so the loop sets no lr per step). float64 (float32 on MPS, which has
+    none), as the Python float :func:`set_lr` multiplies by a group's ``lr_scale`` before rounding it to the float32
+    lr tensor: the step does the same on the device, so both give the same float32 lr."""
+    total = total_steps(cfg, steps_per_epoch)
+    dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
+    return torch.tensor([lr_at(s, cfg, steps_per_epoch) for s in range(total)], dtype=dtype, device=device)
 
 
 # --- mixup / cutmix ------------------------------------------------------------------------------------------------
@@ -345,11 +357,18 @@ class GraphedStep:
     - static inputs: each batch is copied into the buffers the graph reads. Training batches all have one shape
       (the loaders drop the last partial batch); outputs (loss, logits) are the graph's buffers, valid until the
       next call;
-    - the learning rate of every param group becomes a float32 device tensor that :func:`set_lr` fills in place
-      (a Python float would be baked into the graph); fused SGD and AdamW read it on the device;
+    - the learning rate of every param group becomes a float32 device tensor (a Python float would be baked into
+      the graph); fused SGD and AdamW read it on the device. With ``lrs`` (:func:`lr_table`) the step itself fills
+      it from the table at its device-side step counter, which it advances, so the loop sets no lr per step
+      (:meth:`seek` puts the counter at the run's step once per epoch); without, :func:`set_lr` fills it;
+    - with ``ema``, the EMA update (:class:`cnnzoo.train.ema.EMA`: device-side counter, no host branch) runs inside
+      the step after the optimizer's update, as the eager loop orders them;
+    - with ``labels``, the epoch's running loss/accuracy sums and the first non-finite step (at the counter) are
+      accumulated inside the step (:attr:`sums`, :attr:`bad`; :meth:`seek` starts them), so the loop neither adds
+      nor checks per step;
     - warm-up: the first ``warmup`` calls are ordinary eager steps on a side stream (real training steps, not
       thrown away), so cudnn's autotuning, torch.compile's compilation and the momentum buffers happen before the
-      capture;
+      capture, which records on that same stream (per-stream cuBLAS/cuDNN workspaces already exist);
     - nothing inside synchronises with the host: fp16 (its GradScaler checks for inf on the host) is refused, AdamW
       is built capturable (:func:`make_optimizer`), autocast runs without its weight cache, and the non-finite check
       reads the loss the graph leaves behind, after the replay (so, as on any accelerator, a bad step is detected
@@ -360,43 +379,103 @@ class GraphedStep:
     Without CUDA (the CPU tests) the same static-buffer step runs uncaptured, so its logic is tested everywhere.
     """
 
-    def __init__(self, net: nn.Module, optimizer: torch.optim.Optimizer, ctx: StepContext, warmup: int = 3) -> None:
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        ctx: StepContext,
+        warmup: int = 3,
+        *,
+        ema: EMA | None = None,
+        lrs: torch.Tensor | None = None,
+    ) -> None:
         if ctx.scaler.is_enabled():
             raise CnnzooError(NO_GRAPHED_FP16)
         self.net, self.optimizer, self.warmup = net, optimizer, max(1, warmup)
         self.ctx = dataclasses.replace(ctx, autocast_cache=False)
-        # CUDA: the warm-up's side stream (the docs' recipe), and capture. Elsewhere None: the step runs uncaptured.
+        self.ema = ema  # updated inside the step, after the optimizer's update (the eager loop's order)
+        self.lrs = lrs  # lr_table(): the lr of every step, read at the counter; None: the caller sets the lr
+        # The global step the next call trains, on the device: it indexes ``lrs`` inside the graph and advances there.
+        self.counter = torch.zeros((), dtype=torch.long, device=ctx.device)
+        # With labels passed: the epoch's running [sum of loss * n, correct] (float64) and the first non-finite
+        # step (-1: none), accumulated inside the step, so the loop adds and checks nothing per step.
+        self.sums = torch.zeros(2, dtype=torch.float64, device=ctx.device)
+        self.bad = torch.full((), -1, dtype=torch.long, device=ctx.device)
+        # CUDA: the stream the warm-up runs on and the capture records on (same stream: cuBLAS/cuDNN's per-stream
+        # workspaces exist before the capture). Elsewhere None: the step runs uncaptured.
         self.side = torch.cuda.Stream() if ctx.device.type == "cuda" else None
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.static: tuple[torch.Tensor, torch.Tensor] | None = None  # (images, targets) the graph reads
         self.out: tuple[torch.Tensor, torch.Tensor] | None = None  # (loss, logits) the graph writes
 
+    def seek(self, step: int, sums: torch.Tensor | None = None) -> None:
+        """Start an epoch at global step ``step`` (by the loop, once per epoch; fills and a copy, no host sync): the
+        device counter, the running ``sums`` carried on from ``sums`` (the epoch so far; zeros if None) and no
+        non-finite step seen."""
+        self.counter.fill_(step)
+        if sums is None:
+            self.sums.zero_()
+        else:
+            self.sums.copy_(sums)
+        self.bad.fill_(-1)
+
     def __call__(
-        self, images: torch.Tensor, targets: torch.Tensor, *, check_finite: Callable[[torch.Tensor], None] | None = None
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        *,
+        check_finite: Callable[[torch.Tensor], None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step on (images, targets); with ``labels`` (class indices: the targets are soft under mixup) it also
+        accumulates :attr:`sums` and records :attr:`bad`. Pass labels on every call or on none (the graph is fixed)."""
         if self.calls == 0:
             self._device_lr()
         self.calls += 1
+        batch = (images, targets) if labels is None else (images, targets, labels)
         if self.calls <= self.warmup:
-            return self._warmup_step(images, targets, check_finite)
+            return self._warmup_step(batch, check_finite)
         if self.static is None:
-            self.static = (images.clone(), targets.clone())  # clone keeps channels_last
+            self.static = tuple(t.clone() for t in batch)  # clone keeps channels_last
             if self.side is not None:
                 self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates the grads in its pool
                 self.graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(self.graph):  # records the kernels; the step itself runs in replay() below
-                    self.out = train_step(self.net, self.optimizer, *self.static, self.ctx)
+                with torch.cuda.graph(self.graph, stream=self.side):  # records; the step runs in replay() below
+                    self.out = self._step(*self.static)
         else:
-            self.static[0].copy_(images)
-            self.static[1].copy_(targets)
+            for buffer, t in zip(self.static, batch, strict=True):
+                buffer.copy_(t)
         if self.graph is not None:
             self.graph.replay()
         else:
-            self.out = train_step(self.net, self.optimizer, *self.static, self.ctx)
+            self.out = self._step(*self.static)
         if check_finite is not None:
             check_finite(self.out[0])
         return self.out
+
+    def _step(
+        self,
+        images: torch.Tensor,
+        targets: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        check_finite: Callable[[torch.Tensor], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the graph records: the lr from the table, :func:`train_step`, the EMA update, the running sums and
+        the non-finite record, the counter's advance."""
+        if self.lrs is not None:
+            # Clamped: a replay past the table's end (never in the loop) reads the last lr, not out of bounds.
+            lr = self.lrs.index_select(0, self.counter.clamp(max=len(self.lrs) - 1).view(1)).view(())
+            for group in self.optimizer.param_groups:  # set_lr's lr * lr_scale, rounded to float32 by the copy
+                group["lr"].copy_(lr * group.get("lr_scale", 1.0))
+        loss, logits = train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+        if self.ema is not None:
+            self.ema.update_parameters()
+        if labels is not None:  # the loop's own sums (train_one_epoch), same float64 order
+            self.sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
+            self.bad.copy_(torch.where((self.bad < 0) & ~torch.isfinite(loss), self.counter, self.bad))
+        self.counter += 1
+        return loss, logits
 
     def _device_lr(self) -> None:
         """Every group's lr as a float32 tensor on the parameters' device (what the fused kernels read)."""
@@ -404,16 +483,17 @@ class GraphedStep:
             group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float32, device=group["params"][0].device)
 
     def _warmup_step(
-        self, images: torch.Tensor, targets: torch.Tensor, check_finite: Callable[[torch.Tensor], None] | None
+        self, batch: tuple[torch.Tensor, ...], check_finite: Callable[[torch.Tensor], None] | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """An eager step; on CUDA on the side stream, which the current stream then waits for."""
+        images, targets, *labels = batch
         if self.side is None:
-            return train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+            return self._step(images, targets, *labels, check_finite=check_finite)
         self.side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(self.side), warnings.catch_warnings():
             # An AdamW built capturable warns once that it steps uncaptured: here it does so on purpose.
             warnings.filterwarnings("ignore", message=".*capturable=True.*")
-            out = train_step(self.net, self.optimizer, images, targets, self.ctx, check_finite=check_finite)
+            out = self._step(images, targets, *labels, check_finite=check_finite)
         torch.cuda.current_stream().wait_stream(self.side)
         return out
 

@@ -77,7 +77,7 @@ class RunState:
     optimizer: torch.optim.Optimizer
     ctx: StepContext
     run_dir: Path | None = None
-    ema: nn.Module | None = None  # torch.optim.swa_utils.AveragedModel
+    ema: nn.Module | None = None  # cnnzoo.train.ema.EMA (engine.make_ema)
     graph: GraphedStep | None = None  # --cuda-graph: replaces train_step
     dist: Dist = field(default_factory=Dist)
     epoch: int = 0  # the epoch in progress (or next to start)
@@ -195,23 +195,35 @@ def train_one_epoch(run: RunState, stop: StopFlag, progress: Callable[[int, torc
     total = total_steps(cfg, spe)
     if run.sums is None:
         run.sums = torch.zeros(2, dtype=torch.float64, device=run.ctx.device)  # [sum of loss * n, correct]
-    step = run.graph if run.graph is not None else partial(train_step, run.net, run.optimizer, ctx=run.ctx)
+    step = partial(train_step, run.net, run.optimizer, ctx=run.ctx)
     guard = FiniteGuard(run)
+    graph = run.graph
+    if graph is not None:  # the step keeps the lr index, the running sums and the non-finite record on the device
+        graph.seek(run.step, run.sums)
+        run.sums, guard.bad = graph.sums, graph.bad  # the loop's own, as far as progress and checkpoints see
+    set_lrs = graph is None or graph.lrs is None  # else the captured step reads its lr from the table
+    own_ema = run.ema is not None and (graph is None or graph.ema is not run.ema)  # else updated inside the step
     run.net.train()
     tick = time.perf_counter()
     try:
         for images, labels in data.train.epoch(run.epoch, run.batch):
             if run.step >= total:
                 break
-            set_lr(run.optimizer, lr_at(run.step, cfg, spe))
+            if set_lrs:
+                set_lr(run.optimizer, lr_at(run.step, cfg, spe))
             targets = labels
             if cfg.mixup > 0 or cfg.cutmix > 0:
                 g = generator("cpu", cfg.seed, _MIX_STREAM, run.step)
                 images, targets = mix_batch(images, labels, cfg, data.num_classes, g)
-            loss, logits = step(images, targets, check_finite=guard)
-            if run.ema is not None:
+            if graph is not None:
+                loss, logits = graph(images, targets, labels)
+                if guard.every_step:
+                    guard.raise_if_bad()
+            else:
+                loss, logits = step(images, targets, check_finite=guard)
+                run.sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
+            if own_ema:
                 run.ema.update_parameters(run.model)
-            run.sums += torch.stack([loss.double() * len(labels), (logits.argmax(1) == labels).sum().double()])
             run.seen, run.step, run.batch = run.seen + len(labels), run.step + 1, run.batch + 1
             if run.step % _FINITE_EVERY == 0:
                 guard.raise_if_bad()

@@ -39,7 +39,15 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint, finetune
 from cnnzoo.train.config import TrainConfig, config_from_dict, read_config, write_config
-from cnnzoo.train.engine import GraphedStep, backend_settings, make_ema, resolve_device, set_dropout, setup_training
+from cnnzoo.train.engine import (
+    GraphedStep,
+    backend_settings,
+    lr_table,
+    make_ema,
+    resolve_device,
+    set_dropout,
+    setup_training,
+)
 from cnnzoo.train.loop import Dist, RunState, evaluate, fit, load_state, write_metrics
 
 
@@ -346,7 +354,7 @@ def build_run(cfg: TrainConfig, dist: Dist, device: torch.device, run_dir: Path 
         raise CnnzooError(f"--early-stop {cfg.early_stop} needs a validation split, and {data.name} has none here")
     run = RunState(cfg, data, model, net, optimizer, ctx, run_dir=run_dir, ema=ema, dist=dist, log=log)
     if cfg.cuda_graph:
-        run.graph = GraphedStep(net, optimizer, ctx)
+        run.graph = GraphedStep(net, optimizer, ctx, ema=ema, lrs=lr_table(cfg, run.steps_per_epoch, device))
         if device.type != "cuda":
             log(f"--cuda-graph: no CUDA graphs on {device}; the same step runs uncaptured")
     return run
