@@ -16,7 +16,17 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import build_config, config_from_dict
 
 # What may change when resuming: the length (the lr schedule follows it) and where/how fast it runs.
-RESUME_OVERRIDES = ("epochs", "iterations", "device", "threads", "compile", "compile_mode", "cuda_graph", "data_dir")
+RESUME_OVERRIDES = (
+    "epochs",
+    "iterations",
+    "device",
+    "threads",
+    "compile",
+    "compile_mode",
+    "cuda_graph",
+    "data_dir",
+    "log_every",
+)
 
 
 def train(

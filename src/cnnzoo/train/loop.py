@@ -281,7 +281,8 @@ def evaluate(
                     F.cross_entropy(logits, labels, reduction="sum").double(),
                     hit[:, 0].sum().double(),
                     hit.any(1).sum().double(),
-                    torch.tensor(float(len(labels)), device=sums.device, dtype=torch.float64),
+                    # A count made on the device: torch.tensor(len) would copy from pageable host memory per batch.
+                    torch.full((), len(labels), dtype=torch.float64, device=sums.device),
                 ]
             )
             if cm is not None:
