@@ -91,10 +91,16 @@ def main() -> None:
         rows.append(measure(folder, name, batch=args.batch, workers=args.workers, epochs=args.epochs))
         print(rows[-1], flush=True)
     result = {
-        "folder": source, "images": args.images, "batch": args.batch, "workers": args.workers,
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-        "load_average_1min": os.getloadavg()[0], "rows": rows,
-    }  # fmt: skip
+        "folder": source,
+        "images": args.images,
+        "batch": args.batch,
+        "workers": args.workers,
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_average_1min": os.getloadavg()[0],
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print("| augment | images/s | loader build (s) |\n|---|---:|---:|")

@@ -75,8 +75,9 @@ def run_baseline(model_name: str, bundle, *, epochs: int, device: torch.device, 
     train_ds = UInt8Images(bundle.train.images.cpu().numpy(), bundle.train.labels.cpu().numpy(), train_tf)
     test_ds = UInt8Images(bundle.test.images.cpu().numpy(), bundle.test.labels.cpu().numpy(), test_tf)
     pin = device.type == "cuda"
-    train_loader = DataLoader(train_ds, batch_size=128, shuffle=True, num_workers=2, pin_memory=pin,
-                              persistent_workers=True)  # fmt: skip
+    train_loader = DataLoader(
+        train_ds, batch_size=128, shuffle=True, num_workers=2, pin_memory=pin, persistent_workers=True
+    )
     test_loader = DataLoader(test_ds, batch_size=512, num_workers=2, pin_memory=pin)
 
     model = cnnzoo.create_model(model_name, num_classes=len(bundle.classes), in_channels=bundle.in_channels)
@@ -109,8 +110,17 @@ def run_baseline(model_name: str, bundle, *, epochs: int, device: torch.device, 
     return {"epoch_seconds": seconds, "test_top1": correct / total}
 
 
-def run_cnnzoo(model_name: str, data: str, *, epochs: int, device: torch.device, seed: int, subset: int | None,
-               recipe: str, out: Path) -> dict:  # fmt: skip
+def run_cnnzoo(
+    model_name: str,
+    data: str,
+    *,
+    epochs: int,
+    device: torch.device,
+    seed: int,
+    subset: int | None,
+    recipe: str,
+    out: Path,
+) -> dict:
     """Train with cnnzoo's trainer; seconds per epoch (training only) from metrics.jsonl.
 
     ``recipe="baseline"``: the baseline's own hyperparameters (batch 128, SGD 0.1/0.9, wd 5e-4 on every parameter,
@@ -122,16 +132,35 @@ def run_cnnzoo(model_name: str, data: str, *, epochs: int, device: torch.device,
     epoch, which pays for compilation and capture, is left out of the mean as always.
     """
     recipe, *mods = recipe.split("+")  # "fast+compile+cuda-graph": the recipe, then its speed options
-    same = dict(batch_size=128, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4,
-                wd_exclude_bn_bias=False, schedule="cosine", warmup_epochs=0.0, label_smoothing=0.0)  # fmt: skip
+    same = dict(
+        batch_size=128,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+        wd_exclude_bn_bias=False,
+        schedule="cosine",
+        warmup_epochs=0.0,
+        label_smoothing=0.0,
+    )
     kw: dict = same if recipe == "baseline" else {"recipe": recipe}
     for mod in mods:
         if mod == "cuda-graph":
             kw.update(cuda_graph=True)
         else:
             kw.update(compile=True, compile_mode="default" if mod == "compile" else mod)
-    result = cnnzoo.train(model_name, data=data, out=str(out), epochs=epochs, device=str(device), seed=seed,
-                          subset=subset, quiet=True, **kw)  # fmt: skip
+    result = cnnzoo.train(
+        model_name,
+        data=data,
+        out=str(out),
+        epochs=epochs,
+        device=str(device),
+        seed=seed,
+        subset=subset,
+        quiet=True,
+        **kw,
+    )
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return {"epoch_seconds": [r["seconds"] for r in rows], "test_top1": result["test"]["top1"]}
 
@@ -162,10 +191,13 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--subset", type=int, default=None, help="train on this many training images (CPU runs)")
-    p.add_argument("--recipes", default="baseline",
-                   help="cnnzoo side, comma-separated: 'baseline' (the baseline's hyperparameters) and/or recipe "
-                        "names; suffixes +compile, +reduce-overhead (torch.compile) and +cuda-graph (the whole "
-                        "step as one CUDA graph) combine: fast+compile+cuda-graph")
+    p.add_argument(
+        "--recipes",
+        default="baseline",
+        help="cnnzoo side, comma-separated: 'baseline' (the baseline's hyperparameters) and/or recipe "
+        "names; suffixes +compile, +reduce-overhead (torch.compile) and +cuda-graph (the whole "
+        "step as one CUDA graph) combine: fast+compile+cuda-graph",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "cnnzoo-speed")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -182,10 +214,12 @@ def main() -> None:
         return "" if x is None else f"  MFU {100 * x:5.2f}%"
 
     data = resolve_data(args.data.resolve(), args.workdir)
-    print(f"torch {torch.__version__} | device {device} "
-          f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}) | "
-          f"threads {torch.get_num_threads()} | data CIFAR-10 (JPEG q75) {data} | epochs {args.epochs} | "
-          f"subset {args.subset}")  # fmt: skip
+    print(
+        f"torch {torch.__version__} | device {device} "
+        f"({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}) | "
+        f"threads {torch.get_num_threads()} | data CIFAR-10 (JPEG q75) {data} | epochs {args.epochs} | "
+        f"subset {args.subset}"
+    )
     results = []
     recipes = args.recipes.split(",")
     width = max(len("baseline (standard pipeline)"), *(len(f"cnnzoo ({r})") for r in recipes))
@@ -196,23 +230,56 @@ def main() -> None:
         b = mean_after_first(base["epoch_seconds"])
         n_train = bundle.train.num_samples  # images per epoch (both sides drop at most one partial batch)
         macs = profile_model(name, num_classes=10, input_shape=(3, 32, 32))["macs"]
-        print(f"{name:16s} {'baseline (standard pipeline)':<{width}s} {b:8.2f} s/epoch  test top-1 "
-              f"{100 * base['test_top1']:5.2f}%{pct(mfu(macs, n_train, b))}", flush=True)  # fmt: skip
+        print(
+            f"{name:16s} {'baseline (standard pipeline)':<{width}s} {b:8.2f} s/epoch  test top-1 "
+            f"{100 * base['test_top1']:5.2f}%{pct(mfu(macs, n_train, b))}",
+            flush=True,
+        )
         for recipe in recipes:
-            ours = run_cnnzoo(name, data, epochs=args.epochs, device=device, seed=args.seed, subset=args.subset,
-                              recipe=recipe, out=args.workdir / "runs" / f"{name}-{recipe}-{int(time.time())}")
+            ours = run_cnnzoo(
+                name,
+                data,
+                epochs=args.epochs,
+                device=device,
+                seed=args.seed,
+                subset=args.subset,
+                recipe=recipe,
+                out=args.workdir / "runs" / f"{name}-{recipe}-{int(time.time())}",
+            )
             o = mean_after_first(ours["epoch_seconds"])
-            results.append({"model": name, "cnnzoo_recipe": recipe, "baseline_s_per_epoch": b,
-                            "cnnzoo_s_per_epoch": o, "speedup": b / o, "baseline_test_top1": base["test_top1"],
-                            "cnnzoo_test_top1": ours["test_top1"], "train_images_per_epoch": n_train,
-                            "baseline_mfu": mfu(macs, n_train, b), "cnnzoo_mfu": mfu(macs, n_train, o)})  # fmt: skip
-            print(f"{name:16s} {f'cnnzoo ({recipe})':<{width}s} {o:8.2f} s/epoch  test top-1 "
-                  f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}{pct(mfu(macs, n_train, o))}",
-                  flush=True)  # fmt: skip
+            results.append(
+                {
+                    "model": name,
+                    "cnnzoo_recipe": recipe,
+                    "baseline_s_per_epoch": b,
+                    "cnnzoo_s_per_epoch": o,
+                    "speedup": b / o,
+                    "baseline_test_top1": base["test_top1"],
+                    "cnnzoo_test_top1": ours["test_top1"],
+                    "train_images_per_epoch": n_train,
+                    "baseline_mfu": mfu(macs, n_train, b),
+                    "cnnzoo_mfu": mfu(macs, n_train, o),
+                }
+            )
+            print(
+                f"{name:16s} {f'cnnzoo ({recipe})':<{width}s} {o:8.2f} s/epoch  test top-1 "
+                f"{100 * ours['test_top1']:5.2f}%  speed-up x{b / o:.2f}{pct(mfu(macs, n_train, o))}",
+                flush=True,
+            )
     if args.json:
-        args.json.write_text(json.dumps({"torch": torch.__version__, "device": str(device), "epochs": args.epochs,
-                                         "subset": args.subset, "peak_tflops": peak, "results": results},
-                                        indent=2))  # fmt: skip
+        args.json.write_text(
+            json.dumps(
+                {
+                    "torch": torch.__version__,
+                    "device": str(device),
+                    "epochs": args.epochs,
+                    "subset": args.subset,
+                    "peak_tflops": peak,
+                    "results": results,
+                },
+                indent=2,
+            )
+        )
     if any(math.isnan(r["speedup"]) for r in results):
         raise SystemExit(1)
 

@@ -40,8 +40,9 @@ def main() -> None:
     p.add_argument("--json", default=None)
     args = p.parse_args()
     shape = parse_input(args.input)
-    print(f"torch {torch.__version__} | cpu | {torch.get_num_threads()} threads | input {args.input} | fp32",
-          flush=True)  # fmt: skip
+    print(
+        f"torch {torch.__version__} | cpu | {torch.get_num_threads()} threads | input {args.input} | fp32", flush=True
+    )
     results = []
     for name in args.models.split(","):
         for bs in map(int, args.batch_sizes.split(",")):
@@ -61,8 +62,11 @@ def main() -> None:
             row = {"model": name, "batch_size": bs, **{f"{k}_s": statistics.median(v) for k, v in times.items()}}
             row["nhwc_speedup"] = row["nchw_s"] / row["nhwc_s"]
             results.append(row)
-            print(f"{name:16s} batch {bs:4d}  NCHW {1000 * row['nchw_s']:8.1f} ms  NHWC {1000 * row['nhwc_s']:8.1f} ms"
-                  f"  NHWC speed-up x{row['nhwc_speedup']:.2f}", flush=True)  # fmt: skip
+            print(
+                f"{name:16s} batch {bs:4d}  NCHW {1000 * row['nchw_s']:8.1f} ms  NHWC {1000 * row['nhwc_s']:8.1f} ms"
+                f"  NHWC speed-up x{row['nhwc_speedup']:.2f}",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"torch": torch.__version__, "threads": torch.get_num_threads(), "results": results}, f, indent=2)

@@ -43,8 +43,17 @@ def sync(device: torch.device) -> None:
 def cnnzoo_step(name: str, x: torch.Tensor, y: torch.Tensor, device: torch.device, compile_: bool):
     """A closure running one cnnzoo training step (the trainer's own code path, torchvision's side's arithmetic:
     SGD 0.1 / momentum 0.9 / weight decay 5e-4 on every parameter, no label smoothing)."""
-    cfg = build_config(device=str(device), compile=compile_, optimizer="sgd", lr=0.1, momentum=0.9, nesterov=False,
-                       weight_decay=5e-4, wd_exclude_bn_bias=False, label_smoothing=0.0)  # fmt: skip
+    cfg = build_config(
+        device=str(device),
+        compile=compile_,
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=False,
+        weight_decay=5e-4,
+        wd_exclude_bn_bias=False,
+        label_smoothing=0.0,
+    )
     net, optimizer, ctx = setup_training(cnnzoo.create_model(name, num_classes=1000), cfg, device)
     xs = ctx.layout(x)  # the batch in the model's layout once, as the data path hands it over
     return lambda: train_step(net, optimizer, xs, y, ctx)
@@ -103,15 +112,20 @@ def main() -> None:
     peak = args.peak_tflops or (800.0 if device.type == "cuda" else None)
     configure_backends(build_config(device=str(device)), device)  # the trainer's flags (cudnn autotuning, TF32)
     name_of = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    print(f"torch {torch.__version__} | {name_of} | input {args.input} | batch {args.batch_size} | "
-          f"compile {compile_} | synthetic data | MFU against {peak} TFLOP/s", flush=True)  # fmt: skip
+    print(
+        f"torch {torch.__version__} | {name_of} | input {args.input} | batch {args.batch_size} | "
+        f"compile {compile_} | synthetic data | MFU against {peak} TFLOP/s",
+        flush=True,
+    )
     results = []
     for name in args.models.split(","):
         torch.manual_seed(0)
         x = torch.randn(args.batch_size, *shape, device=device)
         y = torch.randint(0, 1000, (args.batch_size,), device=device)
-        sides = {"cnnzoo": cnnzoo_step(name, x, y, device, compile_),
-                 "torchvision": torchvision_step(name, x, y, device, compile_)}  # fmt: skip
+        sides = {
+            "cnnzoo": cnnzoo_step(name, x, y, device, compile_),
+            "torchvision": torchvision_step(name, x, y, device, compile_),
+        }
         for step in sides.values():
             for _ in range(args.warmup):
                 step()
@@ -129,15 +143,22 @@ def main() -> None:
         row["ratio"] = row["torchvision_ms_per_step"] / row["cnnzoo_ms_per_step"]  # >1: cnnzoo faster
         results.append(row)
         mfu = "" if peak is None else f"  MFU {100 * row['cnnzoo_mfu']:.1f}% vs {100 * row['torchvision_mfu']:.1f}%"
-        print(f"{name:10s} cnnzoo {row['cnnzoo_ms_per_step']:8.2f} ms/step ({row['cnnzoo_img_s']:8.0f} img/s)  "
-              f"torchvision {row['torchvision_ms_per_step']:8.2f} ms/step  ratio x{row['ratio']:.3f}{mfu}",
-              flush=True)  # fmt: skip
+        print(
+            f"{name:10s} cnnzoo {row['cnnzoo_ms_per_step']:8.2f} ms/step ({row['cnnzoo_img_s']:8.0f} img/s)  "
+            f"torchvision {row['torchvision_ms_per_step']:8.2f} ms/step  ratio x{row['ratio']:.3f}{mfu}",
+            flush=True,
+        )
         del sides
         if device.type == "cuda":
             torch.cuda.empty_cache()
         if args.json:  # after every model: compiling 12 nets can outlast a time limit, the rows so far survive it
-            meta = {"torch": torch.__version__, "device": name_of, "input": args.input, "compile": compile_,
-                    "peak_tflops": peak}  # fmt: skip
+            meta = {
+                "torch": torch.__version__,
+                "device": name_of,
+                "input": args.input,
+                "compile": compile_,
+                "peak_tflops": peak,
+            }
             with open(args.json, "w") as f:
                 json.dump({"meta": meta, "results": results}, f, indent=2)
 

@@ -42,8 +42,10 @@ def main() -> None:
     seconds(["models"])  # warm the models table cache
     import torch  # only to report its version, after the timings' processes have shown what they import
 
-    print(f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
-          f"{len(__import__('os').sched_getaffinity(0))} CPUs; median of {args.repeats} runs\n")  # fmt: skip
+    print(
+        f"python {platform.python_version()}, torch {torch.__version__}, {platform.machine()}, "
+        f"{len(__import__('os').sched_getaffinity(0))} CPUs; median of {args.repeats} runs\n"
+    )
     print("| command | median s | min s |\n|---|---:|---:|")
     for argv in COMMANDS:
         times = [seconds(argv) for _ in range(args.repeats)]

@@ -110,8 +110,9 @@ def test_streamed_folder_trains_on_a_paper_augmentation_deterministically(tmp_pa
     assert b.info.get("streamed")
     x, y = next(b.train.epoch(0))
     assert x.shape == (4, 3, 32, 32) and x.dtype == torch.float32 and torch.isfinite(x).all()
-    again, _ = next(load_data(str(root), augment="vgg", image_size=32, batch_size=4, val_size=0,
-                              num_workers=0).train.epoch(0))  # fmt: skip
+    again, _ = next(
+        load_data(str(root), augment="vgg", image_size=32, batch_size=4, val_size=0, num_workers=0).train.epoch(0)
+    )
     assert torch.equal(x, again)
     other, _ = next(b.train.epoch(1))
     assert not torch.equal(x, other)

@@ -121,8 +121,12 @@ def test_download_failure_offline_is_one_line(tmp_path, capsys, monkeypatch):
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr("torchvision.datasets.CIFAR10.download", offline)
-    _fails_cleanly(capsys, ["data", "cifar10", "--data-dir", str(tmp_path), "--download"],
-                   f"could not download cifar10 into {tmp_path}", "name resolution")  # fmt: skip
+    _fails_cleanly(
+        capsys,
+        ["data", "cifar10", "--data-dir", str(tmp_path), "--download"],
+        f"could not download cifar10 into {tmp_path}",
+        "name resolution",
+    )
 
 
 def test_truncated_cifar_batch_is_a_clear_error(tmp_path, capsys):
@@ -257,8 +261,14 @@ def test_fashion_mnist_classes_and_three_channels(tmp_path):
 
 
 def test_missing_and_corrupt_mnist(tmp_path, capsys):
-    _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "mnist not found",
-                   "train-images-idx3-ubyte", str(tmp_path / "MNIST" / "raw"), "--download")  # fmt: skip
+    _fails_cleanly(
+        capsys,
+        ["data", "mnist", "--data-dir", str(tmp_path)],
+        "mnist not found",
+        "train-images-idx3-ubyte",
+        str(tmp_path / "MNIST" / "raw"),
+        "--download",
+    )
     raw, _ = _write_idx(tmp_path)
     (raw / "train-images-idx3-ubyte").write_bytes(b"\0\0\x08\x03garbage")
     _fails_cleanly(capsys, ["data", "mnist", "--data-dir", str(tmp_path)], "train-images-idx3-ubyte", "truncated")
@@ -380,11 +390,11 @@ def test_all_grey_folder_is_one_channel_and_single_folder_gets_a_stratified_test
                 (r / "train" / "dog" / "2.png").write_text("x"),
             ),
             ["train/dog: no usable image in this class folder"],
-        ),  # fmt: skip
+        ),
         (
             lambda r: (_folder(r), shutil.move(r / "test" / "dog", r / "test" / "wolf")),
             ["its classes differ from the training split's (missing: dog; extra: wolf)"],
-        ),  # fmt: skip
+        ),
     ],
     ids=["one-class", "empty-class", "class-without-usable-images", "test-classes-differ"],
 )
@@ -535,8 +545,10 @@ def test_large_images_stream_deterministically_without_touching_the_global_rng(t
     e1 = list(b.train.epoch(1))
     assert not all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(e0, e1, strict=True))
     # Two ranks at batch 1 serve the halves of the one process's batches, augmented alike.
-    ranks = [load_data(str(root), val_size=0, batch_size=1, image_size=40, num_workers=0, seed=3, rank=r,
-                       world_size=2).train for r in (0, 1)]  # fmt: skip
+    ranks = [
+        load_data(str(root), val_size=0, batch_size=1, image_size=40, num_workers=0, seed=3, rank=r, world_size=2).train
+        for r in (0, 1)
+    ]
     halves = [list(r.epoch(0)) for r in ranks]
     for step, (x, y) in enumerate(e0):
         assert torch.equal(torch.cat([halves[0][step][0], halves[1][step][0]]), x)

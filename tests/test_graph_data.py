@@ -47,8 +47,18 @@ def test_graphed_step_with_table_and_ema_matches_the_eager_loop():
     resumed run's start), and the first non-finite step is recorded on the device."""
     torch.manual_seed(0)
     bundle = load_data("digits", batch_size=32, device="cpu", seed=0, val_size=0)
-    cfg = build_config("resnet20", "digits", device="cpu", precision="fp32", batch_size=32, lr=0.4, epochs=1,
-                       schedule="cosine", grad_clip=1.0, cuda_graph=True)  # fmt: skip
+    cfg = build_config(
+        "resnet20",
+        "digits",
+        device="cpu",
+        precision="fp32",
+        batch_size=32,
+        lr=0.4,
+        epochs=1,
+        schedule="cosine",
+        grad_clip=1.0,
+        cuda_graph=True,
+    )
     model = create_model("resnet20", num_classes=10, in_channels=1)
     plain, plain_opt, ctx = setup_training(copy.deepcopy(model), cfg, "cpu")
     graphed_net, graphed_opt, _ = setup_training(model, cfg, "cpu")

@@ -23,8 +23,11 @@ def test_tiny_net_params_and_macs_match_hand_counts():
     assert count_macs(model, (3, 8, 8)) == 13_824 + 5_120
     rows, params, macs = layer_summary(model, (3, 8, 8))
     assert [(r.name, r.output_shape, r.params, r.macs) for r in rows] == [
-        ("0", (1, 8, 8, 8), 224, 13_824), ("1", (1, 8, 8, 8), 0, 0), ("2", (1, 512), 0, 0), ("3", (1, 10), 5130, 5120)
-    ]  # fmt: skip
+        ("0", (1, 8, 8, 8), 224, 13_824),
+        ("1", (1, 8, 8, 8), 0, 0),
+        ("2", (1, 512), 0, 0),
+        ("3", (1, 10), 5130, 5120),
+    ]
     assert (params, macs) == (5354, 18_944)
 
 

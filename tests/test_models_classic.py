@@ -9,8 +9,18 @@ import torchvision
 import cnnzoo
 from cnnzoo.errors import InputShapeError
 
-TORCHVISION_NAMES = ["alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn",
-                     "googlenet"]  # fmt: skip
+TORCHVISION_NAMES = [
+    "alexnet",
+    "vgg11",
+    "vgg13",
+    "vgg16",
+    "vgg19",
+    "vgg11_bn",
+    "vgg13_bn",
+    "vgg16_bn",
+    "vgg19_bn",
+    "googlenet",
+]
 
 
 def _params(model: torch.nn.Module) -> int:

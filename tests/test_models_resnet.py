@@ -13,9 +13,20 @@ from cnnzoo.models.resnet import BasicBlock, Bottleneck, ResNet, ZeroPadShortcut
 
 BLOCKS = (BasicBlock, Bottleneck)
 CIFAR_NETS = [
-    "resnet18_cifar", "resnet34_cifar", "resnet50_cifar", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
-    "plain20", "plain32", "plain44", "plain56", "plain110",
-]  # fmt: skip
+    "resnet18_cifar",
+    "resnet34_cifar",
+    "resnet50_cifar",
+    "resnet20",
+    "resnet32",
+    "resnet44",
+    "resnet56",
+    "resnet110",
+    "plain20",
+    "plain32",
+    "plain44",
+    "plain56",
+    "plain110",
+]
 # He et al. 2016 section 4.2 nets with option A shortcuts at 10 classes (the widely reproduced counts).
 CIFAR_PARAMS = {20: 269_722, 32: 464_154, 44: 658_586, 56: 853_018, 110: 1_727_962, 1202: 19_421_274}
 

@@ -69,8 +69,19 @@ def test_multi_scale_on_a_resnet_is_the_mean_of_the_per_scale_predictions(tmp_pa
     model = cnnzoo.create_model("resnet20", num_classes=2).eval()
     assert dense_model(model, 32) is model  # global average pool + linear: already fully convolutional
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    got = evaluate_files(model, files, labels, "multi-scale", image_size=32, channels=3, mean=mean, std=std,
-                         num_classes=2, device=torch.device("cpu"), num_workers=0)  # fmt: skip
+    got = evaluate_files(
+        model,
+        files,
+        labels,
+        "multi-scale",
+        image_size=32,
+        channels=3,
+        mean=mean,
+        std=std,
+        num_classes=2,
+        device=torch.device("cpu"),
+        num_workers=0,
+    )
     m, s = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
     nll, hits = 0.0, 0
     with torch.no_grad():
@@ -112,8 +123,18 @@ def test_a_fixed_size_model_refuses_multi_scale():
 def test_cnnzoo_eval_protocols_on_a_streamed_run(tmp_path, capsys):
     root = make_folder(tmp_path / "big", size=(80, 72), per_class=6)  # over 64 px: a streamed folder
     run = tmp_path / "run"
-    cnnzoo.train("resnet20", data=str(root), out=str(run), epochs=1, batch_size=4, image_size=32, val_size=2,
-                 augment="resnet", device="cpu", quiet=True)  # fmt: skip
+    cnnzoo.train(
+        "resnet20",
+        data=str(root),
+        out=str(run),
+        epochs=1,
+        batch_size=4,
+        image_size=32,
+        val_size=2,
+        augment="resnet",
+        device="cpu",
+        quiet=True,
+    )
     report = json.loads((run / "report.json").read_text())
     assert report["test"]["protocol"] == "center"
     for protocol in ("center", "ten-crop", "multi-crop", "multi-scale"):

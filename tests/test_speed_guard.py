@@ -44,8 +44,16 @@ def _reference_step(model, optimizer, images, labels, lr, label_smoothing):
 def test_fast_path_matches_plain_fp32_loop(precision, rtol, wtol):
     torch.manual_seed(0)
     bundle = load_data("digits", batch_size=64, device="cpu", seed=0, val_size=0)
-    cfg = build_config("resnet20", "digits", recipe="fast", device="cpu", precision=precision, channels_last=True,
-                       batch_size=64, epochs=4)  # fmt: skip
+    cfg = build_config(
+        "resnet20",
+        "digits",
+        recipe="fast",
+        device="cpu",
+        precision=precision,
+        channels_last=True,
+        batch_size=64,
+        epochs=4,
+    )
     fast_model = create_model("resnet20", num_classes=10, in_channels=1)
     ref_model = copy.deepcopy(fast_model)
 
@@ -55,9 +63,12 @@ def test_fast_path_matches_plain_fp32_loop(precision, rtol, wtol):
     start = first_conv.detach().clone()
     decay = [p for p in ref_model.parameters() if p.ndim > 1]  # conv and linear weights
     no_decay = [p for p in ref_model.parameters() if p.ndim <= 1]  # BN scale/shift, biases
-    ref_opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}],
-                              lr=cfg.lr, momentum=cfg.momentum, nesterov=True)  # fmt: skip
+    ref_opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        nesterov=True,
+    )
     net.train()
     ref_model.train()
 
@@ -89,8 +100,17 @@ def test_graphed_step_matches_train_step():
     """
     torch.manual_seed(0)
     bundle = load_data("digits", batch_size=32, device="cpu", seed=0, val_size=0)
-    cfg = build_config("resnet20", "digits", device="cpu", precision="fp32", batch_size=32, grad_clip=1.0,
-                       label_smoothing=0.1, nesterov=True, cuda_graph=True)  # fmt: skip
+    cfg = build_config(
+        "resnet20",
+        "digits",
+        device="cpu",
+        precision="fp32",
+        batch_size=32,
+        grad_clip=1.0,
+        label_smoothing=0.1,
+        nesterov=True,
+        cuda_graph=True,
+    )
     model = create_model("resnet20", num_classes=10, in_channels=1)
     plain, plain_opt, ctx = setup_training(copy.deepcopy(model), cfg, "cpu")
     graphed_net, graphed_opt, _ = setup_training(model, cfg, "cpu")

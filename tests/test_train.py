@@ -87,8 +87,9 @@ def test_weight_decay_excludes_bn_and_bias():
     decayed, free = opt.param_groups
     assert decayed["weight_decay"] == 5e-4 and free["weight_decay"] == 0.0
     assert all(p.ndim > 1 for p in decayed["params"]) and all(p.ndim == 1 for p in free["params"])
-    assert len(free["params"]) == sum(1 for n, _ in model.named_parameters() if n.endswith((".bias", "bn1.weight",
-                                                                                          "bn2.weight")))  # fmt: skip
+    assert len(free["params"]) == sum(
+        1 for n, _ in model.named_parameters() if n.endswith((".bias", "bn1.weight", "bn2.weight"))
+    )
     assert opt.defaults["nesterov"]
     everything = make_optimizer(model, TrainConfig(wd_exclude_bn_bias=False, optimizer="adamw"), torch.device("cpu"))
     assert len(everything.param_groups) == 1 and isinstance(everything, torch.optim.AdamW)
@@ -133,8 +134,21 @@ def test_cli_flags_reach_the_config(tmp_path):
 
     parser = argparse.ArgumentParser()
     cli.register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["train", "resnet20", "--recipe", "demo", "--lr", "0.3", "--no-wd-exclude-bn-bias",
-                              "--milestones", "2,4", "--out", str(tmp_path)])  # fmt: skip
+    args = parser.parse_args(
+        [
+            "train",
+            "resnet20",
+            "--recipe",
+            "demo",
+            "--lr",
+            "0.3",
+            "--no-wd-exclude-bn-bias",
+            "--milestones",
+            "2,4",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     assert (args.lr, args.wd_exclude_bn_bias, args.milestones, args.recipe) == (0.3, False, [2.0, 4.0], "demo")
     assert not hasattr(args, "epochs")  # not given: the recipe's value stays
 
@@ -206,8 +220,18 @@ def test_setup_training_leaves_process_flags_to_backend_settings():
 
 
 def test_without_a_validation_split_the_last_epoch_is_kept(tmp_path):
-    report = train("resnet20", "digits", out=tmp_path / "r", epochs=2, subset=64, val_size=0, batch_size=32,
-                   device="cpu", threads=2, quiet=True)  # fmt: skip
+    report = train(
+        "resnet20",
+        "digits",
+        out=tmp_path / "r",
+        epochs=2,
+        subset=64,
+        val_size=0,
+        batch_size=32,
+        device="cpu",
+        threads=2,
+        quiet=True,
+    )
     assert report["best_epoch"] == 2 and report["best_val_top1"] is None and "no validation" in report["selection"]
     rows = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert [r["val_top1"] for r in rows] == [None, None]  # null in JSON, not NaN

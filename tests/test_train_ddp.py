@@ -31,15 +31,27 @@ train(sys.argv[1], "digits", out=sys.argv[2], quiet=True, **json.loads(sys.argv[
 # Two steps per epoch of global batch 32, with the standard augmentation: each rank serves its half of every global
 # batch, augmented as one process would (the data layer interleaves the shards and draws each global batch's
 # augmentation on every rank), so 1 and 2 processes train on the same tensors.
-OPTS = dict(subset=64, val_size=40, batch_size=32, eval_batch_size=32, epochs=3, augment="standard", device="cpu",
-            lr=0.05, deterministic=True)  # fmt: skip
+OPTS = dict(
+    subset=64,
+    val_size=40,
+    batch_size=32,
+    eval_batch_size=32,
+    epochs=3,
+    augment="standard",
+    device="cpu",
+    lr=0.05,
+    deterministic=True,
+)
 
 
 def _launch(tmp_path: Path, model: str, out: Path, procs: int, **extra) -> None:
     script = tmp_path / "launch.py"
     script.write_text(SCRIPT)
-    runner = [sys.executable] if procs == 1 else [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                                                   f"--nproc_per_node={procs}"]  # fmt: skip
+    runner = (
+        [sys.executable]
+        if procs == 1
+        else [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={procs}"]
+    )
     cmd = [*runner, str(script), model, str(out), json.dumps({**OPTS, **extra})]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

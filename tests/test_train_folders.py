@@ -33,8 +33,9 @@ def _folder(root, size: int, per_class: dict[str, int]):
 def test_train_on_an_image_folder(tmp_path, size):
     data = _folder(tmp_path / "folder", size, {"train": 12, "test": 4})
     out = tmp_path / "run"
-    report = train("resnet20", str(data), out=out, epochs=2, batch_size=8, val_size=6, lr=0.05, device="cpu",
-                   threads=2, quiet=True)  # fmt: skip
+    report = train(
+        "resnet20", str(data), out=out, epochs=2, batch_size=8, val_size=6, lr=0.05, device="cpu", threads=2, quiet=True
+    )
     assert report["classes"] == sorted(CLASSES) and report["test"]["n"] == 12  # classes: sorted folder names
     assert set(report["test"]["per_class"]) == set(CLASSES)
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -53,12 +53,37 @@ def test_sigint_finishes_the_step_saves_and_exits_130(tmp_path):
     """A real Ctrl-C to a `cnnzoo train` process: last.pt written, a line saying how to resume, and exit status 130
     (128 + SIGINT, the shell's convention), so `cnnzoo train ... && cnnzoo export ...` does not export it."""
     out = tmp_path / "run"
-    script = ("import sys; from cnnzoo.train.cli import register; import argparse; p = argparse.ArgumentParser(); "
-              "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))")  # fmt: skip
-    args = ["train", "resnet20", "--data", "digits", "--out", str(out), "--epochs", "1000", "--subset", "96",
-            "--val-size", "48", "--batch-size", "32", "--device", "cpu", "--threads", "1"]  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+    script = (
+        "import sys; from cnnzoo.train.cli import register; import argparse; p = argparse.ArgumentParser(); "
+        "register(p.add_subparsers()); a = p.parse_args(sys.argv[1:]); sys.exit(a.func(a))"
+    )
+    args = [
+        "train",
+        "resnet20",
+        "--data",
+        "digits",
+        "--out",
+        str(out),
+        "--epochs",
+        "1000",
+        "--subset",
+        "96",
+        "--val-size",
+        "48",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         deadline = time.time() + 120
         while not (out / "metrics.jsonl").exists() and time.time() < deadline and proc.poll() is None:
@@ -79,8 +104,18 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
     # Epoch 1 trains at lr 0.05; the step schedule then multiplies the lr by 1e12 and the loss blows up in epoch 2.
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at epoch 2, step \d+") as info:
-        train("resnet20", "digits", out=out, epochs=3, lr=0.05, schedule="step", step_size=1, gamma=1e12,
-              quiet=True, **TINY)  # fmt: skip
+        train(
+            "resnet20",
+            "digits",
+            out=out,
+            epochs=3,
+            lr=0.05,
+            schedule="step",
+            step_size=1,
+            gamma=1e12,
+            quiet=True,
+            **TINY,
+        )
     assert info.value.exit_code != 0
     ckpt = checkpoint.load(out / "last.pt")
     assert ckpt["position"] == {"epoch": 1, "batch": 0, "step": 3}

@@ -58,7 +58,9 @@ def test_export_torchscript_matches_eager(run_dir, tmp_path):
 def test_export_onnx_without_packages_names_them(run_dir, monkeypatch):
     # The packages are installed here (the dev extra): hide them, as on a machine without the onnx extra.
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name.startswith("onnx") else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name.startswith("onnx") else real(name, *a)
+    )
     out, _ = run_dir
     before = sorted(p.name for p in out.iterdir())
     with pytest.raises(CnnzooError, match="pip install .*onnx"):

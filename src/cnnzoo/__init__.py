@@ -7,8 +7,16 @@ The public names are imported on first use (module ``__getattr__``, PEP 562), so
 from cnnzoo.errors import CnnzooError
 
 __version__ = "0.1.0"
-__all__ = ["CnnzooError", "create_model", "get_model_info", "list_models", "load_run", "register_model", "train",
-           "__version__"]  # fmt: skip
+__all__ = [
+    "CnnzooError",
+    "create_model",
+    "get_model_info",
+    "list_models",
+    "load_run",
+    "register_model",
+    "train",
+    "__version__",
+]
 
 # Public name -> the module that defines it.
 _LAZY = {

@@ -38,9 +38,24 @@ DEFAULT_32 = ["alexnet_cifar", "vgg16_cifar", "googlenet_cifar", "resnet18_cifar
 TORCHVISION = {"alexnet", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"} | {
     f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")
 }
-COLUMNS = ["model", "run", "input", "batch_size", "params", "macs", "latency_ms", "infer_img_s", "train_img_s",
-           "infer_mem_mb", "train_mem_mb", "vs_torchvision_latency", "vs_torchvision_train", "accuracy",
-           "accuracy_source", "note"]  # fmt: skip
+COLUMNS = [
+    "model",
+    "run",
+    "input",
+    "batch_size",
+    "params",
+    "macs",
+    "latency_ms",
+    "infer_img_s",
+    "train_img_s",
+    "infer_mem_mb",
+    "train_mem_mb",
+    "vs_torchvision_latency",
+    "vs_torchvision_train",
+    "accuracy",
+    "accuracy_source",
+    "note",
+]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,13 +66,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 8 on the CPU")
     p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (after warm-up)")
-    p.add_argument("--num-classes", type=int, default=None,
-                   help="classifier width (default: 1000 above 64x64, as the published ImageNet nets; else 10)")
-    p.add_argument("--runs", nargs="*", default=[],
-                   help="run directories (or their report.json files) whose test accuracy to show")
-    p.add_argument("--label", default=None,
-                   help='name of the runs\' dataset in the table and chart (e.g. "CIFAR-10 (JPEG q75)"); default: '
-                        "the data folder's name")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=None,
+        help="classifier width (default: 1000 above 64x64, as the published ImageNet nets; else 10)",
+    )
+    p.add_argument(
+        "--runs", nargs="*", default=[], help="run directories (or their report.json files) whose test accuracy to show"
+    )
+    p.add_argument(
+        "--label",
+        default=None,
+        help='name of the runs\' dataset in the table and chart (e.g. "CIFAR-10 (JPEG q75)"); default: '
+        "the data folder's name",
+    )
     p.add_argument("--no-torchvision", action="store_true", help="skip the side-by-side torchvision timing")
     p.add_argument("--out", default="runs/compare")
     tables.add_format_argument(p)
@@ -121,8 +144,15 @@ def _timers(model: torch.nn.Module, cfg, shape, batch: int, device: torch.device
     return infer(x1), infer(xb), step
 
 
-def measure(name: str, shape: tuple[int, int, int], batch: int, device_name: str, repeats: int,
-            vs_torchvision: bool, num_classes: int = 10) -> dict:  # fmt: skip
+def measure(
+    name: str,
+    shape: tuple[int, int, int],
+    batch: int,
+    device_name: str,
+    repeats: int,
+    vs_torchvision: bool,
+    num_classes: int = 10,
+) -> dict:
     """All timings and memory of one model (call in a fresh process for honest CPU memory figures).
 
     Timed as the trainer runs: its ``fast`` recipe's step, under the trainer's process-wide backend flags (threads,
@@ -278,9 +308,19 @@ def runs_accuracy(run_dirs: list[str], label: str | None = None) -> list[dict]:
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
-def run_compare(models: list[str], *, input_shape: tuple[int, int, int], device: str, batch_size: int,
-                repeats: int, runs: list[str], vs_torchvision: bool, out: str | Path,
-                num_classes: int | None = None, label: str | None = None) -> list[dict]:  # fmt: skip
+def run_compare(
+    models: list[str],
+    *,
+    input_shape: tuple[int, int, int],
+    device: str,
+    batch_size: int,
+    repeats: int,
+    runs: list[str],
+    vs_torchvision: bool,
+    out: str | Path,
+    num_classes: int | None = None,
+    label: str | None = None,
+) -> list[dict]:
     """Measure ``models``; write compare.csv/json/md and overview.png into ``out``; return the rows.
 
     ``num_classes`` defaults to 1000 above 64x64 (the ImageNet nets whose published accuracy and parameter counts the
@@ -342,12 +382,22 @@ def _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision,
 
 def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
     write_atomic(out / "compare.csv", tables.to_csv(rows, COLUMNS))
-    meta = {"device": device, "torch": torch.__version__, "num_classes": num_classes, "columns": COLUMNS,
-            "units": {"macs": "multiply-accumulates per image", "latency_ms": "median ms at batch 1",
-                      "infer_img_s": "images/s", "train_img_s": "images/s, forward+backward+SGD step",
-                      "infer_mem_mb": "MiB above the weights", "train_mem_mb": "MiB above the weights",
-                      "accuracy": "fraction",
-                      "vs_torchvision_latency": "cnnzoo speed / torchvision speed"}}  # fmt: skip
+    meta = {
+        "device": device,
+        "torch": torch.__version__,
+        "num_classes": num_classes,
+        "columns": COLUMNS,
+        "units": {
+            "macs": "multiply-accumulates per image",
+            "latency_ms": "median ms at batch 1",
+            "infer_img_s": "images/s",
+            "train_img_s": "images/s, forward+backward+SGD step",
+            "infer_mem_mb": "MiB above the weights",
+            "train_mem_mb": "MiB above the weights",
+            "accuracy": "fraction",
+            "vs_torchvision_latency": "cnnzoo speed / torchvision speed",
+        },
+    }
     write_atomic(out / "compare.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     intro = (
         f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
@@ -463,10 +513,18 @@ def overview_figure(rows: list[dict], device: str):
                 annotation_clip=False,
             )
     shape = rows[0]["input"] if rows else ""
-    ax_macs.set(xlabel="GMACs per image (multiply-accumulates, log scale)", xscale="log", ylabel="top-1 accuracy (%)",
-                title=f"Accuracy vs computation at {shape} (point area = parameters)")  # fmt: skip
-    ax_speed.set(xlabel=f"training throughput on {device} (images/s, log scale)", xscale="log",
-                 ylabel="top-1 accuracy (%)", title=f"Accuracy vs measured training speed on {device}")  # fmt: skip
+    ax_macs.set(
+        xlabel="GMACs per image (multiply-accumulates, log scale)",
+        xscale="log",
+        ylabel="top-1 accuracy (%)",
+        title=f"Accuracy vs computation at {shape} (point area = parameters)",
+    )
+    ax_speed.set(
+        xlabel=f"training throughput on {device} (images/s, log scale)",
+        xscale="log",
+        ylabel="top-1 accuracy (%)",
+        title=f"Accuracy vs measured training speed on {device}",
+    )
     ylim = accuracy_limits([100 * r["accuracy"] for r in rows if r["accuracy"] is not None])
     for ax in (ax_macs, ax_speed):
         ax.grid(alpha=0.3, which="both")
@@ -492,9 +550,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     batch = args.batch_size or (64 if args.device.startswith("cuda") else 8)
     if batch < 1 or args.repeats < 1 or (args.num_classes is not None and args.num_classes < 1):
         raise CnnzooError("--batch-size, --repeats and --num-classes must be >= 1")
-    rows = run_compare(models, input_shape=shape, device=args.device, batch_size=batch, repeats=args.repeats,
-                       runs=args.runs, vs_torchvision=not args.no_torchvision, out=args.out,
-                       num_classes=args.num_classes, label=args.label)  # fmt: skip
+    rows = run_compare(
+        models,
+        input_shape=shape,
+        device=args.device,
+        batch_size=batch,
+        repeats=args.repeats,
+        runs=args.runs,
+        vs_torchvision=not args.no_torchvision,
+        out=args.out,
+        num_classes=args.num_classes,
+        label=args.label,
+    )
     title = (
         f"cnnzoo compare at {args.input} on {args.device}, batch {batch} (MACs = multiply-accumulates; "
         "speed vs torchvision = cnnzoo / torchvision, latency / train)"

@@ -73,8 +73,9 @@ class PCALighting(v2.Transform):
         return image.float() + self.shift().view(-1, 1, 1)
 
 
-def pixel_pca(files: list[str], channels: int, *, images: int = PCA_IMAGES, pixels: int = PCA_PIXELS,
-              seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def pixel_pca(
+    files: list[str], channels: int, *, images: int = PCA_IMAGES, pixels: int = PCA_PIXELS, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Eigenvalues (descending) and eigenvectors (columns) of the channel covariance of a training set's pixels.
 
     A seeded sample: ``images`` files chosen at random, ``pixels`` random pixels from each (256 x 1,000 = 256k
@@ -102,8 +103,9 @@ def eval_transform(image_size: int) -> v2.Transform:
     return centre_square(scaled(256, image_size), image_size)
 
 
-def train_transform(name: str, image_size: int, *, pca: tuple[torch.Tensor, torch.Tensor] | None = None
-                    ) -> v2.Transform:  # fmt: skip
+def train_transform(
+    name: str, image_size: int, *, pca: tuple[torch.Tensor, torch.Tensor] | None = None
+) -> v2.Transform:
     """The per-sample training transform of ``--augment name`` for crops of ``image_size`` (module docstring).
 
     ``pca``: (eigval, eigvec) for the lighting of ``alexnet``, ``vgg`` and ``resnet`` (default: ImageNet's).

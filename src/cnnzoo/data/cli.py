@@ -32,8 +32,15 @@ def describe(data: str, *, data_dir: str | None = None, strict: bool = False, do
         kind = f"decoded uint8 {tuple(d.train_images.shape[1:])} (C, H, W), held in memory"
     splits = (("train", train_y), ("test", test_y))
     per_class = {split: torch.bincount(y, minlength=len(d.classes)).tolist() for split, y in splits}
-    return {"name": d.name, "classes": list(d.classes), "per_class": per_class, "kind": kind,
-            "train": len(train_y), "test": len(test_y), "info": d.info}  # fmt: skip
+    return {
+        "name": d.name,
+        "classes": list(d.classes),
+        "per_class": per_class,
+        "kind": kind,
+        "train": len(train_y),
+        "test": len(test_y),
+        "info": d.info,
+    }
 
 
 def cmd_data(args: argparse.Namespace) -> int:
@@ -44,8 +51,10 @@ def cmd_data(args: argparse.Namespace) -> int:
     facts = describe(args.data, data_dir=args.data_dir, strict=args.strict, download=args.download)
     info = facts["info"]
     console = Console()
-    console.print(f"[bold]{facts['name']}[/bold]: {len(facts['classes'])} classes, {facts['train']:,} training and "
-                  f"{facts['test']:,} test images; {facts['kind']}")  # fmt: skip
+    console.print(
+        f"[bold]{facts['name']}[/bold]: {len(facts['classes'])} classes, {facts['train']:,} training and "
+        f"{facts['test']:,} test images; {facts['kind']}"
+    )
     if "source" in info:
         console.print(f"source: {info['source']}")
     if "test_split" in info:

@@ -323,8 +323,7 @@ def _build(root: Path, classes: list[str], train: list[tuple[str, int]], test: l
     """Probe every file's header; decode small images into tensors. The payload stored in the cache."""
     entries = [("train", rel, label) for rel, label in train] + [("test", rel, label) for rel, label in test]
     probes = _parallel(_try(lambda e: _probe(root / e[1])), entries, f"reading {root.name} headers")
-    skipped = [(e[1], str(p)) for e, p in zip(entries, probes, strict=True)
-               if isinstance(p, DataError)]  # fmt: skip
+    skipped = [(e[1], str(p)) for e, p in zip(entries, probes, strict=True) if isinstance(p, DataError)]
     good = [(e, p) for e, p in zip(entries, probes, strict=True) if not isinstance(p, DataError)]
     sizes = Counter(f"{w}x{h}" for _, ((w, h), _) in good)
     modes = Counter(mode for _, (_, mode) in good)
@@ -333,10 +332,14 @@ def _build(root: Path, classes: list[str], train: list[tuple[str, int]], test: l
     payload = {"sizes": dict(sizes), "modes": dict(modes), "channels": channels, "small": small}
     if small:
         (w, h), _ = Counter(size for _, (size, _) in good).most_common(1)[0]
-        decoded = _parallel(_try(lambda e: _decode_small(root / e[0][1], channels, h, w)), good,
-                            f"decoding {root.name}")  # fmt: skip
-        skipped += [(e[1], str(x).removeprefix(f"{root / e[1]}: ")) for (e, _), x in zip(good, decoded, strict=True)
-                    if isinstance(x, DataError)]  # fmt: skip
+        decoded = _parallel(
+            _try(lambda e: _decode_small(root / e[0][1], channels, h, w)), good, f"decoding {root.name}"
+        )
+        skipped += [
+            (e[1], str(x).removeprefix(f"{root / e[1]}: "))
+            for (e, _), x in zip(good, decoded, strict=True)
+            if isinstance(x, DataError)
+        ]
         good_x = [(e, x) for (e, _), x in zip(good, decoded, strict=True) if not isinstance(x, DataError)]
         kept = [probe for (_, probe), x in zip(good, decoded, strict=True) if not isinstance(x, DataError)]
         payload["sizes"] = dict(Counter(f"{w}x{h}" for (w, h), _ in kept))  # what `cnnzoo data` reports: used files
@@ -406,8 +409,9 @@ def _split_test(x, y: torch.Tensor):
     counts = torch.bincount(y)
     stratify = y.numpy() if counts.min() >= 2 else None
     idx = torch.arange(len(y)).numpy()
-    train_idx, test_idx = train_test_split(idx, test_size=FOLDER_TEST_FRACTION, stratify=stratify,
-                                           random_state=FOLDER_SPLIT_SEED)  # fmt: skip
+    train_idx, test_idx = train_test_split(
+        idx, test_size=FOLDER_TEST_FRACTION, stratify=stratify, random_state=FOLDER_SPLIT_SEED
+    )
     train_idx.sort()
     test_idx.sort()
 

@@ -116,30 +116,68 @@ def load_data(
     decoded = decode(data, data_dir=data_dir, strict=strict, download=download)
     if isinstance(decoded, Streamed):
         return _stream_bundle(
-            decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
-            image_size=image_size or 224, in_channels=in_channels, val_size=val_size, seed=seed, rank=rank,
-            world_size=world_size, subset=subset, num_workers=num_workers, augment=augment or "none",
-            norm=_norm(mean, std), auto_augment=auto_augment, random_erase=random_erase,
-        )  # fmt: skip
+            decoded,
+            batch_size=batch_size,
+            eval_batch_size=eval_batch_size or batch_size,
+            device=device,
+            image_size=image_size or 224,
+            in_channels=in_channels,
+            val_size=val_size,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            subset=subset,
+            num_workers=num_workers,
+            augment=augment or "none",
+            norm=_norm(mean, std),
+            auto_augment=auto_augment,
+            random_erase=random_erase,
+        )
     if auto_augment or random_erase:  # per-sample, like the papers' augmentations below
         raise DataError(
             f"--auto-augment and --random-erase apply to image folders streamed from disk (images over "
             f"{SMALL_MAX} px); {data} is held on the device and augmented in batches: drop them"
         )
     if augment in PAPER_AUGMENTS:  # per-sample transforms of large images; small data is augmented in batches
-        raise DataError(f"--augment {augment} applies to image folders streamed from disk (images over {SMALL_MAX} "
-                        f"px); {data} is held on the device: use --augment standard or none")  # fmt: skip
+        raise DataError(
+            f"--augment {augment} applies to image folders streamed from disk (images over {SMALL_MAX} "
+            f"px); {data} is held on the device: use --augment standard or none"
+        )
     return _device_bundle(
-        decoded, batch_size=batch_size, eval_batch_size=eval_batch_size or batch_size, device=device,
-        image_size=image_size, in_channels=in_channels, val_size=val_size, seed=seed, augment=augment or "none",
-        cutout=cutout, rank=rank, world_size=world_size, subset=subset, norm=_norm(mean, std),
-    )  # fmt: skip
+        decoded,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size or batch_size,
+        device=device,
+        image_size=image_size,
+        in_channels=in_channels,
+        val_size=val_size,
+        seed=seed,
+        augment=augment or "none",
+        cutout=cutout,
+        rank=rank,
+        world_size=world_size,
+        subset=subset,
+        norm=_norm(mean, std),
+    )
 
 
 def _device_bundle(
-    d: Decoded, *, batch_size, eval_batch_size, device, image_size, in_channels, val_size, seed, augment, cutout, rank,
-    world_size, subset, norm,
-) -> DataBundle:  # fmt: skip
+    d: Decoded,
+    *,
+    batch_size,
+    eval_batch_size,
+    device,
+    image_size,
+    in_channels,
+    val_size,
+    seed,
+    augment,
+    cutout,
+    rank,
+    world_size,
+    subset,
+    norm,
+) -> DataBundle:
     """Carve validation, convert channels, compute normalisation, and put the three splits on the device."""
     in_channels = _check_norm(norm, in_channels or d.train_images.shape[1])
     train_x, test_x = to_channels(d.train_images, in_channels), to_channels(d.test_images, in_channels)
@@ -150,9 +188,16 @@ def _device_bundle(
     common = dict(mean=mean, std=std, device=device, image_size=size, rank=rank, world_size=world_size)
     standard = augment == "standard"
     train = DeviceLoader(
-        train_x[train_idx], d.train_labels[train_idx], batch_size=batch_size, train=True, seed=seed,
-        pad=max(1, round(native / 8)) if standard else 0, flip=standard and d.flip, cutout=cutout, **common,
-    )  # fmt: skip
+        train_x[train_idx],
+        d.train_labels[train_idx],
+        batch_size=batch_size,
+        train=True,
+        seed=seed,
+        pad=max(1, round(native / 8)) if standard else 0,
+        flip=standard and d.flip,
+        cutout=cutout,
+        **common,
+    )
     val = (
         DeviceLoader(train_x[val_idx], d.train_labels[val_idx], batch_size=eval_batch_size, **common)
         if len(val_idx)
@@ -174,17 +219,40 @@ def _train_val(n: int, val_size: int | float, seed: int, subset: int | None) -> 
 
 
 def _stream_bundle(
-    d: Streamed, *, batch_size, eval_batch_size, device, image_size, in_channels, val_size, seed, rank, world_size,
-    subset, num_workers, augment, norm, auto_augment, random_erase,
-) -> DataBundle:  # fmt: skip
+    d: Streamed,
+    *,
+    batch_size,
+    eval_batch_size,
+    device,
+    image_size,
+    in_channels,
+    val_size,
+    seed,
+    rank,
+    world_size,
+    subset,
+    num_workers,
+    augment,
+    norm,
+    auto_augment,
+    random_erase,
+) -> DataBundle:
     """Loaders that decode a large-image folder each epoch; ImageNet's normalisation (no pass over the data)."""
     in_channels = _check_norm(norm, in_channels or d.in_channels)
     if in_channels not in (1, 3):
         raise DataError(f"in_channels must be 1 or 3 for image folders, got {in_channels}")
     mean, std = norm or ((IMAGENET_MEAN, IMAGENET_STD) if in_channels == 3 else ((0.449,), (0.226,)))
     train_idx, val_idx = _train_val(len(d.train_files), d.default_val if val_size is None else val_size, seed, subset)
-    common = dict(image_size=image_size, channels=in_channels, mean=mean, std=std, device=device, rank=rank,
-                  world_size=world_size, num_workers=num_workers)  # fmt: skip
+    common = dict(
+        image_size=image_size,
+        channels=in_channels,
+        mean=mean,
+        std=std,
+        device=device,
+        rank=rank,
+        world_size=world_size,
+        num_workers=num_workers,
+    )
 
     def split(idx: torch.Tensor) -> tuple[list[str], torch.Tensor]:
         return [d.train_files[i] for i in idx.tolist()], d.train_labels[idx]
@@ -260,8 +328,13 @@ def preprocess_images(
         if image_size > SMALL_MAX:
             x = eval_transform(image_size)(x)
         elif x.shape[1:] != (image_size, image_size):
-            x = F.interpolate(x[None].float(), size=(image_size, image_size), mode="bilinear", antialias=True,
-                              align_corners=False)[0].round().clamp(0, 255)  # fmt: skip
+            x = (
+                F.interpolate(
+                    x[None].float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False
+                )[0]
+                .round()
+                .clamp(0, 255)
+            )
         out.append(x.float())
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)

@@ -91,8 +91,15 @@ def load_cifar(name: str, root: Path, download: bool | None) -> Decoded:
     cls = datasets.CIFAR10 if name == "cifar10" else datasets.CIFAR100
     folder = root / cls.base_folder
     files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-    _fetch_if_missing(name, folder, files, root, download, lambda: cls(str(root), train=True, download=True),
-                      f"extract {cls.filename} ({cls.url}) into {root}")  # fmt: skip
+    _fetch_if_missing(
+        name,
+        folder,
+        files,
+        root,
+        download,
+        lambda: cls(str(root), train=True, download=True),
+        f"extract {cls.filename} ({cls.url}) into {root}",
+    )
     _check_md5(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])])
     label_key = "labels" if name == "cifar10" else "fine_labels"
     names_key = cls.meta["key"]  # "label_names" / "fine_label_names"
@@ -121,10 +128,20 @@ def load_cifar(name: str, root: Path, download: bool | None) -> Decoded:
             f"{folder}: expected images in every split and {names_key!r} in {cls.meta['filename']} naming every label"
         )
     return Decoded(
-        name, classes, train_x, train_y, test_x, test_y, flip=True, default_val=CIFAR_VAL,
-        info={"source": f"{folder} (python-pickle release)", "sizes": {"32x32": len(train_x) + len(test_x)},
-              "modes": {"RGB": len(train_x) + len(test_x)}},
-    )  # fmt: skip
+        name,
+        classes,
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        flip=True,
+        default_val=CIFAR_VAL,
+        info={
+            "source": f"{folder} (python-pickle release)",
+            "sizes": {"32x32": len(train_x) + len(test_x)},
+            "modes": {"RGB": len(train_x) + len(test_x)},
+        },
+    )
 
 
 def load_mnist(name: str, root: Path, download: bool | None) -> Decoded:
@@ -136,8 +153,15 @@ def load_mnist(name: str, root: Path, download: bool | None) -> Decoded:
     cls = datasets.MNIST if name == "mnist" else datasets.FashionMNIST
     folder = root / cls.__name__ / "raw"
     files = [Path(url).stem for url, _ in cls.resources]  # the .gz names without .gz
-    _fetch_if_missing(name, folder, files, root, download, lambda: cls(str(root), train=True, download=True),
-                      f"download the four .gz files from {cls.mirrors[0]} and gunzip them there")  # fmt: skip
+    _fetch_if_missing(
+        name,
+        folder,
+        files,
+        root,
+        download,
+        lambda: cls(str(root), train=True, download=True),
+        f"download the four .gz files from {cls.mirrors[0]} and gunzip them there",
+    )
     splits = {}
     for split, prefix in (("train", "train"), ("test", "t10k")):
         images = read_idx(folder / f"{prefix}-images-idx3-ubyte", ndim=3)
@@ -160,9 +184,14 @@ def load_mnist(name: str, root: Path, download: bool | None) -> Decoded:
     n = len(splits["train"][1]) + len(splits["test"][1])
     h, w = splits["train"][0].shape[-2:]
     return Decoded(
-        name, list(cls.classes), *splits["train"], *splits["test"], flip=name == "fashion-mnist", default_val=0.1,
+        name,
+        list(cls.classes),
+        *splits["train"],
+        *splits["test"],
+        flip=name == "fashion-mnist",
+        default_val=0.1,
         info={"source": f"{folder} (idx files)", "sizes": {f"{w}x{h}": n}, "modes": {"L": n}},
-    )  # fmt: skip
+    )
 
 
 IDX_UBYTE = 0x08  # the idx type code of unsigned bytes, the only one the MNIST releases use

@@ -120,10 +120,14 @@ class StreamLoader:
         where = where[: len(order)].tolist()
         items = [(i, base + pos) for i, pos in zip(order, where, strict=True)][start_batch * self.batch_size :]
         loader = DataLoader(
-            self.dataset, batch_size=self.batch_size, sampler=items, num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda", persistent_workers=False,
+            self.dataset,
+            batch_size=self.batch_size,
+            sampler=items,
+            num_workers=self.num_workers,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
             generator=generator("cpu", self.seed, Stream.WORKERS, epoch),  # else DataLoader draws from the global RNG
-        )  # fmt: skip
+        )
         for images, labels in loader:
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             yield images.float() * self._scale + self._shift, labels.to(self.device, non_blocking=True)

@@ -174,7 +174,7 @@ def rng_state() -> dict[str, Any]:
             "pos": int(pos),
             "has_gauss": int(has_gauss),
             "gauss": float(gauss),
-        },  # fmt: skip
+        },
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()

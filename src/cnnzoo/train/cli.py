@@ -101,8 +101,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--device", default="auto")
-    p.add_argument("--protocol", choices=("center", "ten-crop", "multi-scale", "multi-crop"), default="center",
-                   help="test views, probabilities averaged (cnnzoo.train.protocols; image folders)")  # fmt: skip
+    p.add_argument(
+        "--protocol",
+        choices=("center", "ten-crop", "multi-scale", "multi-crop"),
+        default="center",
+        help="test views, probabilities averaged (cnnzoo.train.protocols; image folders)",
+    )
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
@@ -178,8 +182,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from cnnzoo.train.tools import evaluate_run
 
-    result = evaluate_run(args.run_dir, split=args.split, which=args.checkpoint, device=args.device,
-                          protocol=args.protocol)  # fmt: skip
+    result = evaluate_run(
+        args.run_dir, split=args.split, which=args.checkpoint, device=args.device, protocol=args.protocol
+    )
     if args.json:
         print(json.dumps(result, indent=2))
     else:

@@ -56,8 +56,11 @@ class TrainConfig:
     in_channels: int | None = _f(None, "input channels (default: the dataset's)")
     val_size: float | None = _f(None, "validation images carved from train: count (>=1) or fraction (<1)")
     subset: int | None = _f(None, "train on only this many training images (quick experiments)")
-    augment: str = _f("standard", "training augmentation; alexnet | vgg | googlenet | resnet: the papers' (image "
-                      "folders)", choices=AUGMENTS)  # fmt: skip
+    augment: str = _f(
+        "standard",
+        "training augmentation; alexnet | vgg | googlenet | resnet: the papers' (image folders)",
+        choices=AUGMENTS,
+    )
     cutout: int = _f(0, "cutout square side in pixels, 0 = off")
     auto_augment: str | None = _f(
         None, "image folders: torchvision reference's policy after crop and flip, per image", choices=AUTO_AUGMENTS
@@ -128,11 +131,17 @@ class TrainConfig:
     precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16", choices=PRECISIONS)
     channels_last: bool | None = _f(None, "channels_last memory format (default: on for CUDA and the CPU)")
     compile: bool = _f(False, "torch.compile the model")
-    compile_mode: str = _f("default", "torch.compile mode; reduce-overhead replays CUDA graphs (less launch overhead)",
-                           choices=COMPILE_MODES)  # fmt: skip
+    compile_mode: str = _f(
+        "default",
+        "torch.compile mode; reduce-overhead replays CUDA graphs (less launch overhead)",
+        choices=COMPILE_MODES,
+    )
     fused: bool | None = _f(None, "fused optimizer kernels (default: on for CUDA)")
-    cuda_graph: bool = _f(False, "capture the whole training step (forward, backward, optimizer) as one CUDA graph "
-                          "and replay it: less launch overhead at small batches (one CUDA device)")  # fmt: skip
+    cuda_graph: bool = _f(
+        False,
+        "capture the whole training step (forward, backward, optimizer) as one CUDA graph "
+        "and replay it: less launch overhead at small batches (one CUDA device)",
+    )
     sync_bn: bool = _f(False, "DDP: SyncBatchNorm across ranks")
     deterministic: bool = _f(False, "deterministic algorithms (bit-exact resume on the CPU)")
     seed: int = _f(0, "seed for initialisation, data order, augmentation, mixup")
@@ -152,39 +161,50 @@ class TrainConfig:
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
             (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
             (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
-            (self.compile_mode in COMPILE_MODES,
-             f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}"),
+            (
+                self.compile_mode in COMPILE_MODES,
+                f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}",
+            ),
             (self.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"),
             (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
             (self.epochs >= 1 or self.iterations >= 1, "need epochs >= 1 or iterations >= 1"),
             (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (self.eval_batch_size is None or self.eval_batch_size >= 1,
-             f"eval_batch_size must be >= 1, got {self.eval_batch_size}"),
+            (
+                self.eval_batch_size is None or self.eval_batch_size >= 1,
+                f"eval_batch_size must be >= 1, got {self.eval_batch_size}",
+            ),
             (self.image_size is None or self.image_size >= 1, f"image_size must be >= 1, got {self.image_size}"),
             (self.in_channels in (None, 1, 3), f"in_channels must be 1 or 3, got {self.in_channels}"),
             (self.val_size is None or self.val_size >= 0, f"val_size must be >= 0, got {self.val_size}"),
-            (self.val_size is None or self.val_size < 1 or float(self.val_size).is_integer(),
-             f"val_size must be a count of images (>= 1) or a fraction (< 1), got {self.val_size}"),
+            (
+                self.val_size is None or self.val_size < 1 or float(self.val_size).is_integer(),
+                f"val_size must be a count of images (>= 1) or a fraction (< 1), got {self.val_size}",
+            ),
             (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
             (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
             (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
             (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
             (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (not (self.early_stop and self.val_size == 0),
-             "--early-stop needs a validation split: drop --val-size 0 or --early-stop"),
+            (
+                not (self.early_stop and self.val_size == 0),
+                "--early-stop needs a validation split: drop --val-size 0 or --early-stop",
+            ),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
             (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
             (self.lr > 0, f"lr must be a positive number, got {self.lr}"),
-            (0 <= self.momentum < 1,
-             f"momentum must be in [0, 1) (SGD momentum, AdamW beta1), got {self.momentum}"),
-            (not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
-             "nesterov needs SGD with momentum > 0"),
+            (0 <= self.momentum < 1, f"momentum must be in [0, 1) (SGD momentum, AdamW beta1), got {self.momentum}"),
+            (
+                not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+                "nesterov needs SGD with momentum > 0",
+            ),
             (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
             (0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}"),
             (self.warmup_lr >= 0, f"warmup_lr must be >= 0, got {self.warmup_lr}"),
-            (all(m >= 0 for m in self.milestones) and all(m >= 0 for m in self.milestone_steps),
-             "milestones must be >= 0"),
+            (
+                all(m >= 0 for m in self.milestones) and all(m >= 0 for m in self.milestone_steps),
+                "milestones must be >= 0",
+            ),
             (self.aux_weight >= 0, f"aux_weight must be >= 0, got {self.aux_weight}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
@@ -196,9 +216,11 @@ class TrainConfig:
             (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
             (self.step_size > 0, f"step_size must be > 0, got {self.step_size}"),
             (not (self.cuda_graph and self.precision == "fp16"), NO_GRAPHED_FP16),
-            (not (self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")),
-             f"--cuda-graph captures the step itself: use it with --compile-mode default or "
-             f"max-autotune-no-cudagraphs, not {self.compile_mode} (which makes CUDA graphs of its own)"),
+            (
+                not (self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")),
+                f"--cuda-graph captures the step itself: use it with --compile-mode default or "
+                f"max-autotune-no-cudagraphs, not {self.compile_mode} (which makes CUDA graphs of its own)",
+            ),
             (
                 self.auto_augment in (None, *AUTO_AUGMENTS),
                 f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, got {self.auto_augment!r}",
@@ -219,8 +241,11 @@ class TrainConfig:
                 or (len(self.weights_sha256) == 64 and all(c in "0123456789abcdef" for c in self.weights_sha256)),
                 f"weights_sha256 must be 64 lowercase hex digits, got {self.weights_sha256!r}",
             ),
-            (not (self.cuda_graph and self.fused is False),
-             "--cuda-graph needs the fused optimizer (the unfused one reads a tensor lr on the host): drop --no-fused"),
+            (
+                not (self.cuda_graph and self.fused is False),
+                "--cuda-graph needs the fused optimizer (the unfused one reads a tensor lr on the host): "
+                "drop --no-fused",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -346,8 +371,9 @@ def recipe_values(name: str, model: str) -> dict[str, Any]:
         raise CnnzooError(f"recipe {name!r}: {e}") from None
 
 
-def build_config(model: str | None = None, data: str | None = None, *, recipe: str | None = None,
-                 **overrides: Any) -> TrainConfig:  # fmt: skip
+def build_config(
+    model: str | None = None, data: str | None = None, *, recipe: str | None = None, **overrides: Any
+) -> TrainConfig:
     """Resolve a config: dataclass defaults < ``recipe`` (and its table for ``model``) < ``overrides``.
 
     ``overrides`` are :class:`TrainConfig` field names; ``None`` means "not given" (keeps the recipe's value).

@@ -139,8 +139,10 @@ def dense_model(model: nn.Module, probe_size: int) -> nn.Module:
         except InputShapeError as e:
             raise CnnzooError(f"--protocol multi-scale needs a model that accepts any image size: {e}") from None
         return model
-    raise CnnzooError(f"--protocol multi-scale: {type(model).__name__} has neither a global average pool nor a "
-                      "features/classifier layout to evaluate densely")  # fmt: skip
+    raise CnnzooError(
+        f"--protocol multi-scale: {type(model).__name__} has neither a global average pool nor a "
+        "features/classifier layout to evaluate densely"
+    )
 
 
 class _Views(Dataset):
@@ -172,9 +174,23 @@ def average_probs(model: nn.Module, views: torch.Tensor | list[torch.Tensor], no
     return total / count
 
 
-def evaluate_files(model: nn.Module, files: list[str], labels: torch.Tensor, protocol: str, *, image_size: int,
-                   channels: int, mean, std, num_classes: int, device: torch.device, batch_size: int = 32,
-                   num_workers: int = 2, autocast=None, memory_format=torch.channels_last) -> dict:  # fmt: skip
+def evaluate_files(
+    model: nn.Module,
+    files: list[str],
+    labels: torch.Tensor,
+    protocol: str,
+    *,
+    image_size: int,
+    channels: int,
+    mean,
+    std,
+    num_classes: int,
+    device: torch.device,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    autocast=None,
+    memory_format=torch.channels_last,
+) -> dict:
     """Loss (of the averaged probabilities), top-1, top-5 and per-class accuracy of ``model`` on image files.
 
     ``batch_size``: images per batch (ten-crop; multi-crop takes a 16th of it, multi-scale one at a time).
@@ -195,8 +211,9 @@ def evaluate_files(model: nn.Module, files: list[str], labels: torch.Tensor, pro
         x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         return (x.float() / 255.0 - mean_t) / std_t
 
-    loader = DataLoader(_Views(files, labels, channels, views), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=_collate)  # fmt: skip
+    loader = DataLoader(
+        _Views(files, labels, channels, views), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+    )
     k = min(5, num_classes)
     nll, hits1, hits5, cm = 0.0, 0, 0, torch.zeros(num_classes, num_classes, dtype=torch.long)
     with torch.no_grad(), autocast() if autocast else torch.autocast(device.type, enabled=False):
@@ -230,8 +247,10 @@ def split_files(cfg, split: str) -> tuple[list[str], torch.Tensor]:
         raise CnnzooError(f"--protocol applies to the test and val splits, not {split!r}")
     d = decode(cfg.data, data_dir=cfg.data_dir)
     if not isinstance(d, Streamed):
-        raise CnnzooError(f"--protocol applies to image folders streamed from disk (images over 64 px); {cfg.data} "
-                          "is held on the device and evaluated on its single view: use --protocol center")  # fmt: skip
+        raise CnnzooError(
+            f"--protocol applies to image folders streamed from disk (images over 64 px); {cfg.data} "
+            "is held on the device and evaluated on its single view: use --protocol center"
+        )
     if split == "test":
         return d.test_files, d.test_labels
     val_size = d.default_val if cfg.val_size is None else cfg.val_size

@@ -50,8 +50,9 @@ def read_report(path: str | Path) -> dict:
     return report
 
 
-def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best", device: str = "auto",
-                 protocol: str = "center") -> dict:  # fmt: skip
+def evaluate_run(
+    run_dir: str | Path, *, split: str = "test", which: str = "best", device: str = "auto", protocol: str = "center"
+) -> dict:
     """Loss, top-1, top-5 (fractions) and per-class accuracy of a run's checkpoint on ``split``.
 
     ``protocol``: ``center`` (the loader's single view) or a test protocol of :mod:`cnnzoo.train.protocols`.
@@ -71,9 +72,19 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", which: str = "best
     else:
         from cnnzoo.train.protocols import evaluate_files, split_files
 
-        result = evaluate_files(model.to(dev), *split_files(cfg, split), protocol, image_size=data.image_size,
-                                channels=data.in_channels, mean=data.mean, std=data.std, num_classes=data.num_classes,
-                                device=dev, autocast=ctx.autocast, memory_format=ctx.memory_format)  # fmt: skip
+        result = evaluate_files(
+            model.to(dev),
+            *split_files(cfg, split),
+            protocol,
+            image_size=data.image_size,
+            channels=data.in_channels,
+            mean=data.mean,
+            std=data.std,
+            num_classes=data.num_classes,
+            device=dev,
+            autocast=ctx.autocast,
+            memory_format=ctx.memory_format,
+        )
     result["per_class"] = dict(zip(data.classes, result["per_class"], strict=True))
     return {"data": data.name, "split": split, "checkpoint": which, "protocol": protocol, **result}
 
@@ -169,8 +180,9 @@ EXPORT_KEYS = ("model", "classes", "in_channels", "image_size", "mean", "std")  
 TORCHSCRIPT_EXTRA = "cnnzoo.json"  # the TorchScript extra file holding export_metadata
 
 
-def export(run_dir: str | Path, *, fmt: str, output: str | Path | None = None, which: str = "best",
-           batch: int = 4) -> dict[str, Any]:  # fmt: skip
+def export(
+    run_dir: str | Path, *, fmt: str, output: str | Path | None = None, which: str = "best", batch: int = 4
+) -> dict[str, Any]:
     """Write the model as TorchScript (``torch.jit.trace``) or ONNX, then run the written file on a random batch
     and compare with the eager model; a mismatch beyond 1e-4 (absolute, on logits) is an error.
 
@@ -194,8 +206,9 @@ def export(run_dir: str | Path, *, fmt: str, output: str | Path | None = None, w
     _check_destination(path)
     ckpt, model = load_run(run_dir, which)
     meta = ckpt["meta"]
-    x = torch.randn(batch, meta["in_channels"], meta["image_size"], meta["image_size"],
-                    generator=torch.Generator().manual_seed(0))  # fmt: skip
+    x = torch.randn(
+        batch, meta["in_channels"], meta["image_size"], meta["image_size"], generator=torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         expected = model(x)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
