@@ -381,6 +381,8 @@ def _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision,
 
 
 def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
+    import torch
+
     write_atomic(out / "compare.csv", tables.to_csv(rows, COLUMNS))
     meta = {
         "device": device,
