@@ -132,19 +132,6 @@ def read_onnx_metadata(props: dict[str, str], path: str | Path) -> dict[str, Any
         raise CnnzooError(f"{path}: no cnnzoo metadata (class names, input size): not from `cnnzoo export`") from None
 
 
-def top_classes(
-    model: torch.nn.Module, x: torch.Tensor, classes: list[str] | None, images: list, top_k: int
-) -> list[dict]:
-    """``[{"image": path, "top": [(class name, probability), ...]}]`` of ``model`` (in eval mode) on the batch ``x``
-    (``classes`` None: the class indices as names); the ranking is :func:`cnnzoo.train.trained.top_classes`."""
-    from cnnzoo.train.trained import top_classes as ranked
-
-    with torch.no_grad():
-        logits = model(x)
-    classes = classes or [str(i) for i in range(logits.shape[1])]
-    return [{"image": str(p), "top": top} for p, top in zip(images, ranked(logits, classes, top_k), strict=True)]
-
-
 def predict_pretrained(
     model: str, weights: str, images: list[str | Path], *, top_k: int = 5, download: bool = False
 ) -> list[dict]:
@@ -155,6 +142,7 @@ def predict_pretrained(
     from cnnzoo.data.folders import decode_file
     from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD
     from cnnzoo.models.weights import create_pretrained, resolve_weights
+    from cnnzoo.train.trained import top_classes
 
     if top_k < 1:
         raise CnnzooError(f"--top-k must be >= 1, got {top_k}")
@@ -171,7 +159,11 @@ def predict_pretrained(
         channels = len(spec.mean) if spec.mean else 3
         size, mean, std = spec.crop_size or 224, spec.mean or IMAGENET_MEAN, spec.std or IMAGENET_STD
         x = load_images([str(p) for p in images], in_channels=channels, image_size=size, mean=mean, std=std)
-    return top_classes(net, x, spec.categories, images, top_k)
+    with torch.no_grad():
+        logits = net(x)
+    classes = spec.categories or [str(i) for i in range(logits.shape[1])]  # a bare state_dict names no classes
+    tops = top_classes(logits, classes, top_k)
+    return [{"image": str(p), "top": top} for p, top in zip(images, tops, strict=True)]
 
 
 ONNX_PACKAGES = ("onnx", "onnxscript", "onnxruntime")  # export (torch.onnx dynamo exporter) and the check
