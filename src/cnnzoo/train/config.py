@@ -29,7 +29,7 @@ else:  # pragma: no cover
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "native-bf16", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FREEZE = ("backbone",)
 NO_GRAPHED_FP16 = "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"
@@ -84,6 +84,11 @@ class TrainConfig:
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
     warmup_steps: int = _f(0, "warm-up length in steps (wins over --warmup-epochs)")
     warmup_lr: float = _f(0.0, "constant lr during warm-up instead of a linear ramp from 0, 0 = ramp")
+    warmup_until_error: float = _f(
+        0.0,
+        "end the warm-up (at --warmup-lr) at the first step where the training error of the last 20 batches is "
+        "below this fraction, He et al. 2016 sec. 4.2: 0.8; --warmup-steps/--warmup-epochs, if given, cap it; 0 = off",
+    )
     milestones: list[float] = _f([], "multistep: epochs at which lr is multiplied by gamma")
     milestone_steps: list[int] = _f([], "multistep: steps at which lr is multiplied by gamma (wins)")
     step_size: float = _f(30.0, "step: multiply lr by gamma every this many epochs")
@@ -128,7 +133,12 @@ class TrainConfig:
     )
     # Speed and reproducibility.
     device: str = _f("auto", "auto | cpu | cuda | cuda:N | mps")
-    precision: str = _f("auto", "auto (bf16 on CUDA, fp32 elsewhere) | fp32 | bf16 | fp16", choices=PRECISIONS)
+    precision: str = _f(
+        "auto",
+        "auto (bf16 on CUDA, fp32 elsewhere) | native-bf16 (bf16 on CUDA and on CPUs with AMX bf16 units, where it is "
+        "faster; fp32 elsewhere, where emulated bf16 is 10x slower) | fp32 | bf16 | fp16",
+        choices=PRECISIONS,
+    )
     channels_last: bool | None = _f(None, "channels_last memory format (default: on for CUDA and the CPU)")
     compile: bool = _f(False, "torch.compile the model")
     compile_mode: str = _f(
@@ -201,6 +211,15 @@ class TrainConfig:
             (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
             (0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}"),
             (self.warmup_lr >= 0, f"warmup_lr must be >= 0, got {self.warmup_lr}"),
+            (
+                0 <= self.warmup_until_error < 1,
+                f"warmup_until_error must be a training error in [0, 1), got {self.warmup_until_error}",
+            ),
+            (
+                not self.warmup_until_error or (self.warmup_lr > 0 and self.schedule != "onecycle"),
+                "--warmup-until-error warms up at a constant --warmup-lr (> 0, e.g. 0.01 as He et al.) and needs a "
+                "schedule other than onecycle",
+            ),
             (
                 all(m >= 0 for m in self.milestones) and all(m >= 0 for m in self.milestone_steps),
                 "milestones must be >= 0",

@@ -60,12 +60,22 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
-    """``auto`` -> bf16 on CUDA (where supported), fp32 on CPU and MPS."""
-    if cfg.precision != "auto":
+    """``auto`` -> bf16 on CUDA (where supported), fp32 on CPU and MPS. ``native-bf16`` -> bf16 also on a CPU with
+    AMX bf16 units (measured on one: a resnet56 step 1.8x faster than fp32), fp32 on any other CPU (there oneDNN
+    emulates bf16: a resnet20 step measured 10x slower than fp32 with AVX2 only)."""
+    if cfg.precision not in ("auto", "native-bf16"):
         return cfg.precision
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return "bf16"
+    if cfg.precision == "native-bf16" and device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
     return "fp32"
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 matrices in hardware (Intel AMX; torch's own check, absent in old torch)."""
+    check = getattr(torch.cpu, "_is_amx_tile_supported", None)
+    return bool(check is not None and check())
 
 
 def autocast(precision: str, device: torch.device, cache: bool = True) -> contextlib.AbstractContextManager:
@@ -207,14 +217,17 @@ def make_ema(model: nn.Module, decay: float) -> EMA:
     return EMA(model, decay)
 
 
-def lr_table(cfg: TrainConfig, steps_per_epoch: int, device: torch.device | str) -> torch.Tensor:
+def lr_table(
+    cfg: TrainConfig, steps_per_epoch: int, device: torch.device | str, warmup_end: int | None = None
+) -> torch.Tensor:
     """:func:`~cnnzoo.train.schedule.lr_at` for every step of the run on ``device`` (what :class:`GraphedStep`
     indexes with its device-side step counter, so the loop sets no lr per step). float64 (float32 on MPS, which has
     none), as the Python float :func:`set_lr` multiplies by a group's ``lr_scale`` before rounding it to the float32
     lr tensor: the step does the same on the device, so both give the same float32 lr."""
     total = total_steps(cfg, steps_per_epoch)
     dtype = torch.float32 if torch.device(device).type == "mps" else torch.float64
-    return torch.tensor([lr_at(s, cfg, steps_per_epoch) for s in range(total)], dtype=dtype, device=device)
+    lrs = [lr_at(s, cfg, steps_per_epoch, warmup_end) for s in range(total)]
+    return torch.tensor(lrs, dtype=dtype, device=device)
 
 
 # --- mixup / cutmix ------------------------------------------------------------------------------------------------

@@ -482,6 +482,7 @@ def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> d
         "early_stopped": early_stopped is not None,
         "stopped_epoch": early_stopped,
         "steps": run.step,
+        "warmup_end_step": run.warmup_end,  # the step at which the warm-up rule ended the warm-up (None: no rule)
         "final_val_top1": last["val_top1"],
         "train_seconds": round(run.train_seconds, 3),
         "parameters": sum(p.numel() for p in tester.parameters()),

@@ -2,7 +2,9 @@
 
 No torch scheduler and no scheduler state: resuming at any step needs nothing but the step, and any step's lr is
 known in advance (warm-up, then constant, step, multistep, cosine, linear or one-cycle decay; see :func:`lr_at`).
-The loop sets it with :func:`cnnzoo.train.engine.set_lr` before every step.
+The one exception is He et al.'s warm-up rule (``warmup_until_error``), which ends when the running training error
+first drops below a threshold: the loop records that step (``warmup_end``, part of the checkpoint) and the lr is a
+pure function of the step and it. The loop sets the lr with :func:`cnnzoo.train.engine.set_lr` before every step.
 """
 
 from __future__ import annotations
@@ -22,16 +24,22 @@ def num_epochs(cfg: TrainConfig, steps_per_epoch: int) -> int:
     return math.ceil(total_steps(cfg, steps_per_epoch) / steps_per_epoch)
 
 
-def warmup_length(cfg: TrainConfig, steps_per_epoch: int) -> int:
-    """Warm-up length in steps (``warmup_steps`` wins over ``warmup_epochs``)."""
+def warmup_length(cfg: TrainConfig, steps_per_epoch: int, warmup_end: int | None = None) -> int:
+    """Warm-up length in steps: ``warmup_end``, the step at which the error rule ended it, when known; else the fixed
+    length (``warmup_steps`` wins over ``warmup_epochs``), which is also the rule's cap (0: none)."""
+    if warmup_end is not None:
+        return warmup_end
     return cfg.warmup_steps if cfg.warmup_steps > 0 else round(cfg.warmup_epochs * steps_per_epoch)
 
 
-def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based): a pure function of the step and the config.
+def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int, warmup_end: int | None = None) -> float:
+    """The learning rate of optimizer step ``step`` (0-based): a pure function of the step, the config and, with the
+    warm-up rule, the step at which the rule ended the warm-up (``warmup_end``; None while it has not).
 
     Warm-up (first ``warmup_length`` steps): ``warmup_lr`` if set (He et al. 2016 section 4.2: ResNet-110 trains
-    at 0.01 for 400 iterations, then at 0.1), else a linear ramp up to ``lr``. Then:
+    at 0.01 "until the training error is below 80% (about 400 iterations), and then go back to 0.1"), else a linear
+    ramp up to ``lr``. With ``warmup_until_error`` the warm-up lasts until ``warmup_end`` (or the fixed length, its
+    cap); the decay's progress ``t`` then counts from ``warmup_end``. Then:
 
     ========== ======================================================================================
     constant   lr
@@ -43,7 +51,9 @@ def lr_at(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     ========== ======================================================================================
     """
     total = total_steps(cfg, steps_per_epoch)
-    warm = warmup_length(cfg, steps_per_epoch)
+    warm = warmup_length(cfg, steps_per_epoch, warmup_end)
+    if cfg.warmup_until_error > 0 and warmup_end is None and warm == 0:
+        return cfg.warmup_lr  # the rule has not ended the warm-up yet, and it has no cap
     if cfg.schedule == "onecycle":
         up = max(1, round(cfg.pct_start * total))
         start, low = cfg.lr / 25.0, cfg.lr / 25.0 / 1e4

@@ -30,6 +30,7 @@ def run_degradation(
     recipe: str,
     seeds: list[int],
     out: str | Path,
+    plain_seeds: list[int] | None = None,
     data_dir: str | None = None,
     overrides: dict | None = None,
     jobs: int = 1,
@@ -38,7 +39,8 @@ def run_degradation(
     stop_after: int | None = None,
     log=print,
 ) -> list[dict]:
-    """Train plain and residual nets of each depth (every seed); write degradation.csv (final errors),
+    """Train plain and residual nets of each depth (the residual ones for every seed of ``seeds``, the plain ones for
+    every seed of ``plain_seeds``, default the same); write degradation.csv (final errors),
     degradation_curves.csv (per epoch), degradation.md (beside Table 6) and degradation.png (Figure 6 style).
 
     ``overwrite`` retrains runs of another configuration found in ``out`` (else they stop the study with one line);
@@ -48,7 +50,11 @@ def run_degradation(
     out.mkdir(parents=True, exist_ok=True)
     overrides = overrides or {}
     models = [f"{k}{d}" for k in ("plain", "resnet") for d in depths]
-    runs = plan_runs(models, seeds, out, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides)
+    plain_seeds = seeds if plain_seeds is None else plain_seeds
+    runs = []
+    for seed in dict.fromkeys([*seeds, *plain_seeds]):  # seed by seed: the first seed's four curves come first
+        mine = [m for m in models if seed in (plain_seeds if m.startswith("plain") else seeds)]
+        runs += plan_runs(mine, [seed], out, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides)
     execute("degradation", runs, jobs=jobs, overwrite=overwrite, stop_after=stop_after, log=log)
     rows, curves = [], []
     for model in models:
