@@ -105,6 +105,13 @@ def test_degradation_writes_its_files(finished):
     assert [r["model"] for r in _read(out / "degradation.csv")] == ["plain20", "resnet20"]
     table = (out / "degradation.md").read_text()
     assert "on sklearn digits" in table and "| resnet20 |" in table and "| 8.75 |" in table and "shortened" in table
+    # Every output says how its numbers were made: the subset, the schedule, the length against 64k, the precision.
+    assert "- training images: 64 (--subset 64: a subset changes the lesson)" in table
+    assert "- device, precision: cpu fp32" in table and "of the paper's 64k (shortened)" in table
+    row = _read(out / "degradation.csv")[0]
+    assert row["seeds"] == "1" and row["recipe"] == "demo" and "--subset 64" in row["training_images"]
+    # ...and that it is too short to show anything, before it starts.
+    assert any(line.startswith("caution: ") and "resnet-cifar-short" in line for line in lines[:5])
     # Said before it started: what it runs, and how long it should take from timed steps.
     assert lines[0].startswith("study degradation: 2 runs (plain20, resnet20; seed 0)") and "2 at a time" in lines[0]
     assert "0 finished (reused), 0 to resume, 2 to train" in lines[1]
@@ -245,3 +252,56 @@ def test_the_estimate_warns_when_a_study_takes_more_than_an_hour(tmp_path):
     assert lines[2].startswith("estimated time: 1:50:") and "resnet20 100.0 ms" in lines[2]
     assert lines[3].startswith("warning: this study should take more than an hour")
     assert len(describe("degradation", runs, Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {}), jobs=1)) == 3
+
+
+def _plan(**kw):
+    from cnnzoo.analysis.study.plan import Plan
+
+    return Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {"resnet20": 0.1, "resnet56": 0.3}, **kw)
+
+
+def test_a_study_shorter_than_the_lesson_says_caution_and_the_lesson_does_not(tmp_path):
+    from cnnzoo.analysis.study.plan import caution
+    from cnnzoo.analysis.study.runs import plan_runs
+
+    def runs(**overrides):
+        return plan_runs(["resnet56"], [0], tmp_path, data="cifar10", recipe="resnet-cifar-short", overrides=overrides)
+
+    assert caution("degradation", runs(), _plan()) is None  # the lesson itself: 10 epochs of 351 steps
+    assert caution("degradation", plan_runs(["resnet56"], [0], tmp_path, data="cifar10", recipe="resnet-cifar-paper"),
+                   _plan()) is None  # fmt: skip
+    short = caution("degradation", runs(epochs=3), _plan())
+    assert short.startswith("caution: 1,053 iterations (1.6 % of the paper's 64k) cannot show both findings")
+    assert "--recipe resnet-cifar-short" in short and "3,510 iterations" in short
+    subset = caution("depth", runs(subset=10_000), _plan(test_images=10_000))
+    assert "a --subset of 45,000 training images" in subset and "what depth buys" in subset
+
+
+def test_the_estimate_counts_validation_and_the_test_pass_and_learns_from_finished_epochs(tmp_path):
+    """10 epochs of 351 steps at 0.1 s, 10 validations of 5,000 images and one test pass of 10,000 at 1 ms each."""
+    import json
+
+    from cnnzoo.analysis.study.runs import plan_runs
+
+    run = plan_runs(["resnet20"], [0], tmp_path, data="cifar10", recipe="resnet-cifar-short")[0]
+    plan = _plan(test_images=10_000, eval_seconds={"resnet20": 1e-3})
+    assert plan.seconds_left(run) == pytest.approx(3510 * 0.1 + (10 * 5_000 + 10_000) * 1e-3)
+    other = plan_runs(["resnet56"], [0], tmp_path, data="cifar10", recipe="resnet-cifar-short")[0]
+    other.run_dir.mkdir(parents=True)
+    line = {"epoch": 1, "step": 351, "seconds": 351 * 0.6, "eval_seconds": 5.0, "val_top1": 0.5}
+    (other.run_dir / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    assert plan.probe_scale([run, other]) == pytest.approx(2.0)  # resnet56 ran at twice its timed 0.3 s per step
+    assert plan.wall_seconds([run], 1) < plan.wall_seconds([run, other], 1)
+    both = plan.seconds_left(run, plan.probe_scale([run, other]))
+    assert both == pytest.approx(3510 * 0.2 + 60_000 * 1e-3)
+
+
+def test_plain_seeds_train_the_plain_nets_for_fewer_seeds_first_seed_first(tmp_path):
+    from cnnzoo.analysis.study.degradation import degradation_runs
+
+    models = ["plain20", "plain56", "resnet20", "resnet56"]
+    runs = degradation_runs(models, [0, 1], [0], tmp_path, data="cifar10", recipe="resnet-cifar-short")
+    assert [(r.config.model, r.config.seed) for r in runs] == [
+        ("plain20", 0), ("plain56", 0), ("resnet20", 0), ("resnet56", 0), ("resnet20", 1), ("resnet56", 1)
+    ]  # fmt: skip
+    assert main(["study", "degradation", "--seeds", "0", "--plain-seeds", "x"]) == 2

@@ -66,8 +66,11 @@ def _training_parser(ssub, name: str) -> None:
             default="resnet_cifar",
             help="the registry's family: residual (resnet_cifar) or plain nets (plain_cifar); default resnet_cifar",
         )
-    default_data = "cifar10" if name == "degradation" else "digits"
-    p.add_argument("--data", default=default_data, help=f"dataset name or image folder (default {default_data})")
+    p.add_argument(
+        "--data",
+        default="cifar10",
+        help="dataset name or image folder (default cifar10, the paper's; digits runs offline in seconds)",
+    )
     p.add_argument("--data-dir", default=None, help="where named datasets live (default $CNNZOO_DATA_DIR)")
     p.add_argument(
         "--recipe",
@@ -91,7 +94,19 @@ def _training_parser(ssub, name: str) -> None:
             "the residual nets' depth gain is not: e.g. --seeds 0,1 --plain-seeds 0",
         )
     p.add_argument("--batch-size", type=int, default=None, help="batch size (default: the recipe's)")
-    p.add_argument("--subset", type=int, default=None, help="train on this many images (quick looks)")
+    p.add_argument(
+        "--subset",
+        type=int,
+        default=None,
+        help="train on this many images (quick looks; fewer images change the lesson, and every output says so)",
+    )
+    p.add_argument(
+        "--val-size",
+        type=float,
+        default=None,
+        help="validation images carved from train: count (>= 1) or fraction (< 1) (default: the dataset's, 5,000 "
+        "for CIFAR); validated after every epoch, so keep it small for quick looks",
+    )
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
         "--jobs",
@@ -138,7 +153,7 @@ def seeds_arg(text: str) -> list[int]:
 def shorten(args: argparse.Namespace) -> dict:
     """The command line's changes to the recipe: --epochs or --iterations (milestones kept at 50% and 75%),
     batch size, subset, device."""
-    kw = {"batch_size": args.batch_size, "subset": args.subset, "device": args.device}
+    kw = {"batch_size": args.batch_size, "subset": args.subset, "device": args.device, "val_size": args.val_size}
     if args.epochs is not None:
         e = args.epochs
         kw.update(epochs=e, iterations=0, milestone_steps=[], milestones=[e / 2, 3 * e / 4])

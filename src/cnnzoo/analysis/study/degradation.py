@@ -13,7 +13,7 @@ from pathlib import Path
 from cnnzoo.analysis.study.plan import execute
 from cnnzoo.analysis.study.plots import plot_degradation
 from cnnzoo.analysis.study.runs import Run, plan_runs
-from cnnzoo.analysis.study.tables import PAPER_TABLE6, write_csv, write_degradation_md
+from cnnzoo.analysis.study.tables import PAPER_TABLE6, about_line, about_study, write_csv, write_degradation_md
 
 PLAIN_DEPTHS = (20, 32, 44, 56, 110)
 
@@ -50,24 +50,34 @@ def run_degradation(
     out.mkdir(parents=True, exist_ok=True)
     overrides = overrides or {}
     models = [f"{k}{d}" for k in ("plain", "resnet") for d in depths]
-    plain_seeds = seeds if plain_seeds is None else plain_seeds
-    runs = []
-    for seed in dict.fromkeys([*seeds, *plain_seeds]):  # seed by seed: the first seed's four curves come first
-        mine = [m for m in models if seed in (plain_seeds if m.startswith("plain") else seeds)]
-        runs += plan_runs(mine, [seed], out, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides)
-    execute("degradation", runs, jobs=jobs, overwrite=overwrite, stop_after=stop_after, log=log)
+    runs = degradation_runs(models, seeds, plain_seeds, out, data=data, recipe=recipe, data_dir=data_dir, **overrides)
+    plan = execute("degradation", runs, jobs=jobs, overwrite=overwrite, stop_after=stop_after, log=log)
+    about = about_study(runs, plan.train_images, plan.val_images)
     rows, curves = [], []
     for model in models:
         mine = [r for r in runs if r.config.model == model]
-        rows.append(final_row(model, mine))
+        rows.append(final_row(model, mine) | {k.replace(", ", "_").replace(" ", "_"): v for k, v in about.items()})
         curves += curve_rows(model, mine)
     write_csv(out / "degradation.csv", rows, list(rows[0]))
     write_csv(out / "degradation_curves.csv", curves, list(curves[0]))
-    write_degradation_md(
-        out / "degradation.md", rows, label=label or data, recipe=recipe, seeds=seeds, overrides=overrides
-    )
-    plot_degradation(curves, out / "degradation.png", label or data)
+    write_degradation_md(out / "degradation.md", rows, label=label or data, about=about)
+    plot_degradation(curves, out / "degradation.png", label or data, footer=about_line(about))
     return rows
+
+
+def degradation_runs(
+    models: list[str], seeds: list[int], plain_seeds: list[int] | None, out: Path, **options
+) -> list[Run]:
+    """The study's runs, seed by seed (the first seed's curves of every model come first, so a study stopped early
+    has whole comparisons): residual nets for every seed of ``seeds``, plain nets for every seed of ``plain_seeds``
+    (default: ``seeds``). ``options``: :func:`plan_runs`' keywords and config overrides."""
+    plain_seeds = seeds if plain_seeds is None else plain_seeds
+    data, recipe, data_dir = options.pop("data"), options.pop("recipe"), options.pop("data_dir", None)
+    runs = []
+    for seed in dict.fromkeys([*seeds, *plain_seeds]):
+        mine = [m for m in models if seed in (plain_seeds if m.startswith("plain") else seeds)]
+        runs += plan_runs(mine, [seed], out, data=data, recipe=recipe, data_dir=data_dir, overrides=options)
+    return runs
 
 
 def _split(model: str) -> tuple[str, int]:

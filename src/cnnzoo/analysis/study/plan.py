@@ -1,14 +1,16 @@
 """What a study will run and how long it will take, said before it starts; its progress while it runs.
 
-The estimate times a few real training steps of each model on the study's device and data (after one untimed step
-that pays for cudnn's autotuning and the allocator), then multiplies by the steps every unfinished run has left;
-validation is counted at one third of a training step per image (a forward pass only). Runs trained ``jobs`` at a
-time on a GPU overlap; on a CPU they share the same cores, so there the estimate is the plain sum.
+The estimate times a few real training steps and evaluation batches of each model on the study's device and data
+(after untimed ones that pay for kernel selection and the allocator), then multiplies by the steps every unfinished
+run has left, its validations and its one test pass. Runs trained ``jobs`` at a time on a GPU overlap; on a CPU they
+share the same cores, so there the estimate is the plain sum. A study set up too short to show its finding says so
+in a ``caution:`` line naming the lesson recipe.
 """
 
 from __future__ import annotations
 
 import datetime
+import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,6 +23,11 @@ from cnnzoo.analysis.study.runs import Run, StopSignal, check_reuse, interrupted
 
 HOUR = 3600.0
 TIMED_STEPS = 3
+# Untimed steps first: they pay for cudnn's autotuning, oneDNN's kernel creation and the allocator. With bf16 on a
+# CPU the first two steps of resnet20 measured 5-10x a later one, and one untimed step made an 8.8-hour estimate
+# of a study that ran in under two.
+UNTIMED_STEPS = 3
+LESSON_RECIPE = "resnet-cifar-short"  # the shortest protocol measured to show He et al.'s findings (docs/benchmarks.md)
 
 
 def hms(seconds: float) -> str:
@@ -39,6 +46,8 @@ class Plan:
     image_size: int
     num_classes: int
     step_seconds: dict[str, float] = field(default_factory=dict)
+    test_images: int = 0
+    eval_seconds: dict[str, float] = field(default_factory=dict)  # per evaluation image (forward only), timed
 
     def length(self, run: Run) -> tuple[int, int]:
         """(epochs, steps) of ``run``."""
@@ -47,22 +56,45 @@ class Plan:
         spe = max(1, self.train_images // run.config.batch_size)
         return num_epochs(run.config, spe), total_steps(run.config, spe)
 
-    def seconds_left(self, run: Run) -> float:
-        """Estimated seconds ``run`` still needs (0 when finished): its steps and validations left."""
+    def seconds_left(self, run: Run, scale: float = 1.0) -> float:
+        """Estimated seconds ``run`` still needs (0 when finished): its steps, validations and test pass left;
+        ``scale`` corrects the timed steps of a run not yet started (:meth:`probe_scale`)."""
         if not needs_training(run) or run.config.model not in self.step_seconds:
             return 0.0
         epochs, steps = self.length(run)
         history = run.history()
         done_steps, done_epochs = (history[-1]["step"], len(history)) if history else (0, 0)
-        per_step = self.step_seconds[run.config.model]
+        model, bs = run.config.model, run.config.batch_size
+        per_step = self.step_seconds[model] * scale
+        per_image = self.eval_seconds.get(model, per_step / bs / 3)  # untimed: a forward pass, a third of a step
         if history and done_steps:  # measured on this run beats the few timed steps
             per_step = sum(h["seconds"] for h in history) / done_steps
-        per_eval = self.val_images / run.config.batch_size * per_step / 3  # a forward pass per image
-        return (steps - done_steps) * per_step + (epochs - done_epochs) * per_eval
+            evals = [h for h in history if h.get("eval_seconds") and h.get("val_top1") is not None]
+            if evals and self.val_images:
+                per_image = sum(h["eval_seconds"] for h in evals) / len(evals) / self.val_images
+        validations = len(range(done_epochs + 1, epochs + 1))  # every epoch: the default --eval-every 1
+        if run.config.eval_every > 1:
+            every = run.config.eval_every
+            validations = sum(e % every == 0 or e == epochs for e in range(done_epochs + 1, epochs + 1))
+        evaluated = validations * self.val_images + self.test_images
+        return (steps - done_steps) * per_step + evaluated * per_image
+
+    def probe_scale(self, runs: list[Run]) -> float:
+        """Measured over timed seconds per step, the median over the runs that have ended an epoch (1 before any
+        has): what the few timed steps missed (the loop around the step, a busy machine), applied to the runs that
+        have not started, so the ETA improves as the study runs."""
+        ratios = []
+        for run in runs:
+            history = run.history()
+            if history and history[-1]["step"] and self.step_seconds.get(run.config.model):
+                measured = sum(h["seconds"] for h in history) / history[-1]["step"]
+                ratios.append(measured / self.step_seconds[run.config.model])
+        return statistics.median(ratios) if ratios else 1.0
 
     def wall_seconds(self, runs: list[Run], jobs: int) -> float:
         """The study's estimated wall time: the sum over runs, divided by ``jobs`` on a GPU."""
-        total = sum(self.seconds_left(r) for r in runs)
+        scale = self.probe_scale(runs)
+        total = sum(self.seconds_left(r, scale) for r in runs)
         return total / max(1, min(jobs, len(runs))) if self.device.type == "cuda" else total
 
 
@@ -84,6 +116,7 @@ def make_plan(runs: list[Run], stop: StopSignal) -> Plan:
         bundle.in_channels,
         bundle.image_size,
         bundle.num_classes,
+        test_images=bundle.test.num_samples,
     )
     images, labels = next(iter(bundle.train.epoch(0)))
     for run in runs:
@@ -91,15 +124,16 @@ def make_plan(runs: list[Run], stop: StopSignal) -> Plan:
         if model in plan.step_seconds or stop.reason or not needs_training(run):
             continue
         with backend_settings(run.config, device):
-            plan.step_seconds[model] = time_steps(run.config, bundle, images, labels, device)
+            plan.step_seconds[model], plan.eval_seconds[model] = time_steps(run.config, bundle, images, labels, device)
     del bundle, images, labels
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the runs (this process's or spawned ones) need the memory, not this cache
     return plan
 
 
-def time_steps(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> float:
-    """Seconds per training step of ``cfg``'s model at its batch size: the trainer's step, timed."""
+def time_steps(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[float, float]:
+    """(seconds per training step of ``cfg``'s model at its batch size, seconds per evaluated image): the trainer's
+    step and an evaluation forward pass (no gradients, eval mode, the run's precision), timed."""
     import torch
 
     from cnnzoo.train.engine import make_optimizer, step_context, train_step, use_channels_last
@@ -110,13 +144,22 @@ def time_steps(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: 
         model = model.to(memory_format=torch.channels_last)
     optimizer, ctx = make_optimizer(model, cfg, device), step_context(cfg, device)
     model.train()
-    train_step(model, optimizer, images, labels, ctx)  # untimed: autotuning, allocation
+    for _ in range(UNTIMED_STEPS):  # autotuning, kernel creation, allocation
+        train_step(model, optimizer, images, labels, ctx)
     _sync(device)
     start = time.perf_counter()
     for _ in range(TIMED_STEPS):
         train_step(model, optimizer, images, labels, ctx)
     _sync(device)
-    return (time.perf_counter() - start) / TIMED_STEPS
+    step = (time.perf_counter() - start) / TIMED_STEPS
+    model.eval()
+    with torch.no_grad(), ctx.autocast():
+        for _ in range(2):  # the second pass is timed: the first selects the eval kernels
+            _sync(device)
+            start = time.perf_counter()
+            model(ctx.layout(images))
+            _sync(device)
+    return step, (time.perf_counter() - start) / len(images)
 
 
 def _sync(device: torch.device) -> None:
@@ -144,13 +187,37 @@ def describe(study: str, runs: list[Run], plan: Plan, jobs: int) -> list[str]:
     timed = ", ".join(f"{m} {1e3 * s:.1f} ms" for m, s in plan.step_seconds.items())
     how = f"from {TIMED_STEPS} timed steps per model: {timed}" if timed else "nothing left to train"
     overlap = "; runs sharing the GPU assumed to overlap fully" if jobs > 1 and plan.device.type == "cuda" else ""
-    lines.append(f"estimated time: {hms(wall)} on {plan.device} ({how}{overlap})")
+    evals = "validation each epoch and one test pass included"
+    lines.append(f"estimated time: {hms(wall)} on {plan.device} ({how}; {evals}{overlap})")
     if wall > HOUR:
         lines.append(
-            f"warning: this study should take more than an hour ({hms(wall)}); shorten it with --epochs, "
-            "--iterations or --subset, or stop it at any time and run the same command again to resume"
+            f"warning: this study should take more than an hour ({hms(wall)}); stop it at any time and run the same "
+            f"command again to resume, or on a CPU use --recipe {LESSON_RECIPE} (depths 20,56: under two hours)"
         )
-    return lines
+    warn = caution(study, runs, plan)
+    return lines + ([warn] if warn else [])
+
+
+def caution(study: str, runs: list[Run], plan: Plan) -> str | None:
+    """One line starting ``caution:`` when the study is set up shorter than what can show its finding: fewer steps
+    than the lesson recipe (:data:`LESSON_RECIPE`, the shortest measured to show both of He et al.'s findings on
+    CIFAR-10), or a training subset (fewer images change what the nets can learn, not only how long)."""
+    from cnnzoo.train.config import recipe_values
+
+    cfg = runs[0].config
+    _, steps = plan.length(runs[0])
+    lesson = recipe_values(LESSON_RECIPE, cfg.model)
+    lesson_steps = lesson["epochs"] * (plan.train_images // lesson["batch_size"])
+    short = [f"{steps:,} iterations ({100 * steps / 64_000:.2g} % of the paper's 64k)"] if steps < lesson_steps else []
+    if cfg.subset:
+        short.append(f"a --subset of {plan.train_images:,} training images")
+    if not short:
+        return None
+    finding = {"degradation": "both findings of He et al. (Figure 6)", "depth": "what depth buys"}.get(study, study)
+    return (
+        f"caution: {' and '.join(short)} cannot show {finding}; the lesson protocol that does: cnnzoo study "
+        f"degradation --depths 20,56 --recipe {LESSON_RECIPE} (all of CIFAR-10, {lesson_steps:,} iterations)"
+    )
 
 
 class Progress:

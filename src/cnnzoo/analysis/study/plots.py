@@ -87,10 +87,11 @@ def _panels(kinds_depths: set[tuple[str, int]]) -> list[tuple[str, list[tuple[st
     return [(title, members) for title, members in panels if members]
 
 
-def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
+def plot_degradation(curves: list[dict], path: str | Path, label: str, footer: str = "") -> None:
     """He et al. Figure 6 in style: training error dashed, validation (held-out) error bold, against iterations;
     plain nets left, ResNets right, 110 layers in a panel of its own; the mean over seeds. ``curves`` as in
-    degradation_curves.csv."""
+    degradation_curves.csv; ``footer``: how the numbers were made (:func:`~cnnzoo.analysis.study.tables.about_line`),
+    printed under the panels."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
@@ -101,7 +102,7 @@ def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
     color = {d: f"C{i}" for i, d in enumerate(depths)}
     n_seeds = max(len(rs) for per_step in by_model.values() for rs in per_step.values())
     panels = _panels(set(by_model))
-    fig = Figure(figsize=(5 * len(panels), 4.5), layout="constrained")
+    fig = Figure(figsize=(max(10, 5 * len(panels)), 5), layout="constrained")
     axes = fig.subplots(1, len(panels), sharey=True, squeeze=False)[0]
     for ax, (title, members) in zip(axes, panels, strict=True):
         for kind, d in members:
@@ -116,16 +117,20 @@ def plot_degradation(curves: list[dict], path: str | Path, label: str) -> None:
         ax.xaxis.set_major_formatter(FuncFormatter(_thousands))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    seeds = f", mean of {n_seeds} seeds" if n_seeds > 1 else ""
+    seeds = f", mean over up to {n_seeds} seeds" if n_seeds > 1 else ""
     fig.suptitle(
         f"Degradation on {label} (He et al. 2016, Fig. 6 style{seeds})\n"
         "dashed: training error; bold: validation error (held out; test error once, in degradation.md)",
         fontsize=10,
     )
+    if footer:
+        fig.supxlabel(footer, fontsize=7, color="0.3")
     write_figure(fig, path, dpi=90)
 
 
-def plot_depth(rows: list[dict], pick: dict, path: str | Path, *, title: str, shared: int = 0) -> None:
+def plot_depth(
+    rows: list[dict], pick: dict, path: str | Path, *, title: str, shared: int = 0, footer: str = ""
+) -> None:
     """Validation and test accuracy, training time and parameters against depth (``rows`` as in depth.csv), the
     suggested depth starred on the validation curve (the one it was chosen from). ``shared``: runs that trained at
     once on one device (their times are then not comparable)."""
@@ -152,10 +157,13 @@ def plot_depth(rows: list[dict], pick: dict, path: str | Path, *, title: str, sh
     ax_time.plot(xs, [num(r["train_seconds"]) for r in rows], marker="o", color="C1")
     note = f"\n({shared} runs shared the device: not comparable)" if shared > 1 else ""
     ax_time.set(xlabel="depth (layers)", ylabel="training time (s)", title=f"Training time{note}")
+    ax_time.set_ylim(bottom=0)  # from zero: a zoomed axis turns a few percent of timing noise into a slope
     ax_params.plot(xs, [num(r["params"]) / 1e6 for r in rows], marker="o", color="C2")
     ax_params.set(xlabel="depth (layers)", ylabel="parameters (millions)", title="Parameters (as trained)")
     for ax in (ax_acc, ax_time, ax_params):
         ax.set_xticks(xs)  # the depths themselves: whole numbers, no in-between ticks
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
+    if footer:  # how the numbers were made (tables.about_line)
+        fig.supxlabel(footer, fontsize=7, color="0.3")
     write_figure(fig, path, dpi=90)

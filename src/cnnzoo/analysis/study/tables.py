@@ -31,45 +31,94 @@ def num(value: object) -> float | None:
     return None if value in (None, "") else float(value)
 
 
-def schedule_words(overrides: dict, steps: int) -> str:
-    """The schedule in words, for the table: full, or shortened (and how far) with its learning-rate steps."""
-    if not (overrides.get("epochs") or overrides.get("iterations")):
-        return f"the recipe's full schedule ({steps:,} iterations)"
-    length = f"{overrides['epochs']} epochs = " if overrides.get("epochs") else ""
-    text = f"**shortened** to {length}{steps:,} iterations ({100 * steps / PAPER_ITERATIONS:.3g} % of the paper's 64k)"
-    if overrides.get("milestones"):  # shorten() puts them at 50 % and 75 %, as the paper's 32k and 48k of 64k
-        text += f", learning rate divided by 10 at epochs {', '.join(f'{m:g}' for m in overrides['milestones'])}"
-    elif overrides.get("milestone_steps"):
-        text += f", learning rate divided by 10 at iterations {', '.join(map(str, overrides['milestone_steps']))}"
-    return text
+def schedule_words(cfg, steps_per_epoch: int) -> str:
+    """A run's learning-rate schedule in words (``cfg``: its TrainConfig), warm-up first, as the outputs state it."""
+    from cnnzoo.train.schedule import total_steps, warmup_length
+
+    parts, warm = [], warmup_length(cfg, steps_per_epoch)
+    if cfg.warmup_until_error:
+        cap = f", at most {warm:,} steps" if warm else ""
+        parts.append(f"lr {cfg.warmup_lr:g} until the training error is below {100 * cfg.warmup_until_error:g} %{cap}")
+    elif warm:
+        parts.append(f"{warm:,} warm-up steps " + (f"at lr {cfg.warmup_lr:g}" if cfg.warmup_lr else "ramping up"))
+    if cfg.schedule == "multistep":
+        marks = cfg.milestone_steps or [round(m * steps_per_epoch) for m in cfg.milestones]
+        parts.append(f"lr {cfg.lr:g} divided by {1 / cfg.gamma:g} at steps {', '.join(f'{m:,}' for m in marks)}")
+    elif cfg.schedule in ("cosine", "linear"):
+        parts.append(f"lr {cfg.lr:g} decayed to {cfg.min_lr:g} ({cfg.schedule})")
+    else:
+        parts.append(f"{cfg.schedule} schedule from lr {cfg.lr:g}")
+    total = total_steps(cfg, steps_per_epoch)
+    return f"{', then '.join(parts)}; {total:,} steps of batch {cfg.batch_size}"
 
 
-def write_degradation_md(
-    path: str | Path, rows: list[dict], *, label: str, recipe: str, seeds: list[int], overrides: dict
-) -> None:
-    """The final errors as a Markdown table with the paper's Table 6 beside them (``rows`` as in degradation.csv)."""
+def seeds_words(runs) -> str:
+    """Every model's seeds: ``0, 1`` when all share them, else ``plain20, plain56: 0; resnet20, resnet56: 0, 1``."""
+    by_model: dict[str, list[int]] = {}
+    for run in runs:
+        by_model.setdefault(run.config.model, []).append(run.config.seed)
+    groups: dict[tuple[int, ...], list[str]] = {}
+    for model, seeds in by_model.items():
+        groups.setdefault(tuple(sorted(seeds)), []).append(model)
+    if len(groups) == 1:
+        return ", ".join(map(str, next(iter(groups))))
+    return "; ".join(f"{', '.join(models)}: {', '.join(map(str, seeds))}" for seeds, models in groups.items())
+
+
+def about_study(runs, train_images: int, val_images: int) -> dict[str, str]:
+    """What every output of a study states about how its numbers were made: recipe, schedule, length against the
+    paper's 64k iterations, training images (and any subset), seeds, device, precision and wall time, from the
+    runs' configs and reports (``runs``: finished study runs; ``train_images`` per epoch as trained)."""
+    cfg = runs[0].config
+    reports = [r.report() for r in runs]
+    spe = max(1, train_images // cfg.batch_size)
+    steps = max(r["steps"] for r in reports)
+    subset = f" (--subset {cfg.subset}: a subset changes the lesson)" if cfg.subset else " (all of the training split)"
+    places = sorted({f"{r['device']} {r['precision']}" for r in reports})
+    return {
+        "recipe": cfg.recipe or "(none)",
+        "schedule": schedule_words(cfg, spe),
+        "iterations": f"{steps:,} = {100 * steps / PAPER_ITERATIONS:.3g} % of the paper's 64k"
+        + (" (shortened)" if steps < PAPER_ITERATIONS else ""),
+        "training images": f"{train_images:,}{subset}, validation {val_images:,}",
+        "seeds of each model": seeds_words(runs),
+        "device, precision": "; ".join(places),
+        "training time": f"{sum(r['train_seconds'] for r in reports) / 60:.1f} min in all",
+    }
+
+
+def about_line(about: dict[str, str]) -> str:
+    """:func:`about_study` as figure footer lines (two, each short enough for a chart's width)."""
+    first = f"recipe {about['recipe']}: {about['schedule']} ({about['iterations']})"
+    second = "; ".join(f"{k} {about[k]}" for k in ("training images", "seeds of each model", "device, precision"))
+    return f"{first}\n{second}"
+
+
+def write_degradation_md(path: str | Path, rows: list[dict], *, label: str, about: dict[str, str]) -> None:
+    """The final errors as a Markdown table with the paper's Table 6 beside them (``rows`` as in degradation.csv),
+    under how they were made (:func:`about_study`)."""
     lines = [
         f"# Degradation study on {label}",
         "",
-        f"Recipe `{recipe}`, {schedule_words(overrides, int(num(rows[0]['steps'])))}; seed(s) "
-        f"{', '.join(map(str, seeds))}{' (mean ± std)' if len(seeds) > 1 else ''}. Training error: the last epoch's, "
-        "on augmented batches. Test error: measured once per run, at the end, with the weights of the best "
-        "validation epoch (the per-epoch curves in degradation.png are validation error, on images held out from the "
-        "training split).",
+        *[f"- {key}: {value}" for key, value in about.items()],
+        "",
+        "Training error: the last epoch's, on augmented batches. Test error: measured once per run, at the end, with "
+        "the weights of the best validation epoch (the per-epoch curves in degradation.png are validation error, on "
+        "images held out from the training split); mean ± sample std where a model has several seeds.",
         "",
         "The paper's figures (He et al. 2016, Table 6) are CIFAR-10 test errors after 64k iterations (ResNet-110: "
         "6.43 best of 5 runs, 6.61 ± 0.16 mean). The paper gives the plain nets only as curves (Figure 6 left: "
         "training and test error rise from plain-20 to plain-56; plain-110, above 60 %, is not plotted).",
         "",
-        "| model | final training error (%) | test error (%) | paper, Table 6 (%) |",
-        "|---|---:|---:|---:|",
+        "| model | seeds | final training error (%) | test error (%) | paper, Table 6 (%) |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         std = num(r["test_error_std"]) or 0.0
         spread = f" ± {std:.2f}" if int(r["seeds"]) > 1 else ""
         paper = num(r["paper_test_error"])
         lines.append(
-            f"| {r['model']} | {num(r['final_train_error']):.2f} | {num(r['test_error']):.2f}{spread} | "
+            f"| {r['model']} | {r['seeds']} | {num(r['final_train_error']):.2f} | {num(r['test_error']):.2f}{spread} | "
             f"{'—' if paper is None else f'{paper:.2f}'} |"
         )
     write_text(path, "\n".join(lines) + "\n")
