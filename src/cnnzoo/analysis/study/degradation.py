@@ -13,7 +13,14 @@ from pathlib import Path
 from cnnzoo.analysis.study.plan import execute
 from cnnzoo.analysis.study.plots import plot_degradation
 from cnnzoo.analysis.study.runs import Run, plan_runs
-from cnnzoo.analysis.study.tables import PAPER_TABLE6, about_line, about_study, write_csv, write_degradation_md
+from cnnzoo.analysis.study.tables import (
+    PAPER_TABLE6,
+    about_columns,
+    about_line,
+    about_study,
+    write_csv,
+    write_degradation_md,
+)
 
 PLAIN_DEPTHS = (20, 32, 44, 56, 110)
 
@@ -56,7 +63,7 @@ def run_degradation(
     rows, curves = [], []
     for model in models:
         mine = [r for r in runs if r.config.model == model]
-        rows.append(final_row(model, mine) | {k.replace(", ", "_").replace(" ", "_"): v for k, v in about.items()})
+        rows.append(final_row(model, mine) | about_columns(about))
         curves += curve_rows(model, mine)
     write_csv(out / "degradation.csv", rows, list(rows[0]))
     write_csv(out / "degradation_curves.csv", curves, list(curves[0]))

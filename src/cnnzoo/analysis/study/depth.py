@@ -10,7 +10,7 @@ from cnnzoo.analysis.study.degradation import mean_std
 from cnnzoo.analysis.study.plan import execute
 from cnnzoo.analysis.study.plots import plot_depth
 from cnnzoo.analysis.study.runs import plan_runs
-from cnnzoo.analysis.study.tables import about_line, about_study, write_csv
+from cnnzoo.analysis.study.tables import about_columns, about_line, about_study, write_csv
 from cnnzoo.errors import CnnzooError
 
 RESNET_DEPTHS = (20, 32, 44, 56, 110, 1202)
@@ -70,7 +70,7 @@ def run_depth(
             }
         )
     about = about_study(runs, plan.train_images, plan.val_images)
-    rows = [r | {k.replace(", ", "_").replace(" ", "_"): v for k, v in about.items()} for r in rows]
+    rows = [r | about_columns(about) for r in rows]
     write_csv(out / "depth.csv", rows, list(rows[0]))
     pick = suggest_depth(rows, DEPTH_TOLERANCE)
     family_name = "ResNets" if prefix == "resnet" else "plain nets"

@@ -87,6 +87,12 @@ def about_study(runs, train_images: int, val_images: int) -> dict[str, str]:
     }
 
 
+def about_columns(about: dict[str, str]) -> dict[str, str]:
+    """:func:`about_study` as CSV columns (``device_precision``, ...), but for the wall time: a study resumed or
+    repeated elsewhere writes the same CSV."""
+    return {k.replace(", ", "_").replace(" ", "_"): v for k, v in about.items() if k != "training time"}
+
+
 def about_line(about: dict[str, str]) -> str:
     """:func:`about_study` as figure footer lines (two, each short enough for a chart's width)."""
     first = f"recipe {about['recipe']}: {about['schedule']} ({about['iterations']})"
