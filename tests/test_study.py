@@ -302,6 +302,6 @@ def test_plain_seeds_train_the_plain_nets_for_fewer_seeds_first_seed_first(tmp_p
     models = ["plain20", "plain56", "resnet20", "resnet56"]
     runs = degradation_runs(models, [0, 1], [0], tmp_path, data="cifar10", recipe="resnet-cifar-short")
     assert [(r.config.model, r.config.seed) for r in runs] == [
-        ("plain20", 0), ("plain56", 0), ("resnet20", 0), ("resnet56", 0), ("resnet20", 1), ("resnet56", 1)
+        ("resnet20", 0), ("resnet56", 0), ("plain20", 0), ("plain56", 0), ("resnet20", 1), ("resnet56", 1)
     ]  # fmt: skip
     assert main(["study", "degradation", "--seeds", "0", "--plain-seeds", "x"]) == 2

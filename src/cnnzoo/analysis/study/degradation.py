@@ -76,13 +76,14 @@ def degradation_runs(
     models: list[str], seeds: list[int], plain_seeds: list[int] | None, out: Path, **options
 ) -> list[Run]:
     """The study's runs, seed by seed (the first seed's curves of every model come first, so a study stopped early
-    has whole comparisons): residual nets for every seed of ``seeds``, plain nets for every seed of ``plain_seeds``
-    (default: ``seeds``). ``options``: :func:`plan_runs`' keywords and config overrides."""
+    has whole comparisons), residual nets first: residual nets for every seed of ``seeds``, plain nets for every
+    seed of ``plain_seeds`` (default: ``seeds``). ``options``: :func:`plan_runs`' keywords and config overrides."""
     plain_seeds = seeds if plain_seeds is None else plain_seeds
     data, recipe, data_dir = options.pop("data"), options.pop("recipe"), options.pop("data_dir", None)
     runs = []
-    for seed in dict.fromkeys([*seeds, *plain_seeds]):
+    for seed in dict.fromkeys([*seeds, *plain_seeds]):  # residual nets first: their comparison needs the seeds
         mine = [m for m in models if seed in (plain_seeds if m.startswith("plain") else seeds)]
+        mine.sort(key=lambda m: m.startswith("plain"))
         runs += plan_runs(mine, [seed], out, data=data, recipe=recipe, data_dir=data_dir, overrides=options)
     return runs
 

@@ -190,9 +190,10 @@ def describe(study: str, runs: list[Run], plan: Plan, jobs: int) -> list[str]:
     evals = "validation each epoch and one test pass included"
     lines.append(f"estimated time: {hms(wall)} on {plan.device} ({how}; {evals}{overlap})")
     if wall > HOUR:
+        lesson = "" if cfg.recipe == LESSON_RECIPE else f", or on a CPU the lesson: --recipe {LESSON_RECIPE}"
         lines.append(
             f"warning: this study should take more than an hour ({hms(wall)}); stop it at any time and run the same "
-            f"command again to resume, or on a CPU use --recipe {LESSON_RECIPE} (depths 20,56: under two hours)"
+            f"command again to resume{lesson}"
         )
     warn = caution(study, runs, plan)
     return lines + ([warn] if warn else [])
