@@ -1,43 +1,55 @@
 """``cnnzoo compare``: the overview of the classic nets, measured on this machine, as a table and a chart.
 
 For each model: parameters and MACs (FlopCounterMode, multiply-accumulates per image); peak memory of inference and
-of one training step at the batch size; inference latency at batch 1 (median after warm-up) and throughput at the
-batch size; training throughput (forward + backward + optimizer step, the trainer's own ``setup_training`` /
-``train_step`` with its device defaults: bf16 + channels_last on CUDA, fp32 on the CPU); and accuracy, measured
-(from ``--runs`` run directories, with their dataset) or the published ImageNet top-1 of torchvision's weights for the
-architecture (marked "published"). Architectures torchvision also implements are timed side by side with
-torchvision's model, interleaved, and reported as a speed ratio cnnzoo / torchvision (1.0 = as fast).
+of one training step at the batch size; inference latency at batch 1 and throughput at the batch size; training
+throughput (forward + backward + optimizer step, the trainer's own ``setup_training`` / ``train_step`` with its
+device defaults: bf16 + channels_last on CUDA, fp32 on the CPU); and accuracy, measured (from ``--runs`` run
+directories, with their dataset) or published (:mod:`.published`: torchvision's ImageNet top-1 at 224, the CIFAR-10
+accuracy of an equivalent implementation at 32, each with its source). Architectures torchvision also implements are
+timed side by side with torchvision's model and reported as a speed ratio cnnzoo / torchvision (1.0 = as fast).
+
+Timing: every model lives in its own spawned process (:mod:`.worker`), set up and warmed up once; then ``--repeats``
+rounds, each timing every model once, the order reversed every other round. A figure is the median of its rounds and
+``<figure>_spread`` the interquartile range over the median (:mod:`.timing`), which also flags figures too spread to
+trust and equal-MACs twins whose speeds disagree. The partial results are written after each model is set up and
+after each round; Ctrl-C writes what was measured and exits 130.
 
 Memory: on CUDA the allocator's peak (``torch.cuda.max_memory_allocated``) above the model's own weights; on the CPU
-the growth of the process's peak resident set (``ru_maxrss``). ``ru_maxrss`` never goes down, so every model is
-measured in a fresh spawned process, inference before training.
+the growth of the process's peak resident set (``ru_maxrss``), which is why each model has a process of its own;
+inference is measured before training.
+
+``--sweep`` (:mod:`.sweep`) and ``--train-budget`` (:mod:`.budget`) are the two other analyses of this command.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import resource
-import statistics
 import sys
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # imported where used, so `cnnzoo --help` needs no torch
-    import torch
 
 from cnnzoo.analysis import tables
+from cnnzoo.analysis.compare import timing
+from cnnzoo.analysis.compare.chart import accuracy_limits, model_colors, overview_figure
+from cnnzoo.analysis.compare.published import published_accuracy, published_top1
+from cnnzoo.analysis.compare.worker import TORCHVISION
 from cnnzoo.analysis.profile import parse_input, profile_model
 from cnnzoo.atomic import write_atomic, write_figure
 from cnnzoo.errors import CnnzooError
 
+__all__ = [
+    "COLUMNS",
+    "accuracy_limits",
+    "model_colors",
+    "overview_figure",
+    "published_accuracy",
+    "published_top1",
+    "run_compare",
+    "runs_accuracy",
+]
+
 DEFAULT_224 = ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152"]
 DEFAULT_32 = ["alexnet_cifar", "vgg16_cifar", "googlenet_cifar", "resnet18_cifar", "resnet20", "resnet56"]
-TORCHVISION = {"alexnet", "googlenet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"} | {
-    f"vgg{d}{bn}" for d in (11, 13, 16, 19) for bn in ("", "_bn")
-}
 COLUMNS = [
     "model",
     "run",
@@ -46,16 +58,26 @@ COLUMNS = [
     "params",
     "macs",
     "latency_ms",
+    "latency_ms_spread",
     "infer_img_s",
+    "infer_img_s_spread",
     "train_img_s",
+    "train_img_s_spread",
     "infer_mem_mb",
     "train_mem_mb",
     "vs_torchvision_latency",
     "vs_torchvision_train",
     "accuracy",
     "accuracy_source",
+    "timing_flag",
     "note",
 ]
+
+
+class CompareInterrupted(CnnzooError):
+    """Ctrl-C while measuring: what was measured is written."""
+
+    exit_code = 130
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +87,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--input", default="3x224x224", help="input shape CxHxW (default 3x224x224)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--batch-size", type=int, default=None, help="default 64 on CUDA, 8 on the CPU")
-    p.add_argument("--repeats", type=int, default=10, help="timed repetitions per measurement (after warm-up)")
+    p.add_argument(
+        "--repeats", type=int, default=10, help="interleaved timing rounds (each times every model once; default 10)"
+    )
     p.add_argument(
         "--num-classes",
         type=int,
@@ -82,198 +106,31 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the data folder's name",
     )
     p.add_argument("--no-torchvision", action="store_true", help="skip the side-by-side torchvision timing")
-    p.add_argument("--out", default="runs/compare")
+    p.add_argument(
+        "--sweep",
+        nargs="?",
+        const="1,2,4,8,16,32,64",
+        default=None,
+        metavar="BATCHES",
+        help="Canziani et al.'s analysis instead: time and peak memory against batch size (default 1,2,4,8,16,32,64), "
+        "the fit of time against MACs, accuracy per million parameters; writes batch_sweep.*",
+    )
+    p.add_argument(
+        "--train-budget",
+        default=None,
+        metavar="TIME",
+        help="train each net for the same wall-clock budget on this machine instead (e.g. 10m, 90s, 1h; "
+        "needs --data); writes budget.*",
+    )
+    p.add_argument("--data", default=None, help="--train-budget: the dataset to train on (e.g. cifar10)")
+    p.add_argument("--data-dir", default=None, help="--train-budget: where the dataset lives")
+    p.add_argument("--recipe", default="fast", help="--train-budget: the training recipe (default fast)")
+    p.add_argument(
+        "--probe", type=float, default=20.0, help="--train-budget: seconds of the timed probe per net (default 20)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/compare, runs/sweep or runs/budget)")
     tables.add_format_argument(p)
     p.set_defaults(func=cmd_compare)
-
-
-# --- measurement (runs in a fresh process per model) --------------------------------------------------------------
-
-
-def _sync(device: torch.device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _peak_mb(device: torch.device) -> float:
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
-
-
-def _median_seconds(fn, repeats: int, device: torch.device) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def _timers(model: torch.nn.Module, cfg, shape, batch: int, device: torch.device, num_classes: int):
-    """Closures for one inference at batch 1, one at ``batch``, and one training step at ``batch``, set up by the
-    trainer's own :func:`~cnnzoo.train.engine.setup_training` for ``cfg``."""
-    import torch
-
-    from cnnzoo.train.engine import setup_training, train_step
-
-    net, optimizer, ctx = setup_training(model, cfg, device)
-    x1 = ctx.layout(torch.randn(1, *shape, device=device))  # in the model's layout, as the data path hands it over
-    xb = ctx.layout(torch.randn(batch, *shape, device=device))
-    yb = torch.randint(0, num_classes, (batch,), device=device)
-
-    def infer(x):
-        def run():
-            net.eval()
-            with torch.no_grad(), ctx.autocast():
-                net(x)
-
-        return run
-
-    def step():
-        net.train()
-        train_step(net, optimizer, xb, yb, ctx)
-
-    return infer(x1), infer(xb), step
-
-
-def measure(
-    name: str,
-    shape: tuple[int, int, int],
-    batch: int,
-    device_name: str,
-    repeats: int,
-    vs_torchvision: bool,
-    num_classes: int = 10,
-) -> dict:
-    """All timings and memory of one model (call in a fresh process for honest CPU memory figures).
-
-    Timed as the trainer runs: its ``fast`` recipe's step, under the trainer's process-wide backend flags (threads,
-    cudnn autotuning, TF32), which are restored afterwards.
-    """
-    import torch
-
-    from cnnzoo.train.config import build_config
-    from cnnzoo.train.engine import backend_settings
-
-    device = torch.device(device_name)
-    cfg = build_config(recipe="fast", device=str(device))
-    with backend_settings(cfg, device):
-        return _measure(name, cfg, shape, batch, device, repeats, vs_torchvision, num_classes)
-
-
-def _measure(name, cfg, shape, batch, device, repeats, vs_torchvision, num_classes) -> dict:
-    """The body of :func:`measure`, inside the backend settings."""
-    import torch
-
-    from cnnzoo.models import create_model
-
-    torch.manual_seed(0)
-    row: dict = {"note": ""}
-    model = create_model(name, num_classes=num_classes).to(device)
-    base = _peak_mb(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device) / 2**20
-    one, many, step = _timers(model, cfg, shape, batch, device, num_classes)
-    for fn in (one, many):  # warm-up (and cudnn autotuning)
-        fn()
-    row["latency_ms"] = 1000 * _median_seconds(one, repeats, device)
-    row["infer_img_s"] = batch / _median_seconds(many, max(2, repeats // 2), device)
-    row["infer_mem_mb"] = _peak_mb(device) - base
-    step()
-    step()
-    row["train_img_s"] = batch / _median_seconds(step, max(2, repeats // 2), device)
-    row["train_mem_mb"] = _peak_mb(device) - base
-    if vs_torchvision and name in TORCHVISION:
-        row.update(_versus_torchvision(name, model, cfg, shape, batch, device, repeats, num_classes))
-    return row
-
-
-def _versus_torchvision(name, ours, cfg, shape, batch, device, repeats, num_classes) -> dict:
-    """Latency and training speed of torchvision's same architecture, timed interleaved with ours (same settings).
-
-    Ratios are cnnzoo speed / torchvision speed = torchvision time / cnnzoo time.
-    """
-    import torchvision
-
-    kw = {"init_weights": True} if name == "googlenet" else {}
-    theirs = getattr(torchvision.models, name)(weights=None, num_classes=num_classes, **kw).to(device)
-    mine = _timers(ours, cfg, shape, batch, device, num_classes)
-    tv = _timers(theirs, cfg, shape, batch, device, num_classes)
-    for fn in (*mine, *tv):
-        fn()
-
-    def ratio(which: int, rounds: int) -> float:
-        # Interleaved in ABBA order (ours, theirs, theirs, ours, ...) so both see the same machine load and neither
-        # always runs right after the other; medians of single runs.
-        times: dict[str, list[float]] = {"ours": [], "tv": []}
-        for i in range(rounds):
-            for side in ("ours", "tv") if i % 2 == 0 else ("tv", "ours"):
-                times[side].append(_median_seconds((mine if side == "ours" else tv)[which], 1, device))
-        return statistics.median(times["tv"]) / statistics.median(times["ours"])
-
-    return {"vs_torchvision_latency": ratio(0, max(4, repeats)), "vs_torchvision_train": ratio(2, max(4, repeats))}
-
-
-def _measure_in_child(args: tuple) -> dict:
-    import torch
-
-    name, shape, batch, device, repeats, vs_tv, classes = args
-    try:
-        return measure(name, shape, batch, device, repeats, vs_tv, classes)
-    except torch.OutOfMemoryError:
-        return {"oom": True}
-    except CnnzooError as e:  # e.g. an input size the net cannot take
-        return {"error": str(e)}
-    except RuntimeError as e:
-        if "out of memory" in str(e).lower():
-            return {"oom": True}
-        return {"error": str(e).splitlines()[0]}
-
-
-def _in_fresh_process(args: tuple) -> dict:
-    """``_measure_in_child(args)`` in a freshly spawned process (its own allocator and peak-RSS counter)."""
-    with multiprocessing.get_context("spawn").Pool(1, maxtasksperchild=1) as pool:
-        return pool.apply(_measure_in_child, (args,))
-
-
-def _measure_fresh(name, shape, batch, device, repeats, vs_tv, classes) -> dict:
-    """``measure`` in a fresh spawned process; an OOM at ``batch`` is retried at half the batch size."""
-    while True:
-        row = _in_fresh_process((name, shape, batch, device, repeats, vs_tv, classes))
-        if not row.get("oom"):
-            return dict(row, batch_size=batch)
-        if batch == 1:
-            return {"error": "out of memory at batch size 1", "batch_size": 1}
-        batch //= 2
-        print(f"  {name}: out of memory, retrying at batch size {batch}", flush=True)
-
-
-# --- accuracy ------------------------------------------------------------------------------------------------------
-
-
-def published_top1(name: str) -> float | None:
-    """ImageNet top-1 (fraction) of torchvision's IMAGENET1K_V1 weights for this architecture; None if none.
-
-    Read from the weights' metadata, no download. ``*_cifar`` and ``*_paper`` variants share no weights: None.
-    """
-    if name not in TORCHVISION:
-        return None
-    from torchvision.models import get_model_weights
-
-    try:
-        weights = get_model_weights(name)["IMAGENET1K_V1"]
-    except (KeyError, ValueError):
-        return None
-    return weights.meta["_metrics"]["ImageNet-1K"]["acc@1"] / 100
 
 
 def runs_accuracy(run_dirs: list[str], label: str | None = None) -> list[dict]:
@@ -308,6 +165,18 @@ def runs_accuracy(run_dirs: list[str], label: str | None = None) -> list[dict]:
 # --- the command ---------------------------------------------------------------------------------------------------
 
 
+def _log(message: str) -> None:
+    """Progress on stderr, flushed, so that it reaches a piped log as it happens."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def _start_worker(args: tuple):
+    """A :class:`~cnnzoo.analysis.compare.worker.Worker` for ``args`` (the tests put a fake in its place)."""
+    from cnnzoo.analysis.compare.worker import Worker
+
+    return Worker(args)
+
+
 def run_compare(
     models: list[str],
     *,
@@ -324,7 +193,8 @@ def run_compare(
     """Measure ``models``; write compare.csv/json/md and overview.png into ``out``; return the rows.
 
     ``num_classes`` defaults to 1000 above 64x64 (the ImageNet nets whose published accuracy and parameter counts the
-    overview shows) and 10 below (CIFAR).
+    overview shows) and 10 below (CIFAR). Raises :class:`CompareInterrupted` on Ctrl-C, after writing what was
+    measured.
     """
     import torch
 
@@ -336,51 +206,159 @@ def run_compare(
         raise CnnzooError("--device cuda: no CUDA device here (use --device cpu)")
     measured = runs_accuracy(runs, label)
     for extra in dict.fromkeys(m["model"] for m in measured if m["model"] not in models):
-        print(f"adding {extra}: a --runs run trained it", file=sys.stderr)  # shown, never silently dropped
+        _log(f"adding {extra}: a --runs run trained it")  # shown, never silently dropped
         models = [*models, extra]
     classes = num_classes or (1000 if input_shape[1] > 64 else 10)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, name in enumerate(models, 1):
-        print(
-            f"[{i}/{len(models)}] {name} at {'x'.join(map(str, input_shape))} on {device} ...",
-            file=sys.stderr,
-            flush=True,
-        )
-        row = _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision, classes)
-        own = [m for m in measured if m["model"] == name]
-        for m in own:  # one row per run of this model, labelled by its run directory; the costs are the model's
-            rows.append(dict(row, run=m["run"], accuracy=m["accuracy"], accuracy_source=f"measured on {m['data']}"))
-        if not own and (top1 := published_top1(name)) is not None:
-            rows.append(dict(row, accuracy=top1, accuracy_source="published ImageNet top-1 (torchvision weights)"))
-        elif not own:
-            rows.append(row)
-    rows = [{c: r.get(c) for c in COLUMNS} for r in rows]
-    _write(rows, out, device, classes)
+    bases = [_cost_row(name, input_shape, batch_size, classes) for name in models]
+    _announce(bases, input_shape, device, batch_size, repeats, vs_torchvision)
+    state = {"models": bases, "samples": {b["model"]: [] for b in bases}, "rounds": 0, "repeats": repeats}
+    context = (measured, input_shape, out, device, classes, label)
+    workers: dict[str, object] = {}
+    try:
+        for i, base in enumerate(bases, 1):
+            where = f"[{i}/{len(bases)}] {base['model']} at {base['input']} on {device}"
+            if base["note"]:
+                _log(f"{where}: {base['note']}")
+            else:
+                _start(base, workers, input_shape, device, vs_torchvision, classes, where)
+            _write(_rows(state, context), *context[2:], state=state, chart=False)
+        for r in range(repeats):
+            order = [b["model"] for b in bases if b["model"] in workers]
+            for name in order if r % 2 == 0 else order[::-1]:  # alternated: no model always runs first
+                result = workers[name].round(r)
+                if "error" in result:  # the process died (killed, or out of memory mid-run): keep what it gave
+                    workers.pop(name).close()
+                    base = next(b for b in bases if b["model"] == name)
+                    base["note"] = f"measuring stopped after {r} rounds: {result['error']}"
+                    continue
+                state["samples"][name].append(result)
+            state["rounds"] = r + 1
+            rows = _rows(state, context)
+            _log(f"round {r + 1}/{repeats}: " + ", ".join(_progress(row) for row in rows if row.get("train_img_s")))
+            _write(rows, *context[2:], state=state, chart=False)
+    except KeyboardInterrupt:
+        rows = _rows(state, context, interrupted=True)
+        _write(rows, *context[2:], state=state, chart=True)
+        raise CompareInterrupted(
+            f"interrupted after {state['rounds']} of {repeats} rounds: what was measured is in {out}"
+        ) from None
+    finally:
+        for w in workers.values():
+            w.close()
+    rows = _rows(state, context)
+    _write(rows, *context[2:], state=state, chart=True)
     return rows
 
 
-def _measure_row(name, input_shape, device, batch_size, repeats, vs_torchvision, classes) -> dict:
-    """Parameters, MACs, timings and memory of one model (a "cannot run" note when it cannot take the input)."""
-    row = {"model": name, "input": "x".join(map(str, input_shape)), "note": ""}
+def _cost_row(name: str, input_shape, batch_size: int, classes: int) -> dict:
+    """Parameters and MACs of one model (a "cannot run" note when it cannot take the input)."""
+    row = {"model": name, "input": "x".join(map(str, input_shape)), "note": "", "batch_size": batch_size}
     try:
         prof = profile_model(name, num_classes=classes, input_shape=input_shape)
         row.update(params=prof["params"], macs=prof["macs"])
-        result = _measure_fresh(name, input_shape, batch_size, device, repeats, vs_torchvision, classes)
     except CnnzooError as e:  # the net cannot take this input (e.g. alexnet_paper needs 227x227)
-        row.update(params=profile_model(name, num_classes=classes)["params"])
-        result = {"error": str(e), "batch_size": batch_size}
-    if "error" in result:
-        row.update(batch_size=result["batch_size"], note=f"cannot run: {result['error']}", macs=None)
-    else:
-        row.update(result)
-        if result["batch_size"] != batch_size:
-            row["note"] = f"out of memory at batch {batch_size}; measured at {result['batch_size']}"
+        row.update(params=profile_model(name, num_classes=classes)["params"], macs=None, note=f"cannot run: {e}")
     return row
 
 
-def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
+def _announce(bases, input_shape, device, batch, repeats, vs_torchvision) -> None:
+    """The time estimate, and a warning when the machine is busy, before anything is measured."""
+    import torch
+
+    runnable = [b for b in bases if b["macs"]]
+    rate = timing.machine_macs_per_s(device)
+    seconds = timing.estimate_seconds(
+        [b["macs"] for b in runnable],
+        batch=batch,
+        rounds=repeats,
+        macs_per_s=rate,
+        device=device,
+        torchvision=[vs_torchvision and b["model"] in TORCHVISION for b in runnable],
+    )
+    _log(
+        f"estimate: about {timing.duration(seconds)} for {len(runnable)} models at {'x'.join(map(str, input_shape))}, "
+        f"batch {batch}, {repeats} interleaved rounds on {device} (from their MACs and a matrix product at "
+        f"{rate / 1e9:.0f} GMAC/s; rough)"
+    )
+    cores = torch.get_num_threads() if not device.startswith("cuda") else 1
+    warning = timing.busy_warning(cores)
+    if warning:
+        _log(warning)
+
+
+def _start(base: dict, workers: dict, input_shape, device, vs_torchvision, classes, where: str) -> None:
+    """Start ``base``'s model in its own process (memory measured, warmed up); an OOM retries at half the batch."""
+    batch = base["batch_size"]
+    asked = batch
+    while True:
+        _log(f"{where}: setting up at batch {batch} ...")
+        worker = _start_worker((base["model"], input_shape, batch, device, vs_torchvision, classes))
+        ready = worker.ready
+        if not ready.get("oom"):
+            break
+        worker.close()
+        if batch == 1:
+            ready = {"error": "out of memory at batch size 1"}
+            break
+        batch //= 2
+        _log(f"  {base['model']}: out of memory, retrying at batch size {batch}")
+    base["batch_size"] = batch
+    if "error" in ready:
+        worker.close()
+        base.update(note=f"cannot run: {ready['error']}", macs=None)
+        _log(f"{where}: {base['note']}")
+        return
+    base.update(infer_mem_mb=ready["infer_mem_mb"], train_mem_mb=ready["train_mem_mb"])
+    if batch != asked:
+        base["note"] = f"out of memory at batch {asked}; measured at {batch}"
+    workers[base["model"]] = worker
+    _log(
+        f"{where}: ready (memory: inference {ready['infer_mem_mb']:,.0f} MiB, "
+        f"training {ready['train_mem_mb']:,.0f} MiB)"
+    )
+
+
+def _progress(row: dict) -> str:
+    spread = row.get("train_img_s_spread")
+    return f"{row['model']} {_rate(row['train_img_s'])} img/s" + (f" ±{100 * spread:.0f}%" if spread else "")
+
+
+def _rows(state: dict, context: tuple, *, interrupted: bool = False) -> list[dict]:
+    """The table's rows from what is measured so far: one per run of a model (its accuracy measured), else one with
+    the published accuracy, if any; timings flagged."""
+    measured, input_shape = context[0], context[1]
+    rows = []
+    for base in state["models"]:
+        row = dict(base)
+        row.update(timing.figures(state["samples"][base["model"]], base["batch_size"]))
+        if interrupted and row.get("macs"):
+            done = len(state["samples"][base["model"]])
+            row["note"] = "; ".join(filter(None, [row["note"], f"interrupted: {done} of {state['repeats']} rounds"]))
+        own = [m for m in measured if m["model"] == base["model"]]
+        for m in own:  # one row per run of this model, labelled by its run directory; the costs are the model's
+            rows.append(dict(row, run=m["run"], accuracy=m["accuracy"], accuracy_source=f"measured on {m['data']}"))
+        if not own and (found := published_accuracy(base["model"], input_shape)) is not None:
+            rows.append(dict(row, accuracy=found[0], accuracy_source=found[1]))
+        elif not own:
+            rows.append(row)
+    timing.timing_flags(rows)
+    return [{c: r.get(c) for c in COLUMNS} for r in rows]
+
+
+def _write(
+    rows: list[dict],
+    out: Path,
+    device: str,
+    num_classes: int,
+    label: str | None,
+    *,
+    state: dict | None = None,
+    chart: bool = True,
+) -> None:
+    """compare.csv/json/md (and overview.png with ``chart``), each written atomically: a kill at any moment leaves
+    the previous complete set of partial results or the new one."""
     import torch
 
     write_atomic(out / "compare.csv", tables.to_csv(rows, COLUMNS))
@@ -388,12 +366,17 @@ def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
         "device": device,
         "torch": torch.__version__,
         "num_classes": num_classes,
+        "rounds": state["rounds"] if state else None,
+        "rounds_asked": state["repeats"] if state else None,
+        "complete": bool(state) and state["rounds"] == state["repeats"],
+        "spread_limit": timing.SPREAD_LIMIT,
         "columns": COLUMNS,
         "units": {
             "macs": "multiply-accumulates per image",
-            "latency_ms": "median ms at batch 1",
-            "infer_img_s": "images/s",
-            "train_img_s": "images/s, forward+backward+SGD step",
+            "latency_ms": "median ms at batch 1 over the interleaved rounds",
+            "infer_img_s": "images/s, median over the rounds",
+            "train_img_s": "images/s, forward+backward+SGD step, median over the rounds",
+            "*_spread": "interquartile range / median of the rounds",
             "infer_mem_mb": "MiB above the weights",
             "train_mem_mb": "MiB above the weights",
             "accuracy": "fraction",
@@ -401,12 +384,24 @@ def _write(rows: list[dict], out: Path, device: str, num_classes: int) -> None:
         },
     }
     write_atomic(out / "compare.json", json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-    intro = (
-        f"Measured on {device}, torch {torch.__version__}, {num_classes} classes. MACs = multiply-accumulates per "
-        "image; speed vs torchvision = cnnzoo / torchvision (latency / train).\n\n"
+    write_atomic(
+        out / "compare.md", _intro(rows, device, num_classes, meta) + tables.to_markdown(rows, _display_columns(rows))
     )
-    write_atomic(out / "compare.md", intro + tables.to_markdown(rows, _display_columns(rows)))
-    write_figure(overview_figure(rows, device), out / "overview.png", dpi=90)
+    if chart:
+        write_figure(overview_figure(rows, device, label=label), out / "overview.png", dpi=90)
+
+
+def _intro(rows: list[dict], device: str, num_classes: int, meta: dict) -> str:
+    import torch
+
+    text = (
+        f"Measured on {device}, torch {torch.__version__}, {num_classes} classes, {meta['rounds']} interleaved rounds "
+        f"of {meta['rounds_asked']}. MACs = multiply-accumulates per image; each timing is the median of the rounds, "
+        "±: its spread (interquartile range / median); `!`: flagged (see the timing column)"
+    )
+    if any(r["vs_torchvision_latency"] is not None for r in rows):
+        text += "; speed vs torchvision = cnnzoo / torchvision (latency / train)"
+    return text + ".\n\n"
 
 
 def _fmt(v, spec: str) -> str:
@@ -416,6 +411,14 @@ def _fmt(v, spec: str) -> str:
 def _rate(v: float | None) -> str:
     """Images/s: whole numbers from 100 up, three significant digits below (vgg16 trains at 1.2 img/s on 2 cores)."""
     return "" if v is None else format(v, ",.0f") if v >= 100 else format(v, "#.3g")
+
+
+def _with_spread(r: dict, key: str, text: str) -> str:
+    """``text`` of ``r[key]`` with its spread, and ``!`` when that spread is above the limit."""
+    s = r.get(f"{key}_spread")
+    if not text or s is None:
+        return text
+    return f"{text}±{100 * s:.0f}%" + ("!" if s > timing.SPREAD_LIMIT else "")
 
 
 def _versus(r: dict) -> str:
@@ -433,118 +436,35 @@ def _display_columns(rows: list[dict]) -> list[tables.Column]:
         c("run", "run", justify="left"),
         c("params", "params", lambda r: _fmt(r["params"], ",")),
         c("macs", "GMACs", lambda r: _fmt(r["macs"] and r["macs"] / 1e9, ".3f")),
-        c("latency_ms", "latency ms", lambda r: _fmt(r["latency_ms"], ".2f")),
-        c("infer_img_s", "infer img/s", lambda r: _rate(r["infer_img_s"])),
-        c("train_img_s", "train img/s", lambda r: _rate(r["train_img_s"])),
+        c("latency_ms", "latency ms", lambda r: _with_spread(r, "latency_ms", _fmt(r["latency_ms"], ".2f"))),
+        c("infer_img_s", "infer img/s", lambda r: _with_spread(r, "infer_img_s", _rate(r["infer_img_s"]))),
+        c("train_img_s", "train img/s", lambda r: _with_spread(r, "train_img_s", _rate(r["train_img_s"]))),
         c("infer_mem_mb", "infer MiB", lambda r: _fmt(r["infer_mem_mb"], ",.0f")),
         c("train_mem_mb", "train MiB", lambda r: _fmt(r["train_mem_mb"], ",.0f")),
         c("vs_torchvision_latency", "vs torchvision", _versus),
         c("accuracy", "top-1 %", lambda r: _fmt(r["accuracy"] and 100 * r["accuracy"], ".2f")),
         c("accuracy_source", "source", wrap=True, justify="left"),
+        c("timing_flag", "timing", lambda r: r.get("timing_flag") or "", wrap=True, justify="left"),
         c("note", "note", wrap=True, justify="left"),
     ]
     return [col for col in cols if col.key == "model" or any(col.text(r) for r in rows)]
 
 
-def accuracy_limits(accuracies: list[float]) -> tuple[float, float]:
-    """Y-limits (percent) that frame ``accuracies`` (percent) with room for the labels, never outside [0, 100]."""
-    if not accuracies:
-        return 0.0, 100.0
-    lo, hi = min(accuracies), max(accuracies)
-    pad = max(3.0, 0.25 * (hi - lo))  # room for a label above the top point and below the lowest
-    return max(0.0, lo - pad), min(100.0, hi + pad)
-
-
-def model_colors(models: list[str]) -> dict[str, tuple]:
-    """One colour per model (several runs of one model share it): tab10, or tab20 beyond ten models."""
-    from matplotlib import colormaps
-
-    names = list(dict.fromkeys(models))
-    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
-    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
-
-
-def overview_figure(rows: list[dict], device: str):
-    """Accuracy against GMACs (area ~ parameters) and against measured training throughput, as a ``Figure``."""
-    import math
-
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(13, 5.6), layout="constrained")
-    ax_macs, ax_speed = fig.subplots(1, 2)
-    biggest = max((r["params"] or 1 for r in rows), default=1)
-    colors = model_colors([r["model"] for r in rows])
-    for ax, key in ((ax_macs, "macs"), (ax_speed, "train_img_s")):
-        placed: list[tuple[float, float]] = []  # (log10 x, accuracy) of labels put above their point
-        for r in rows:
-            if not r["macs"] or not r[key]:
-                continue
-            x, color = (r["macs"] / 1e9 if key == "macs" else r[key]), colors[r["model"]]
-            if r["accuracy"] is None:  # cost known, accuracy not: a dotted line at its cost, named at the foot
-                ax.axvline(x, color=color, ls=":", lw=1.5)
-                foot = ax.get_xaxis_transform()  # x in data, y in axes fraction
-                ax.annotate(
-                    r["model"],
-                    (x, 0.02),
-                    xycoords=foot,
-                    xytext=(-2, 0),
-                    textcoords="offset points",
-                    rotation=90,
-                    fontsize=8,
-                    ha="right",
-                    va="bottom",
-                )
-                continue
-            acc, size = 100 * r["accuracy"], 40 + 1200 * r["params"] / biggest
-            measured = (r["accuracy_source"] or "").startswith("measured")
-            ax.scatter(x, acc, s=size, color=color, alpha=0.55, marker="o" if measured else "s", edgecolors="k")
-            # Label above the marker, or below it when a label above a nearby point would collide with this one.
-            crowded = any(abs(math.log10(x) - lx) < 0.3 and abs(acc - la) < 4 for lx, la in placed)
-            if not crowded:
-                placed.append((math.log10(x), acc))
-            gap = math.sqrt(size) / 2 + 3  # marker radius in points, plus a margin
-            name = f"{r['model']} ({r['run']})" if r.get("run") else r["model"]
-            ax.annotate(
-                f"{name}\n{r['params'] / 1e6:.1f}M params",
-                (x, acc),
-                fontsize=8,
-                ha="center",
-                va="top" if crowded else "bottom",
-                xytext=(0, -gap if crowded else gap),
-                textcoords="offset points",
-                annotation_clip=False,
-            )
-    shape = rows[0]["input"] if rows else ""
-    ax_macs.set(
-        xlabel="GMACs per image (multiply-accumulates, log scale)",
-        xscale="log",
-        ylabel="top-1 accuracy (%)",
-        title=f"Accuracy vs computation at {shape} (point area = parameters)",
-    )
-    ax_speed.set(
-        xlabel=f"training throughput on {device} (images/s, log scale)",
-        xscale="log",
-        ylabel="top-1 accuracy (%)",
-        title=f"Accuracy vs measured training speed on {device}",
-    )
-    ylim = accuracy_limits([100 * r["accuracy"] for r in rows if r["accuracy"] is not None])
-    for ax in (ax_macs, ax_speed):
-        ax.grid(alpha=0.3, which="both")
-        ax.margins(x=0.18)
-        ax.set_ylim(ylim)  # from the data, not from zero: the differences between the nets stay visible
-    sources = sorted({r["accuracy_source"] for r in rows if r["accuracy_source"]})
-    kinds = [f"{'circles' if s.startswith('measured') else 'squares'}: {s}" for s in sources]
-    if any(r["accuracy"] is None and r["macs"] for r in rows):
-        kinds.append("dotted lines: cost only, accuracy unknown (pass --runs RUN_DIR)")
-    fig.suptitle(f"The classic CNNs: what accuracy costs. Accuracy ({'; '.join(kinds)})", fontsize=10)
-    return fig
-
-
 def cmd_compare(args: argparse.Namespace) -> int:
-    """Measure, print the table in ``--format``, write the files."""
+    """Measure, print the table in ``--format``, write the files (or the sweep, or the equal-budget training)."""
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.sweep is not None and args.train_budget is not None:
+        raise CnnzooError("--sweep and --train-budget are two analyses: give one of them")
+    if args.sweep is not None:
+        from cnnzoo.analysis.compare.sweep import cmd_sweep
+
+        return cmd_sweep(args)
+    if args.train_budget is not None:
+        from cnnzoo.analysis.compare.budget import cmd_budget
+
+        return cmd_budget(args)
     from rich.console import Console
 
     shape = parse_input(args.input)
@@ -552,6 +472,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     batch = args.batch_size or (64 if args.device.startswith("cuda") else 8)
     if batch < 1 or args.repeats < 1 or (args.num_classes is not None and args.num_classes < 1):
         raise CnnzooError("--batch-size, --repeats and --num-classes must be >= 1")
+    out = args.out or "runs/compare"
     rows = run_compare(
         models,
         input_shape=shape,
@@ -560,26 +481,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         runs=args.runs,
         vs_torchvision=not args.no_torchvision,
-        out=args.out,
+        out=out,
         num_classes=args.num_classes,
         label=args.label,
     )
-    title = (
-        f"cnnzoo compare at {args.input} on {args.device}, batch {batch} (MACs = multiply-accumulates; "
-        "speed vs torchvision = cnnzoo / torchvision, latency / train)"
-    )
     columns = _display_columns(rows)
+    title = f"cnnzoo compare at {args.input} on {args.device}, batch {batch} (MACs = multiply-accumulates"
+    if any(col.key == "vs_torchvision_latency" for col in columns):
+        title += "; speed vs torchvision = cnnzoo / torchvision, latency / train"
     tables.emit(
         rows,
         columns,
         args.format,
         fields=COLUMNS,
-        title=title,
+        title=title + ")",
         keys=2 if any(c.key == "run" for c in columns) else 1,
         console=Console(),
     )
-    print(
-        f"wrote {Path(args.out) / 'compare.csv'}, compare.json, compare.md, overview.png ({len(rows)} rows)",
-        file=sys.stderr,
-    )
+    _log(f"wrote {Path(out) / 'compare.csv'}, compare.json, compare.md, overview.png ({len(rows)} rows)")
     return 0
