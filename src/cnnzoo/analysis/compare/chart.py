@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from cnnzoo.analysis.compare.timing import SPREAD_LIMIT
+
 FLAG_COLOR = "#d62728"
 
 
@@ -99,8 +101,8 @@ def overview_figure(rows: list[dict], device: str, *, label: str | None = None):
                 linewidths=2.5 if flagged else 1.0,
             )
             spread = r.get("train_img_s_spread") if key == "train_img_s" else None
-            if spread:  # the interquartile band of the throughput
-                ax.errorbar(x, acc, xerr=[[x * spread / 2], [x * spread / 2]], color=color, capsize=3, lw=1)
+            if spread and spread > SPREAD_LIMIT:  # too wide to trust: its interquartile band, as wide as it is
+                ax.errorbar(x, acc, xerr=[[x * spread / 2], [x * spread / 2]], color=FLAG_COLOR, capsize=3, lw=1)
             name = f"{r['model']} ({r['run']})" if r.get("run") else r["model"]
             text = f"{name}\n{r['params'] / 1e6:.1f}M params" + ("\ntiming flagged" if flagged else "")
             gap = math.sqrt(size) / 2 + 3  # marker radius in points, plus a margin
@@ -115,7 +117,7 @@ def overview_figure(rows: list[dict], device: str, *, label: str | None = None):
                 annotation_clip=False,
                 color=FLAG_COLOR if flagged else "black",
             )
-            ax_labels.append((ann, gap))
+            ax_labels.append((ann, gap, (x, acc), math.sqrt(size) / 2))
         labels.append((ax, ax_labels))
         ax.set(xlabel=xlabel if key != "train_img_s" else f"training throughput on {device} (images/s, log scale)")
         ax.set(xscale="log", ylabel="top-1 accuracy (%)", title=f"Accuracy vs {what}")
@@ -138,7 +140,9 @@ def overview_figure(rows: list[dict], device: str, *, label: str | None = None):
     if any(r.get("accuracy") is None and r.get("macs") for r in rows):
         kinds.append("dotted lines: cost only, accuracy unknown (pass --runs RUN_DIR)")
     if any(r.get("timing_flag") for r in rows):
-        kinds.append("red edge: timing not trustworthy (see the table's timing column)")
+        kinds.append(
+            "red edge: timing not trustworthy (see the table's timing column), red bar: its interquartile band"
+        )
     data = f" on {label}" if label else ""
     fig.suptitle(f"The classic CNNs{data}: what accuracy costs, measured on {device}\n" + "; ".join(kinds), fontsize=10)
     return fig
@@ -148,30 +152,51 @@ def _place_labels(fig: Any, labels: list[tuple[Any, list]]) -> None:
     """Move each point's label (above, below, right, left of its marker, then further out) to the first place where
     it overlaps no label already placed in its panel (plain20 and resnet56 sit on top of each other otherwise)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.transforms import Bbox
 
     canvas = FigureCanvasAgg(fig)
     fig.draw_without_rendering()  # the constrained layout settles the axes first
     renderer = canvas.get_renderer()
-    for _ax, anns in labels:
-        placed = []
-        for ann, gap in anns:
+    for ax, anns in labels:
+        placed = []  # the markers first: a label covers no point either
+        for _ann, _gap, (x, y), radius in anns:
+            cx, cy = ax.transData.transform((x, y))
+            r = radius * fig.dpi / 72
+            placed.append(Bbox.from_extents(cx - r, cy - r, cx + r, cy + r))
+        for ann, gap, _xy, _radius in anns:
             spots = [
                 ((0, gap), "center", "bottom"),
                 ((0, -gap), "center", "top"),
                 ((gap, 0), "left", "center"),
                 ((-gap, 0), "right", "center"),
-                ((0, gap + 24), "center", "bottom"),
-                ((0, -gap - 24), "center", "top"),
-                ((gap + 6, gap), "left", "bottom"),
-                ((-gap - 6, -gap), "right", "top"),
+                ((gap, gap), "left", "bottom"),
+                ((-gap, gap), "right", "bottom"),
+                ((gap, -gap), "left", "top"),
+                ((-gap, -gap), "right", "top"),
             ]
-            for offset, ha, va in spots:
-                ann.xyann, _ = offset, ann.set(ha=ha, va=va)
-                box = ann.get_window_extent(renderer)
-                if not any(box.overlaps(other) for other in placed):
+            spots += [((dx * 2.5, dy * 2.5), ha, va) for (dx, dy), ha, va in spots]
+            best = None  # (overlap, spot): the least-covered spot when none is free
+            for spot in spots:
+                box = _try(ann, spot, renderer)
+                covered = sum(_overlap(box, other) for other in placed)
+                if best is None or covered < best[0]:
+                    best = (covered, spot)
+                if covered == 0:
                     break
-            else:  # nowhere free: the first spot
-                ann.xyann = spots[0][0]
-                ann.set(ha="center", va="bottom")
-                box = ann.get_window_extent(renderer)
+            box = _try(ann, best[1], renderer)
             placed.append(box)
+
+
+def _try(ann: Any, spot: tuple, renderer: Any) -> Any:
+    """Put ``ann`` at ``spot`` (offset in points, alignment) and return its box in display pixels."""
+    offset, ha, va = spot
+    ann.xyann = offset
+    ann.set(ha=ha, va=va)
+    return ann.get_window_extent(renderer)
+
+
+def _overlap(a: Any, b: Any) -> float:
+    """Area (square pixels) that two boxes share."""
+    w = min(a.x1, b.x1) - max(a.x0, b.x0)
+    h = min(a.y1, b.y1) - max(a.y0, b.y0)
+    return max(0.0, w) * max(0.0, h)
