@@ -342,6 +342,8 @@ def sweep_markdown(data: dict) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Fit of time per image against GMACs across the nets (least squares):", ""]
     lines += ["| batch | time | ms per GMAC | intercept ms | R^2 | nets |", "|---:|---|---:|---:|---:|---:|"]
+    if not data["fits"]:
+        lines.append("| | | | | | (none: a fit needs nets with at least two different MACs counts) |")
     for f in data["fits"]:
         lines.append(
             f"| {f['batch_size']} | {f['time']} | {f['slope']:.3g} | {f['intercept']:.3g} | {f['r2']:.3f} | {f['n']} |"
@@ -377,7 +379,7 @@ def findings(data: dict) -> list[str]:
             + (" (agrees)." if low >= 0.95 else " (agrees only in part).")
         )
     speed = [n for n in data["nets"] if n.get("infer_speedup") is not None]
-    if speed:
+    if len(speed) >= 2:
         best = max(speed, key=lambda n: n["infer_speedup"])
         worst = min(speed, key=lambda n: n["infer_speedup"])
         out.append(
@@ -386,7 +388,7 @@ def findings(data: dict) -> list[str]:
             f"batch for {best['model']}, {worst['infer_speedup']:.1f}x for {worst['model']}."
         )
     acc = [n for n in data["nets"] if n.get("accuracy_per_mparam") is not None]
-    if acc:
+    if len(acc) >= 2:
         hi = max(acc, key=lambda n: n["accuracy_per_mparam"])
         lo = min(acc, key=lambda n: n["accuracy_per_mparam"])
         out.append(
@@ -444,7 +446,8 @@ def sweep_figure(data: dict):
     )
     for ax in (a_inf, a_train, a_mem, a_fit):
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:  # no fit line when the nets share one MACs count
+            ax.legend(fontsize=8)
     for ax in (a_inf, a_train, a_mem):
         plain_log_axis(ax.xaxis)
     meta = data["meta"]
