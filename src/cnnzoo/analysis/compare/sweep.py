@@ -448,8 +448,12 @@ def sweep_figure(data: dict):
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:  # no fit line when the nets share one MACs count
             ax.legend(fontsize=8)
+    all_batches = sorted({r["batch_size"] for r in records})
     for ax in (a_inf, a_train, a_mem):
-        plain_log_axis(ax.xaxis)
+        if all_batches:
+            plain_log_axis(ax.yaxis)
+            plain_log_axis(ax.xaxis)
+            ax.set_xticks(all_batches, [str(b) for b in all_batches])  # the batch sizes measured, no others
     meta = data["meta"]
     data_name = f" (accuracy: {meta['label']})" if meta.get("label") else ""
     fig.suptitle(
