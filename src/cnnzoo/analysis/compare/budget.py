@@ -164,10 +164,12 @@ def run_budget(models: list[str], *, budget_s: float, out: str | Path, args: dic
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    from cnnzoo.analysis.compare.timing import duration
+
+    each = budget_s + args["probe"] + 60  # training, the probe, and about a minute for set-up and the one test
     log(
-        f"estimate: about {len(models)} x ({budget_s / 60:.3g} min of training + {args['probe']:.0f} s of probe + "
-        "set-up and one test) for "
-        f"{len(models)} nets"
+        f"estimate: about {duration(len(models) * each)} for {len(models)} nets ({budget_s / 60:.3g} min of training, "
+        f"a {args['probe']:.0f} s probe, set-up and one test each; less where probes and runs are already done)"
     )
     rows: list[dict] = []
     plans = []

@@ -179,7 +179,12 @@ class Worker:
         self.process = ctx.Process(target=serve, args=(child, args), daemon=True)
         self.process.start()
         child.close()
-        self.ready: dict[str, Any] = self._receive()
+        try:
+            self.ready: dict[str, Any] = self._receive()
+        except BaseException:  # Ctrl-C while it sets up: no process left behind
+            self.process.terminate()
+            self.process.join(timeout=5)
+            raise
 
     def _receive(self) -> dict:
         try:
