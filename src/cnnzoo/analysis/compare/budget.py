@@ -150,7 +150,7 @@ def fixed_probe(model: str, folder: Path, args: dict[str, Any], budget_s: float,
             log(f"  {model}: probe from {path} ({stored['seconds_per_step']:.3g} s per step)")
             return dict(stored, iterations=iterations_for(budget_s, stored["seconds_per_step"]))
         log(f"  {model}: {path} was measured under other conditions; probing again")
-    log(f"  {model}: probing the step for {args['probe']:.0f} s ...")
+    log(f"  {model}: probing the step for {args['probe']:g} s ...")
     found = dict(probe(cfg, args["probe"], log), key=key, measured=time.strftime("%Y-%m-%d %H:%M:%S"))
     write_atomic(path, json.dumps(found, indent=2) + "\n")
     return dict(found, iterations=iterations_for(budget_s, found["seconds_per_step"]))
@@ -169,7 +169,7 @@ def run_budget(models: list[str], *, budget_s: float, out: str | Path, args: dic
     each = budget_s + args["probe"] + 60  # training, the probe, and about a minute for set-up and the one test
     log(
         f"estimate: about {duration(len(models) * each)} for {len(models)} nets ({budget_s / 60:.3g} min of training, "
-        f"a {args['probe']:.0f} s probe, set-up and one test each; less where probes and runs are already done)"
+        f"a {args['probe']:g} s probe, set-up and one test each; less where probes and runs are already done)"
     )
     rows: list[dict] = []
     plans = []
@@ -232,8 +232,8 @@ def _write(rows: list[dict], out: Path, meta: dict, *, chart: bool) -> None:
 def _columns() -> list[tables.Column]:
     c = tables.Column
 
-    def f(key, spec, scale=1.0):
-        return lambda r: "" if r.get(key) is None else format(r[key] * scale, spec)
+    def f(key, spec, scale=None):
+        return lambda r: "" if r.get(key) is None else format(r[key] * scale if scale else r[key], spec)
 
     return [
         c("model", "model", justify="left"),
