@@ -236,7 +236,8 @@ def run_compare(
                 state["samples"][name].append(result)
             state["rounds"] = r + 1
             rows = _rows(state, context)
-            _log(f"round {r + 1}/{repeats}: " + ", ".join(_progress(row) for row in rows if row.get("train_img_s")))
+            shown = dict.fromkeys(_progress(row) for row in rows if row.get("train_img_s"))  # once per model
+            _log(f"round {r + 1}/{repeats}: " + ", ".join(shown))
             _write(rows, *context[2:], state=state, chart=False)
     except KeyboardInterrupt:
         rows = _rows(state, context, interrupted=True)

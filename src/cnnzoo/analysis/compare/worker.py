@@ -195,7 +195,11 @@ class Worker:
 
     def round(self, index: int) -> dict[str, float]:
         """One repetition of every figure (see :meth:`Session.round`)."""
-        self.conn.send(("round", index))
+        try:
+            self.conn.send(("round", index))
+        except OSError:  # the process is gone
+            self.process.join(timeout=5)
+            return {"error": f"the measuring process ended (exit status {self.process.exitcode})"}
         return self._receive()
 
     def close(self) -> None:
