@@ -430,3 +430,28 @@ def test_every_default_32_net_has_a_published_accuracy_and_runs_override_it(tmp_
     )
     assert rows[0]["accuracy"] == pytest.approx(0.9173) and "akamaster" in rows[0]["accuracy_source"]
     assert rows[1]["accuracy"] == 0.9 and rows[1]["accuracy_source"] == "measured on cifar10"
+
+
+def test_a_measuring_process_that_dies_ends_its_row_only(tmp_path, monkeypatch):
+    from cnnzoo.analysis import compare
+
+    class Dies(FakeWorker):
+        def round(self, index):
+            if self.args[0] == "resnet56" and index == 1:
+                return {"error": "the measuring process ended (exit status -9)"}
+            return super().round(index)
+
+    monkeypatch.setattr(compare, "_start_worker", Dies)
+    r20, r56 = run_compare(
+        ["resnet20", "resnet56"],
+        input_shape=(3, 32, 32),
+        device="cpu",
+        batch_size=2,
+        repeats=3,
+        runs=[],
+        vs_torchvision=False,
+        out=tmp_path,
+    )
+    assert r20["note"] == "" and r20["train_img_s_spread"] == 0.0
+    assert r56["train_img_s"] == pytest.approx(3.0) and r56["train_img_s_spread"] is None  # one round: no spread
+    assert r56["note"] == "measuring stopped after 1 rounds: the measuring process ended (exit status -9)"
