@@ -128,6 +128,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--probe", type=float, default=20.0, help="--train-budget: seconds of the timed probe per net (default 20)"
     )
+    p.add_argument(
+        "--overwrite", action="store_true", help="--train-budget: retrain a net whose run folder holds another setup"
+    )
     p.add_argument("--out", default=None, help="output folder (default runs/compare, runs/sweep or runs/budget)")
     tables.add_format_argument(p)
     p.set_defaults(func=cmd_compare)

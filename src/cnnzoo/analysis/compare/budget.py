@@ -178,7 +178,7 @@ def run_budget(models: list[str], *, budget_s: float, out: str | Path, args: dic
         found = fixed_probe(name, out / name, args, budget_s, log)
         cfg = budget_config(name, args, found["iterations"])
         plans.append((name, found, Run(cfg, out / name / "run")))
-    check_reuse([p[2] for p in plans])
+    check_reuse([p[2] for p in plans], overwrite=bool(args.get("overwrite")))
     for name, found, run in plans:
         prof = profile_model(name, num_classes=None, input_shape=None)
         rows.append(
@@ -324,6 +324,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
         "batch_size": args.batch_size,
         "probe": args.probe,
         "label": args.label,
+        "overwrite": args.overwrite,
     }
     rows = run_budget(models, budget_s=budget_s, out=out, args=settings, log=_log)
     if args.format in ("csv", "json"):
