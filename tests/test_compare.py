@@ -5,15 +5,20 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from PIL import Image
 
 from cnnzoo.analysis.compare import (
     COLUMNS,
+    DEFAULT_32,
+    CompareInterrupted,
     accuracy_limits,
     overview_figure,
+    published_accuracy,
     published_top1,
     run_compare,
     runs_accuracy,
+    timing,
 )
 from cnnzoo.analysis.profile import profile_model
 from cnnzoo.cli import main
@@ -63,7 +68,7 @@ def test_compare_writes_table_files_and_chart(tmp_path):
 def test_runs_accuracy_and_published_numbers(tmp_path, monkeypatch):
     from cnnzoo.analysis import compare
 
-    monkeypatch.setattr(compare, "_in_fresh_process", _fake_measure)  # the accuracy columns, not the timings
+    monkeypatch.setattr(compare, "_start_worker", FakeWorker)  # the accuracy columns, not the timings
     run = tmp_path / "run"
     run.mkdir()
     (run / "report.json").write_text(json.dumps({"model": "resnet20", "data": "digits", "test": {"top1": 0.95}}))
@@ -134,11 +139,9 @@ def test_out_of_memory_is_retried_at_half_the_batch(tmp_path, monkeypatch):
     def fake_child(args):
         name, shape, batch, *_ = args
         asked.append(batch)
-        if batch > 2:
-            return {"oom": True}
-        return {"latency_ms": 1.0, "infer_img_s": 2.0, "train_img_s": 1.0, "infer_mem_mb": 1.0, "train_mem_mb": 2.0}
+        return FakeWorker(args, ready={"oom": True} if batch > 2 else None)
 
-    monkeypatch.setattr(compare, "_in_fresh_process", fake_child)
+    monkeypatch.setattr(compare, "_start_worker", fake_child)
     (row,) = run_compare(
         ["resnet20"],
         input_shape=(3, 32, 32),
@@ -151,7 +154,7 @@ def test_out_of_memory_is_retried_at_half_the_batch(tmp_path, monkeypatch):
     )
     assert asked == [8, 4, 2] and row["batch_size"] == 2
     assert row["note"] == "out of memory at batch 8; measured at 2"
-    monkeypatch.setattr(compare, "_in_fresh_process", lambda args: {"oom": True})
+    monkeypatch.setattr(compare, "_start_worker", lambda args: FakeWorker(args, ready={"oom": True}))
     (row,) = run_compare(
         ["resnet20"],
         input_shape=(3, 32, 32),
@@ -165,8 +168,21 @@ def test_out_of_memory_is_retried_at_half_the_batch(tmp_path, monkeypatch):
     assert row["note"] == "cannot run: out of memory at batch size 1" and row["train_img_s"] is None
 
 
-def _fake_measure(args):  # stands in for the spawned measuring process: these tests are about the rows
-    return {"latency_ms": 1.0, "infer_img_s": 2.0, "train_img_s": 3.0, "infer_mem_mb": 1.0, "train_mem_mb": 2.0}
+class FakeWorker:
+    """Stands in for a model's measuring process: these tests are about the rows, not the timings.
+
+    Every round takes 1 ms at batch 1 and gives 2 images/s of inference and 3 of training (or ``speeds``)."""
+
+    def __init__(self, args, ready=None, speeds=(2.0, 3.0)):
+        self.args, self.batch = args, args[2]
+        self.ready = ready or {"infer_mem_mb": 1.0, "train_mem_mb": 2.0}
+        self.speeds = speeds
+
+    def round(self, index):
+        return {"latency": 0.001, "infer": self.batch / self.speeds[0], "train": self.batch / self.speeds[1]}
+
+    def close(self):
+        pass
 
 
 def _report(path, model, top1):
@@ -178,7 +194,7 @@ def _report(path, model, top1):
 def test_two_runs_of_one_model_both_shown(tmp_path, monkeypatch, capsys):
     from cnnzoo.analysis import compare
 
-    monkeypatch.setattr(compare, "_in_fresh_process", _fake_measure)
+    monkeypatch.setattr(compare, "_start_worker", FakeWorker)
     runs = [
         _report(tmp_path / "a" / "r20", "resnet20", 0.91),
         _report(tmp_path / "b" / "r20", "resnet20", 0.92),
@@ -242,6 +258,7 @@ def test_overview_accuracy_axis_and_colours():
         "params": 270_000,
         "macs": 40_000_000,
         "train_img_s": 100.0,
+        "train_mem_mb": 50.0,
         "note": "",
         "accuracy_source": "measured on cifar10",
     }
@@ -251,10 +268,190 @@ def test_overview_accuracy_axis_and_colours():
         dict(base, model="resnet56", run=None, accuracy=0.02, params=850_000, macs=125_000_000),
     ]
     fig = overview_figure(rows, "cpu")
-    for ax in fig.axes[:2]:
+    assert len(fig.axes) == 3  # computation, memory, speed
+    for ax in fig.axes:
         lo, hi = ax.get_ylim()
         assert lo >= 0.0 and hi <= 100.0 and lo < 2.0 and hi > 99.0
         colours = [tuple(c.get_facecolor()[0][:3]) for c in ax.collections]
         assert colours[0] == colours[1] != colours[2]  # one colour per model, shared by its runs
         texts = [t.get_text() for t in ax.texts]
         assert any("resnet20 (a)" in t for t in texts) and any("resnet20 (b)" in t for t in texts)
+
+
+# --- timings you can trust ---------------------------------------------------------------------------------------
+
+
+def test_spread_is_the_interquartile_range_over_the_median():
+    assert timing.spread([1.0, 2.0, 3.0, 4.0, 5.0]) == pytest.approx((4.0 - 2.0) / 3.0)
+    assert timing.spread([2.0, 2.0, 2.0]) == 0.0
+    assert timing.spread([5.0]) is None and timing.spread([]) is None  # one repetition: no spread to speak of
+    samples = [{"latency": t, "infer": t * 4, "train": t * 12} for t in (0.010, 0.011, 0.012, 0.013, 0.030)]
+    fig = timing.figures(samples, batch=4)
+    assert fig["latency_ms"] == pytest.approx(12.0)  # the median ignores the one slow round
+    assert fig["latency_ms_spread"] == pytest.approx((13.0 - 11.0) / 12.0)
+    assert fig["infer_img_s"] == pytest.approx(4 / 0.048) and fig["train_img_s"] == pytest.approx(4 / 0.144)
+    assert fig["train_img_s_spread"] == pytest.approx(
+        timing.spread([4 / (t * 12) for t in (0.010, 0.011, 0.012, 0.013, 0.030)])
+    )
+    tv = [dict(s, tv_latency=s["latency"] * 2, tv_train=s["train"]) for s in samples]
+    versus = timing.figures(tv, batch=4)
+    assert versus["vs_torchvision_latency"] == pytest.approx(2.0) and versus["vs_torchvision_train"] == pytest.approx(
+        1.0
+    )
+
+
+def _timed(model, macs, train, spread=0.02, infer=100.0):
+    return {
+        "model": model,
+        "input": "3x32x32",
+        "macs": macs,
+        "latency_ms": 1.0,
+        "latency_ms_spread": 0.01,
+        "infer_img_s": infer,
+        "infer_img_s_spread": 0.02,
+        "train_img_s": train,
+        "train_img_s_spread": spread,
+    }
+
+
+def test_flags_too_wide_spreads_and_twins_that_disagree():
+    rows = [_timed("resnet20", 40, 449.0), _timed("plain20", 40, 460.0), _timed("vgg16_cifar", 300, 60.0, spread=0.4)]
+    timing.timing_flags(rows)
+    assert rows[0]["timing_flag"] == rows[1]["timing_flag"] == ""  # equal MACs, speeds within spreads + slack
+    assert rows[2]["timing_flag"] == "training img/s spread 40% > 15%"
+    # The issue's run: plain20 494 vs resnet20 13.3 images/s of inference at the same MACs.
+    rows = [_timed("resnet20", 40, 4.2, infer=13.3), _timed("plain20", 40, 73.4, infer=494.0)]
+    timing.timing_flags(rows)
+    for row, twin in zip(rows, ("plain20", "resnet20"), strict=True):
+        assert f"inference img/s differs from its equal-MACs twin {twin}" in row["timing_flag"]
+        assert f"training img/s differs from its equal-MACs twin {twin}" in row["timing_flag"]
+    # Apart by 20%: within the slack for what MACs do not count; apart by 20% but with 30% spreads: not flagged either.
+    assert not timing.twins_differ(_timed("a", 1, 100.0), _timed("b", 1, 120.0), "train_img_s")
+    assert timing.twins_differ(_timed("a", 1, 100.0), _timed("b", 1, 140.0), "train_img_s")
+    assert not timing.twins_differ(_timed("a", 1, 100.0, 0.3), _timed("b", 1, 140.0, 0.3), "train_img_s")
+
+
+def test_busy_machine_warning_and_estimate():
+    assert timing.busy_warning(2, load=1.5) is None
+    assert "load average 3.5 above the 2 cores" in timing.busy_warning(2, load=3.5)
+    kw = {"batch": 8, "rounds": 10, "macs_per_s": 60e9, "device": "cpu"}
+    one = timing.estimate_seconds([4_000_000_000], **kw)
+    assert one > timing.START_S["cpu"] and timing.estimate_seconds([4_000_000_000] * 2, **kw) == pytest.approx(2 * one)
+    assert timing.estimate_seconds([4_000_000_000], torchvision=[True], **kw) > one
+    assert timing.duration(75) == "1 min 15 s" and timing.duration(4000) == "1 h 6 min"
+
+
+def test_rows_carry_spreads_flags_and_the_estimate(tmp_path, monkeypatch, capsys):
+    from cnnzoo.analysis import compare
+
+    speeds = {"resnet20": (13.3, 4.2), "plain20": (494.0, 73.4)}
+    monkeypatch.setattr(compare, "_start_worker", lambda args: FakeWorker(args, speeds=speeds[args[0]]))
+    rows = run_compare(
+        ["resnet20", "plain20"],
+        input_shape=(3, 32, 32),
+        device="cpu",
+        batch_size=2,
+        repeats=3,
+        runs=[],
+        vs_torchvision=False,
+        out=tmp_path,
+    )
+    err = capsys.readouterr().err
+    assert err.startswith("estimate: about ") and "round 3/3" in err and "[2/2] plain20" in err
+    assert all(r["train_img_s_spread"] == 0.0 and "equal-MACs twin" in r["timing_flag"] for r in rows)
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["meta"]["complete"] and saved["meta"]["rounds"] == 3
+    assert "train_img_s_spread" in saved["rows"][0] and "timing_flag" in (tmp_path / "compare.csv").read_text()
+    md = (tmp_path / "compare.md").read_text()
+    assert "73.4±0%" in md and "speed vs torchvision" not in md  # no such column: the intro does not mention it
+
+
+def test_ctrl_c_keeps_what_was_measured(tmp_path, monkeypatch):
+    from cnnzoo.analysis import compare
+
+    seen = []
+
+    class Interrupted(FakeWorker):
+        def __init__(self, args, **kw):
+            super().__init__(args, **kw)
+            if args[0] == "resnet56":  # the first model's row is on disk as soon as it is set up
+                seen.append(json.loads((tmp_path / "compare.json").read_text())["rows"][0])
+
+        def round(self, index):
+            if index == 2 and self.args[0] == "resnet56":
+                raise KeyboardInterrupt
+            return super().round(index)
+
+    monkeypatch.setattr(compare, "_start_worker", Interrupted)
+    with pytest.raises(CompareInterrupted) as stopped:
+        run_compare(
+            ["resnet20", "resnet56"],
+            input_shape=(3, 32, 32),
+            device="cpu",
+            batch_size=2,
+            repeats=5,
+            runs=[],
+            vs_torchvision=False,
+            out=tmp_path,
+        )
+    assert stopped.value.exit_code == 130 and "after 2 of 5 rounds" in str(stopped.value)
+    assert seen[0]["model"] == "resnet20" and seen[0]["train_mem_mb"] == 2.0 and seen[0]["train_img_s"] is None
+    saved = json.loads((tmp_path / "compare.json").read_text())
+    assert saved["meta"]["rounds"] == 2 and not saved["meta"]["complete"]
+    r20, r56 = saved["rows"]
+    assert r20["train_img_s"] == pytest.approx(3.0) and "interrupted: 3 of 5 rounds" in r20["note"]
+    assert r56["train_img_s"] == pytest.approx(3.0) and "interrupted: 2 of 5 rounds" in r56["note"]
+    assert (tmp_path / "overview.png").stat().st_size > 0
+    assert not list(tmp_path.glob(".*.tmp"))  # every write atomic, none left half-done
+    # The command exits 130 with one line.
+    assert main(["compare", "resnet20", "resnet56", "--input", "3x32x32", "--out", str(tmp_path / "cli")]) == 130
+
+
+def test_every_default_32_net_has_a_published_accuracy_and_runs_override_it(tmp_path, monkeypatch):
+    from cnnzoo.analysis import compare
+
+    for name in DEFAULT_32:
+        acc, source = published_accuracy(name, (3, 32, 32))
+        assert 0.5 < acc < 1 and source.startswith("published CIFAR-10: ")
+    assert published_accuracy("resnet20", (3, 32, 32))[0] == pytest.approx(0.9173)  # akamaster: 8.27% error
+    assert published_accuracy("resnet50", (3, 224, 224))[1] == "published ImageNet top-1 (torchvision weights)"
+    assert published_accuracy("resnet20", (3, 224, 224)) is None
+    monkeypatch.setattr(compare, "_start_worker", FakeWorker)
+    run = _report(tmp_path / "mine", "resnet56", 0.9)
+    rows = run_compare(
+        ["resnet20", "resnet56"],
+        input_shape=(3, 32, 32),
+        device="cpu",
+        batch_size=2,
+        repeats=1,
+        runs=[run],
+        vs_torchvision=False,
+        out=tmp_path / "out",
+    )
+    assert rows[0]["accuracy"] == pytest.approx(0.9173) and "akamaster" in rows[0]["accuracy_source"]
+    assert rows[1]["accuracy"] == 0.9 and rows[1]["accuracy_source"] == "measured on cifar10"
+
+
+def test_a_measuring_process_that_dies_ends_its_row_only(tmp_path, monkeypatch):
+    from cnnzoo.analysis import compare
+
+    class Dies(FakeWorker):
+        def round(self, index):
+            if self.args[0] == "resnet56" and index == 1:
+                return {"error": "the measuring process ended (exit status -9)"}
+            return super().round(index)
+
+    monkeypatch.setattr(compare, "_start_worker", Dies)
+    r20, r56 = run_compare(
+        ["resnet20", "resnet56"],
+        input_shape=(3, 32, 32),
+        device="cpu",
+        batch_size=2,
+        repeats=3,
+        runs=[],
+        vs_torchvision=False,
+        out=tmp_path,
+    )
+    assert r20["note"] == "" and r20["train_img_s_spread"] == 0.0
+    assert r56["train_img_s"] == pytest.approx(3.0) and r56["train_img_s_spread"] is None  # one round: no spread
+    assert r56["note"] == "measuring stopped after 1 rounds: the measuring process ended (exit status -9)"
