@@ -124,6 +124,17 @@ def check_arguments(
 
 def _resume(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop_after: int | None, log) -> dict:
     """Continue the run in ``run_dir`` with the config of its checkpoint, changed only in ``RESUME_OVERRIDES``."""
+    from cnnzoo.train import rundir_lock
+    from cnnzoo.train.run import env_int, recover_replaced
+
+    # One writer: the lock is taken before last.pt is read, so no other writer can replace it under this resume.
+    with rundir_lock.hold(run_dir, enabled=run_dir.is_dir() and env_int("RANK", 0, 0) == 0):
+        if rundir_lock.holds(run_dir):
+            recover_replaced(run_dir)
+        return _resume_locked(run_dir, model, overrides, stop_after=stop_after, log=log)
+
+
+def _resume_locked(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop_after: int | None, log) -> dict:
     from cnnzoo.train.run import open_run, run_training
 
     ckpt = open_run(run_dir)

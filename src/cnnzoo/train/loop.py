@@ -174,7 +174,7 @@ class FiniteGuard:
         step = int(self.bad.item())
         if step >= 0:
             spe, run_dir = self.run.steps_per_epoch, self.run.run_dir
-            last = run_dir / "last.pt" if run_dir else "none written"
+            last = run_dir / "last.pt" if run_dir and (run_dir / "last.pt").is_file() else "none written"
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {step // spe + 1}, step {step + 1}; stopped, keeping the last good "
                 f"checkpoint ({last}); try a lower --lr, --grad-clip or --precision fp32"
