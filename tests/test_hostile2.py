@@ -1,0 +1,191 @@
+"""Hostile inputs, second round: one writer per run directory, parts that prove themselves, nothing replaced before
+its successor exists, and inputs that used to be accepted silently or end in a traceback.
+
+The property is the one of ``test_hostile.py``: one ``error:`` line, the README's exit status, no traceback, and
+every file that existed before byte-identical afterwards. The concurrency cases start real processes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cnnzoo.cli import main
+from cnnzoo.train.api import train
+from test_hostile import TINY, _tree
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+ENV = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
+TINY_FLAGS = ["--subset", "64", "--val-size", "32", "--batch-size", "32", "--device", "cpu", "--threads", "1"]
+
+
+def _check(capsys, argv: list[str], root: Path, *, code: int = 2, same: bool = True) -> str:
+    """``cnnzoo ARGV`` exits with ``code`` after one ``error:`` line, no traceback; with ``same``, the tree under
+    ``root`` is byte-identical afterwards (nothing changed, nothing added). Returns stderr."""
+    before = _tree(root)
+    got = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert got == code and err.startswith("error: ") and err.count("\n") == 1, (argv, got, err)
+    if same:
+        assert _tree(root) == before, argv
+    return err
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory) -> Path:
+    """A finished tiny run (read only: tests change copies)."""
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("home")
+        mp.setenv("CNNZOO_CACHE_DIR", str(home / "cache"))
+        mp.setenv("CNNZOO_DATA_DIR", str(home / "data"))
+        out = tmp_path_factory.mktemp("runs") / "r"
+        train("resnet20", "digits", out=out, quiet=True, **TINY)
+    return out
+
+
+def _copy(run: Path, to: Path) -> Path:
+    return Path(shutil.copytree(run, to, ignore=shutil.ignore_patterns("tensorboard")))
+
+
+# --- 1. one writer per run directory ---------------------------------------------------------------------------------
+
+
+def _wait_for(predicate, proc: subprocess.Popen, what: str, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc.poll() is not None:
+            raise AssertionError(f"the first writer ended ({proc.returncode}) before {what}: {proc.stderr.read()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_two_real_trainings_on_one_run_directory_the_second_is_refused(tmp_path, capsys):
+    """Two `cnnzoo train --out R` processes: the second (a new run, --overwrite, or --resume) gets one line naming the
+    first; the first is not disturbed; after it stops, its lock is gone and the run resumes."""
+    run = tmp_path / "R"
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cnnzoo", "train", "resnet20", "--data", "digits", "--out", str(run), "--epochs", "500",
+         "--quiet", *TINY_FLAGS],
+        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        _wait_for(lambda: (run / "last.pt").is_file() and (run / ".cnnzoo-lock").is_file(), first, "its first epoch")
+        for extra in (["resnet20", "--data", "digits", "--out", str(run)], ["resnet20", "--out", str(run),
+                      "--overwrite"], ["--resume", str(run)]):  # fmt: skip
+            second = subprocess.run(
+                [sys.executable, "-m", "cnnzoo", "train", *extra, "--quiet", "--epochs", "1", "--device", "cpu"],
+                env=ENV, capture_output=True, text=True, timeout=240,
+            )  # fmt: skip
+            assert second.returncode == 2, second.stderr
+            assert second.stderr.startswith("error: ") and second.stderr.count("\n") == 1, second.stderr
+            assert f"process {first.pid}" in second.stderr and "in use" in second.stderr, second.stderr
+        assert first.poll() is None  # still training, undisturbed
+        # The same from this process, with the tree compared (the first writer is stopped meanwhile by nothing).
+        first.send_signal(signal.SIGSTOP)  # frozen: its files cannot change while the tree is compared
+        try:
+            err = _check(capsys, ["train", "--resume", str(run), "--quiet"], tmp_path)
+            assert f"process {first.pid}" in err
+        finally:
+            first.send_signal(signal.SIGCONT)
+    finally:
+        first.send_signal(signal.SIGTERM)
+        code = first.wait(timeout=240)
+    assert code == 143, first.stderr.read()
+    assert not (run / ".cnnzoo-lock").exists()  # released with the process
+    assert main(["train", "--resume", str(run), "--quiet", "--stop-after", "1", "--device", "cpu"]) == 0
+
+
+_HOLDER = """
+import sys, time
+from cnnzoo.train import rundir_lock
+rundir_lock.acquire(sys.argv[1])
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_lock_left_by_a_killed_process_is_stale_and_taken_over(good_run, tmp_path, capsys):
+    run = _copy(good_run, tmp_path / "run")
+    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, str(run)], env=ENV, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        err = _check(capsys, ["train", "--resume", str(run), "--quiet", "--epochs", "2"], tmp_path)
+        assert f"process {holder.pid}" in err
+        err = _check(capsys, ["train", "resnet20", "--out", str(run), "--overwrite", "--quiet"], tmp_path)
+        assert f"process {holder.pid}" in err
+    finally:
+        holder.kill()  # SIGKILL: no chance to clean up; the lock file stays, the flock goes with the process
+        holder.wait()
+    assert (run / ".cnnzoo-lock").is_file()
+    from cnnzoo.train import rundir_lock
+
+    with rundir_lock.hold(run):  # taken over at once: the kernel released the dead process's flock
+        assert rundir_lock.holds(run)
+    assert not (run / ".cnnzoo-lock").exists()
+    # A lock file that is only a file (what any crash leaves) is no reason to refuse an "empty" folder either.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".cnnzoo-lock").write_text('{"pid": 1}')
+    from cnnzoo.train.run import check_out
+
+    check_out(empty)
+
+
+# --- 3. --overwrite keeps the old run until the new one has its first checkpoint----------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "fragment"),
+    [
+        (["--lr", "1e30"], 3, "non-finite loss"),
+        (["--cutout", "1e30"], 2, "cutout"),
+        (["--cutout", "100000"], 2, "cutout"),
+        (["--image-size", "100000"], 2, "image"),
+    ],
+    ids=["lr-diverges", "cutout-not-an-int", "cutout-huge", "image-size-huge"],
+)
+def test_overwrite_that_fails_before_the_first_checkpoint_keeps_the_old_run(
+    good_run, tmp_path, capsys, flags, code, fragment
+):
+    run = _copy(good_run, tmp_path / "run")
+    argv = ["train", "resnet20", "--data", "digits", "--out", str(run), "--overwrite", "--quiet", *TINY_FLAGS, *flags]
+    err = _check(capsys, argv, tmp_path, code=code)
+    assert fragment in err
+    if "last.pt" in err:  # a message names only files that exist, and they are what it says
+        assert "none written" not in err.split("last.pt")[0][-40:]
+    assert f"({run / 'last.pt'})" not in err  # the new run wrote no last.pt: it must not claim to keep one
+
+
+def test_a_kill_in_the_middle_of_overwrite_is_recovered_by_the_next_writer(good_run, tmp_path, capsys):
+    from cnnzoo.train import run as run_mod
+
+    run = _copy(good_run, tmp_path / "run")
+    before = _tree(run)
+    # Killed after the old run was set aside and the new run's marker written, before its first checkpoint.
+    aside = run_mod._set_aside(run)
+    assert aside is not None and not (run / "best.pt").exists()
+    (run / run_mod.MARKER).write_text('{"cnnzoo_run": 1, "id": "new"}')
+    run_mod.recover_replaced(run)
+    assert _tree(run) == before
+    # Killed halfway through the set-aside itself (no .complete yet): undone the same way.
+    aside = run / run_mod.ASIDE
+    aside.mkdir()
+    os.replace(run / "last.pt", aside / "last.pt")
+    run_mod.recover_replaced(run)
+    assert _tree(run) == before
+    # The new run had written its last.pt: the replaced run goes.
+    run_mod._set_aside(run)
+    torch.save({"new": torch.zeros(1)}, run / "last.pt")
+    run_mod.recover_replaced(run)
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
