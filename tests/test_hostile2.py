@@ -20,7 +20,7 @@ import torch
 
 from cnnzoo.cli import main
 from cnnzoo.train.api import train
-from test_hostile import TINY, _tree
+from test_hostile import TINY, _png, _tree
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 ENV = dict(os.environ, PYTHONPATH=SRC, OMP_NUM_THREADS="1")
@@ -189,3 +189,86 @@ def test_a_kill_in_the_middle_of_overwrite_is_recovered_by_the_next_writer(good_
     torch.save({"new": torch.zeros(1)}, run / "last.pt")
     run_mod.recover_replaced(run)
     assert sorted(p.name for p in run.iterdir()) == ["last.pt"]
+
+
+# --- 2, 17, 18. study unpack: every part and every file proves itself
+
+
+def _study(root: Path) -> Path:
+    """A folder shaped like a study with an unfinished run (what pack carries), without training one."""
+    run = root / "resnet20" / "seed-0"
+    run.mkdir(parents=True)
+    torch.save({"w": torch.arange(5000.0)}, run / "last.pt")
+    _png(run / "curves.png", size=64)
+    (root / "degradation.csv").write_text("depth,top1\n20,0.5\n")
+    return root
+
+
+def _parts(tmp_path: Path, name: str = "study", size: int = 4096) -> tuple[Path, list[Path]]:
+    from cnnzoo.analysis.study.archive import pack
+
+    parts = pack(_study(tmp_path / name), tmp_path / f"parts-{name}", part_size=size)
+    assert len(parts) >= 3
+    return tmp_path / f"parts-{name}", parts
+
+
+def _flip(path: Path, at: int) -> None:
+    blob = bytearray(path.read_bytes())
+    for i in range(6):
+        blob[at + i] ^= 0xFF
+    path.write_bytes(bytes(blob))
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda d, p, t: p[1].write_bytes(p[1].read_bytes()[:1000]),  # a truncated middle part
+        lambda d, p, t: _flip(p[1], 2000),  # six flipped bytes in a payload
+        lambda d, p, t: _flip(p[0], 20),  # ... in a header
+        lambda d, p, t: (os.replace(p[0], d / "x"), os.replace(p[1], p[0]), os.replace(d / "x", p[1])),  # swapped
+        lambda d, p, t: shutil.copy(_parts(t, "other")[1][1], p[1]),  # a part of another pack, same name
+        lambda d, p, t: p[-1].write_bytes(p[-1].read_bytes()[512:]),  # a part without its header (older cnnzoo)
+        lambda d, p, t: p[-1].rename(d / p[-1].name.replace("-of-", "-of-9")),  # misnumbered
+        lambda d, p, t: (d / p[-1].name.replace(p[-1].name[-18:-15], "999")).write_bytes(b"x"),  # beyond the count
+        lambda d, p, t: p[1].unlink(),  # missing
+    ],
+    ids=[
+        "truncated",
+        "flipped",
+        "flipped-header",
+        "swapped",
+        "foreign",
+        "no-header",
+        "misnumbered",
+        "extra",
+        "missing",
+    ],
+)
+def test_unpack_of_damaged_parts_writes_nothing(tmp_path, capsys, damage):
+    folder, parts = _parts(tmp_path)
+    damage(folder, parts, tmp_path)
+    dest = tmp_path / "dest"
+    _check(capsys, ["study", "unpack", str(folder), str(dest)], tmp_path)
+    (dest / "resnet20").mkdir(parents=True)  # into an existing folder too
+    _check(capsys, ["study", "unpack", str(folder), str(dest)], tmp_path)
+
+
+def test_unpack_round_trip_and_the_leftovers_of_a_kill_are_removed(tmp_path, capsys):
+    folder, _ = _parts(tmp_path)
+    # What a SIGKILL during a pack and an unpack leaves behind.
+    (folder / ".study-001.tmp").write_bytes(b"half")
+    (tmp_path / ".dest.unpack-abc.tmp" / "content").mkdir(parents=True)
+    assert main(["study", "unpack", str(folder), str(tmp_path / "dest")]) == 0
+    assert _tree(tmp_path / "dest") == _tree(tmp_path / "study")
+    assert not (tmp_path / ".dest.unpack-abc.tmp").exists()
+    from cnnzoo.analysis.study.archive import pack
+
+    pack(tmp_path / "study", folder, part_size=4096)
+    assert not (folder / ".study-001.tmp").exists()
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("mib", ["inf", "nan", "0", "1e300", "-1"])
+def test_pack_part_size_out_of_range_is_one_line(tmp_path, capsys, mib):
+    _study(tmp_path / "s")
+    _check(capsys, ["study", "pack", str(tmp_path / "s"), str(tmp_path / "p"), "--part-mib", mib], tmp_path)
