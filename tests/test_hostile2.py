@@ -75,18 +75,40 @@ def test_two_real_trainings_on_one_run_directory_the_second_is_refused(tmp_path,
     first; the first is not disturbed; after it stops, its lock is gone and the run resumes."""
     run = tmp_path / "R"
     first = subprocess.Popen(
-        [sys.executable, "-m", "cnnzoo", "train", "resnet20", "--data", "digits", "--out", str(run), "--epochs", "500",
-         "--quiet", *TINY_FLAGS],
-        env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "cnnzoo",
+            "train",
+            "resnet20",
+            "--data",
+            "digits",
+            "--out",
+            str(run),
+            "--epochs",
+            "500",
+            "--quiet",
+            *TINY_FLAGS,
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(lambda: (run / "last.pt").is_file() and (run / ".cnnzoo-lock").is_file(), first, "its first epoch")
-        for extra in (["resnet20", "--data", "digits", "--out", str(run)], ["resnet20", "--out", str(run),
-                      "--overwrite"], ["--resume", str(run)]):  # fmt: skip
+        for extra in (
+            ["resnet20", "--data", "digits", "--out", str(run)],
+            ["resnet20", "--out", str(run), "--overwrite"],
+            ["--resume", str(run)],
+        ):
             second = subprocess.run(
                 [sys.executable, "-m", "cnnzoo", "train", *extra, "--quiet", "--epochs", "1", "--device", "cpu"],
-                env=ENV, capture_output=True, text=True, timeout=240,
-            )  # fmt: skip
+                env=ENV,
+                capture_output=True,
+                text=True,
+                timeout=240,
+            )
             assert second.returncode == 2, second.stderr
             assert second.stderr.startswith("error: ") and second.stderr.count("\n") == 1, second.stderr
             assert f"process {first.pid}" in second.stderr and "in use" in second.stderr, second.stderr
@@ -272,3 +294,93 @@ def test_unpack_round_trip_and_the_leftovers_of_a_kill_are_removed(tmp_path, cap
 def test_pack_part_size_out_of_range_is_one_line(tmp_path, capsys, mib):
     _study(tmp_path / "s")
     _check(capsys, ["study", "pack", str(tmp_path / "s"), str(tmp_path / "p"), "--part-mib", mib], tmp_path)
+
+
+# --- 4. export replaces only what it wrote, never a run's own files ---------------------------------------------------
+
+
+def test_export_never_replaces_a_file_it_did_not_write(good_run, tmp_path, capsys):
+    run = _copy(good_run, tmp_path / "run")
+    thesis = tmp_path / "thesis.txt"
+    thesis.write_text("three years of work\n")
+    base = ["export", str(run), "--format", "torchscript", "--output"]
+    err = _check(capsys, [*base, str(thesis)], tmp_path)
+    assert "--overwrite" in err
+    for name in ("best.pt", "last.pt", "config.toml", "cnnzoo-run.json", "metrics.jsonl", "report.json"):
+        for extra in ([], ["--overwrite"]):  # a run's own files: never, even with --overwrite
+            _check(capsys, [*base, str(run / name), *extra], tmp_path)
+    os.symlink(run / "best.pt", tmp_path / "link.pt")  # nor through a link
+    _check(capsys, [*base, str(tmp_path / "link.pt"), "--overwrite"], tmp_path)
+    # Its own earlier export is replaced (the run's default file), and with --overwrite a stranger's file.
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    assert main(["export", str(run), "--format", "torchscript"]) == 0
+    assert main([*base, str(thesis), "--overwrite"]) == 0 and thesis.read_bytes()[:2] == b"PK"
+    capsys.readouterr()
+
+
+# --- 10, 19. a real full disk and a read-only destination: exit 1, one line, nothing left -----------------------------
+
+
+@pytest.fixture
+def small_fs(tmp_path):
+    """A 400 kB tmpfs at tmp_path/small (root in a machine that allows mounts; skipped elsewhere)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.decode().strip()[:80]})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_a_full_disk_is_an_os_error_everywhere(good_run, small_fs, tmp_path, capsys):
+    from cnnzoo.analysis.study.archive import pack
+
+    run = _copy(good_run, tmp_path / "run")
+    err = _check(
+        capsys, ["export", str(run), "--format", "torchscript", "--output", str(small_fs / "m.pt")], tmp_path, code=1
+    )
+    assert "No space left on device" in err
+    err = _check(
+        capsys,
+        ["train", "resnet20", "--out", str(small_fs / "r"), "--quiet", *TINY_FLAGS, "--epochs", "1"],
+        tmp_path,
+        code=1,
+    )
+    assert "No space left on device" in err and not any(small_fs.iterdir())
+    # The checkpoint writer itself (torch.save raises RuntimeError on ENOSPC): an OSError naming the file.
+    from cnnzoo.atomic import save_atomic
+
+    with pytest.raises(OSError, match="No space left"):
+        save_atomic({"w": torch.zeros(200_000)}, small_fs / "big.pt")
+    assert not any(small_fs.iterdir())
+    # A study packed onto it.
+    study = _study(tmp_path / "study")
+    (study / "pad.bin").write_bytes(os.urandom(600_000))
+    with pytest.raises(OSError):
+        pack(study, small_fs / "parts", part_size=4096)
+    assert not any((small_fs / "parts").iterdir())
+
+
+def test_a_read_only_destination_is_status_1(good_run, tmp_path, capsys):
+    if (
+        os.geteuid() == 0
+        and subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(tmp_path)], capture_output=True
+        ).returncode
+        != 0
+    ):
+        pytest.skip("root ignores permission bits, and no read-only mount is possible here")
+    try:
+        if os.geteuid() != 0:
+            tmp_path.chmod(0o555)
+        base = ["export", str(good_run), "--format", "torchscript", "--output"]
+        _check(capsys, [*base, str(tmp_path / "m.pt")], tmp_path, code=1)
+        _check(capsys, ["train", "resnet20", "--out", str(tmp_path / "r"), "--quiet", *TINY_FLAGS], tmp_path, code=1)
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["umount", "-l", str(tmp_path)], check=False)
+        else:
+            tmp_path.chmod(0o755)

@@ -9,6 +9,7 @@ folder removes what :func:`temp_files` finds at its next start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -55,8 +56,29 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save(obj, path)``, atomically."""
     import torch  # here, not at the top: the config writes its files through this module without torch
 
-    with _replacing(Path(path)) as f:
-        torch.save(obj, f)
+    path = Path(path)
+    with _replacing(path) as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) as RuntimeError, not OSError
+            error = _write_error(path, e)
+            if error.errno != errno.ENOSPC and not any(w in str(e).lower() for w in ("writ", "unexpected pos")):
+                raise
+            raise error from None
+
+
+def _write_error(path: Path, e: BaseException) -> OSError:
+    """The OSError behind a writer's failure (``ENOSPC`` when the filesystem is full), so it ends as an OS error."""
+    import shutil
+
+    try:
+        full = shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    text = str(e).strip()
+    return OSError(errno.EIO, f"write failed ({text.splitlines()[0][:200] if text else type(e).__name__})", str(path))
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from cnnzoo.atomic import temp_files, write_atomic
-from cnnzoo.errors import CnnzooError
+from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint, finetune, rundir_lock
 from cnnzoo.train.config import TrainConfig, config_from_dict, read_config, write_config
@@ -237,7 +237,7 @@ def check_out(run_dir: Path, *, overwrite: bool = False) -> None:
         raise CnnzooError(f"--out {run_dir} is a file, not a folder: name a new or empty folder for the run")
     existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise CnnzooError(f"--out {run_dir}: cannot write in {existing} (permission denied)")
+        raise DiskError(f"--out {run_dir}: cannot write in {existing} (permission denied)")
     if not run_dir.is_dir() or not any(p.name not in BOOKKEEPING for p in run_dir.iterdir()):
         return
     if read_marker(run_dir) is None:
@@ -334,7 +334,7 @@ def claim(run: RunState, *, overwrite: bool = False, held: contextlib.ExitStack 
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CnnzooError(f"--out {run_dir}: cannot create the folder ({e.strerror})") from None
+        raise DiskError(f"--out {run_dir}: cannot create the folder ({e.strerror})") from None
     if held is not None:
         held.enter_context(rundir_lock.hold(run_dir))
         recover_replaced(run_dir)
@@ -498,7 +498,7 @@ def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overw
     """:func:`run_training` once the run directory is this process's (rank 0 holds its lock, or takes it at
     :func:`claim`). A run replaced with ``--overwrite`` is kept aside until the new run's first ``last.pt`` exists
     and put back on any failure before that."""
-    aside = None
+    aside, fresh = None, False
     with backend_settings(cfg, device):
         run = build_run(cfg, dist, device, run_dir, log)
         if resume is not None:
@@ -506,6 +506,7 @@ def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overw
         else:
             if cfg.weights:  # a new run's start (a resumed one has its weights in last.pt)
                 cfg.weights_sha256 = finetune.load_start(run.model, cfg, log)
+            fresh = dist.main and not run_dir.exists()
             if dist.main:
                 aside = claim(run, overwrite=overwrite, held=held)
             _announce(run)
@@ -514,6 +515,11 @@ def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overw
             try:
                 result = fit(run, stop_after=stop_after, writer=writer)
             except BaseException as e:
+                if resume is None and fresh and not _has_own_last(run):
+                    if writer is not None:
+                        writer.close()
+                        writer = None
+                    _remove_new_folder(run_dir)  # nothing worth keeping: the folder goes as it came
                 if aside is not None and not _has_own_last(run):
                     if writer is not None:
                         writer.close()
@@ -534,6 +540,17 @@ def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overw
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _remove_new_folder(run_dir: Path) -> None:
+    """Undo a new run that failed before its first checkpoint in a folder it created: its files, then the folder
+    (kept if anything else appeared in it meanwhile)."""
+    _remove_temp_files(run_dir)
+    for name in (*RUN_FILES, "tensorboard", rundir_lock.LOCK_NAME):
+        with contextlib.suppress(OSError):
+            _remove(run_dir / name)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
 
 
 def _has_own_last(run: RunState) -> bool:

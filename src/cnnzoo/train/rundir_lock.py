@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from cnnzoo.errors import CnnzooError
+from cnnzoo.errors import CnnzooError, DiskError
 
 LOCK_NAME = ".cnnzoo-lock"
 
@@ -59,7 +59,7 @@ def acquire(run_dir: str | Path) -> None:
                 path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOFOLLOW", 0), 0o644
             )
         except OSError as e:
-            raise CnnzooError(f"{run_dir}: cannot lock the run directory ({e.strerror or e})") from None
+            raise DiskError(f"{run_dir}: cannot lock the run directory ({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -69,7 +69,7 @@ def acquire(run_dir: str | Path) -> None:
             ) from None
         except OSError as e:
             os.close(fd)
-            raise CnnzooError(f"{run_dir}: cannot lock the run directory ({e.strerror or e})") from None
+            raise DiskError(f"{run_dir}: cannot lock the run directory ({e.strerror or e})") from None
         try:
             same = os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
         except FileNotFoundError:
