@@ -384,3 +384,65 @@ def test_a_read_only_destination_is_status_1(good_run, tmp_path, capsys):
             subprocess.run(["umount", "-l", str(tmp_path)], check=False)
         else:
             tmp_path.chmod(0o755)
+
+
+# --- 5-8. what used to be accepted silently
+
+
+def _edit(path: Path, edit) -> None:
+    ckpt = torch.load(path, weights_only=True)
+    edit(ckpt)
+    torch.save(ckpt, path)
+
+
+def _commands(run: Path, image: Path) -> list[list[str]]:
+    return [
+        ["eval", str(run), "--device", "cpu"],
+        ["predict", str(run), str(image)],
+        ["export", str(run), "--format", "torchscript"],
+    ]
+
+
+def test_resume_refuses_other_data_or_recipe_instead_of_ignoring_them(good_run, tmp_path, capsys):
+    run = _copy(good_run, tmp_path / "run")
+    for extra, fragment in ((["--data", "mnist"], "data"), (["--recipe", "fast"], "--recipe")):
+        err = _check(capsys, ["train", "--resume", str(run), "--quiet", *extra], tmp_path)
+        assert fragment in err
+    from cnnzoo.errors import CnnzooError
+
+    with pytest.raises(CnnzooError, match="cannot change data"):
+        train(resume=run, data=str(tmp_path), quiet=True)
+
+
+def test_other_data_is_refused_whatever_the_normalisation(good_run, tmp_path, capsys):
+    """What the data holds is checked apart from its statistics: a checkpoint trained on data with other split sizes
+    is refused by eval and resume even when mean/std agree (they do here: the same digits)."""
+    run = _copy(good_run, tmp_path / "run")
+    for name in ("best.pt", "last.pt"):
+        _edit(run / name, lambda c: c["meta"]["data_counts"].update(test=12345))
+    err = _check(capsys, ["eval", str(run), "--device", "cpu"], tmp_path)
+    assert "12345" in err and "test images" in err
+    _check(capsys, ["train", "--resume", str(run), "--quiet", "--epochs", "2"], tmp_path)
+
+
+def test_a_checkpoint_of_another_run_copied_in_is_refused(good_run, tmp_path, capsys):
+    a = _copy(good_run, tmp_path / "a")
+    image = tmp_path / "img.png"
+    _png(image, size=32)
+    _edit(a / "best.pt", lambda c: c["meta"].update(run_id="0" * 32))  # as if copied from another run
+    for argv in _commands(a, image):
+        err = _check(capsys, argv, tmp_path)
+        assert "run id" in err
+
+
+def test_a_wrong_file_under_a_torchvision_name_is_refused(tmp_path, capsys, monkeypatch):
+    from torchvision.models import resnet18
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cache = tmp_path / "torch" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(resnet18().state_dict(), cache / "resnet18-f37072fd.pth")  # random weights under the real name
+    image = tmp_path / "img.png"
+    _png(image, size=32)
+    err = _check(capsys, ["predict", "--model", "resnet18", "--weights", "IMAGENET1K_V1", str(image)], tmp_path)
+    assert "resnet18-f37072fd.pth" in err and "delete it" in err

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -186,12 +187,25 @@ def fetch_state_dict(
                     f"from {spec.url} into that folder, or pass --download (download=True) to fetch it"
                 )
             _download(spec, progress)
-        return _read_file(spec.file), sha256(spec.file)
+        digest = sha256(spec.file)
+        _check_hub_hash(spec.file, digest)
+        return _read_file(spec.file), digest
     if spec.source == "run":
         from cnnzoo.train import checkpoint
 
         return dict(checkpoint.load(spec.file)["model"]), sha256(spec.file)
     return _read_file(spec.file), sha256(spec.file)
+
+
+def _check_hub_hash(path: Path, digest: str) -> None:
+    """torchvision's file names carry the first hex digits of the file's SHA-256 (``resnet18-f37072fd.pth``, what
+    torch.hub's ``check_hash`` verifies on download): a cached file that does not match is not those weights."""
+    found = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    if found and not digest.startswith(found.group(1)):
+        raise CnnzooError(
+            f"{path}: its SHA-256 starts {digest[: len(found.group(1))]}, not {found.group(1)} as its name says: not "
+            "torchvision's file (damaged or replaced); delete it and fetch it again with --download"
+        )
 
 
 def _download(spec: WeightsSpec, progress: bool) -> None:

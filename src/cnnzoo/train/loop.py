@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.atomic import write_atomic
-from cnnzoo.data.bundle import DataBundle, Stream, generator
+from cnnzoo.data.bundle import DataBundle, Stream, data_counts, generator
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig
@@ -108,6 +108,7 @@ class RunState:
             "mean": list(d.mean),
             "std": list(d.std),
             "run_id": self.run_id,
+            "data_counts": data_counts(d),
         }
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from cnnzoo.atomic import temp_files, write_atomic
+from cnnzoo.data.bundle import data_counts
 from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint, finetune, rundir_lock
@@ -409,6 +410,13 @@ def check_data_matches(meta: dict[str, Any], data, where: str | Path) -> None:
         diffs.append(f"{data.in_channels} channels, not {meta['in_channels']}")
     if meta["image_size"] != data.image_size:
         diffs.append(f"image size {data.image_size}, not {meta['image_size']}")
+    then_counts, now_counts = meta.get("data_counts"), data_counts(data)
+    if isinstance(then_counts, dict):  # what the data holds, whatever the normalisation (--mean/--std fix it)
+        for key in ("train", "val", "test"):
+            if then_counts.get(key) != now_counts.get(key):
+                diffs.append(f"{now_counts.get(key)} {key} images, not {then_counts.get(key)}")
+        if then_counts.get("sizes") != now_counts.get("sizes"):
+            diffs.append("images of other sizes")
     for key in ("mean", "std"):
         a, b = [float(v) for v in meta[key]], [float(v) for v in getattr(data, key)]
         if len(a) != len(b) or any(abs(x - y) > 1e-6 * max(1.0, abs(x)) for x, y in zip(a, b, strict=True)):
@@ -708,4 +716,10 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[dict[str, Any], 
     if not path.is_file():
         raise CnnzooError(f"{path}: no such checkpoint (has the run finished an epoch?)")
     ckpt = checkpoint.load(path)
+    marker = read_marker(run_dir)
+    if marker is not None and ckpt["meta"].get("run_id") != marker["id"]:  # another run's file copied in
+        raise CnnzooError(
+            f"{path}: not the checkpoint of the run in {run_dir / MARKER} (its run id differs): a run's files are "
+            "not mixed; use the run directory it came from"
+        )
     return ckpt, model_from_checkpoint(ckpt)
