@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cnnzoo.atomic import write_atomic
+from cnnzoo.atomic import check_regular, read_regular, write_atomic
 from cnnzoo.data.bundle import AUGMENTS, AUTO_AUGMENTS
 from cnnzoo.errors import CnnzooError
 
@@ -362,11 +362,12 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     file (a folder, a huge or binary file, invalid TOML) is a one-line :class:`CnnzooError` naming it."""
     if path.is_dir():
         raise CnnzooError(f"{path}: is a folder, not a {what} file (TOML)")
+    check_regular(path, f"{what} file (TOML)")
     try:
         size = path.stat().st_size
         if size > MAX_TOML_BYTES:
             raise CnnzooError(f"{path}: {size:,} bytes, too large for a {what} file (at most {MAX_TOML_BYTES:,})")
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path, MAX_TOML_BYTES, f"{what} file (TOML)").decode("utf-8")
     except UnicodeDecodeError as e:
         raise CnnzooError(f"{path}: not UTF-8 text (byte {e.start}); a {what} file is TOML") from None
     except OSError as e:

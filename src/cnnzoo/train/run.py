@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnzoo.atomic import temp_files, write_atomic
+from cnnzoo.atomic import read_regular, temp_files, write_atomic
 from cnnzoo.data.bundle import data_counts
 from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.models import create_model, get_model_info
@@ -223,8 +223,8 @@ BOOKKEEPING = (rundir_lock.LOCK_NAME, ASIDE, ASIDE + ".drop")
 def read_marker(run_dir: Path) -> dict[str, Any] | None:
     """The marker of a cnnzoo run directory (``{"cnnzoo_run": 1, "id": ..., ...}``), or None if it has no valid one."""
     try:
-        marker = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        marker = json.loads(read_regular(run_dir / MARKER, 1 << 16, "run marker").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, CnnzooError):
         return None
     if not isinstance(marker, dict) or marker.get("cnnzoo_run") != 1 or not isinstance(marker.get("id"), str):
         return None

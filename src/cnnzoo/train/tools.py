@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from cnnzoo.atomic import read_regular
 from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.engine import resolve_device, step_context
@@ -39,7 +40,7 @@ def read_report(path: str | Path) -> dict:
     try:
         if path.stat().st_size > MAX_REPORT_BYTES:
             raise CnnzooError(f"{path}: too large for a cnnzoo report.json")
-        report = json.loads(path.read_bytes().decode("utf-8"))
+        report = json.loads(read_regular(path, MAX_REPORT_BYTES, "cnnzoo report.json").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CnnzooError(f"{path}: not a cnnzoo report (not UTF-8 JSON: {str(e).splitlines()[0]})") from None
     except OSError as e:
