@@ -446,3 +446,107 @@ def test_a_wrong_file_under_a_torchvision_name_is_refused(tmp_path, capsys, monk
     _png(image, size=32)
     err = _check(capsys, ["predict", "--model", "resnet18", "--weights", "IMAGENET1K_V1", str(image)], tmp_path)
     assert "resnet18-f37072fd.pth" in err and "delete it" in err
+
+
+# --- 9, 11, 14, 16, 20. hangs, crashes and tracebacks
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_recipe_config_or_run_file_that_is_not_a_regular_file_is_refused_unopened(good_run, tmp_path, capsys, kind):
+    def make(path: Path) -> None:
+        path.unlink(missing_ok=True)
+        if kind == "fifo":
+            os.mkfifo(path)  # opening it for reading would block forever
+        elif kind == "device":
+            os.symlink("/dev/zero", path)  # reading it never ends
+        else:
+            path.mkdir()
+
+    recipe = tmp_path / "r.toml"
+    make(recipe)
+    _check(capsys, ["train", "resnet20", "--recipe", str(recipe), "--out", str(tmp_path / "new")], tmp_path)
+    image = tmp_path / "img.png"
+    _png(image, size=32)
+    for name in ("config.toml", "best.pt", "cnnzoo-run.json"):
+        run = _copy(good_run, tmp_path / f"run-{name}")
+        make(run / name)
+        for argv in (["eval", str(run), "--device", "cpu"], ["predict", str(run), str(image)]):
+            if name == "config.toml" and argv[0] != "eval":
+                continue  # predict reads the checkpoint's own config
+            _check(capsys, argv, tmp_path)
+        _check(capsys, ["train", "--resume", str(run), "--quiet"], tmp_path)
+
+
+@pytest.mark.parametrize("size", [(1, 100_000), (100_000, 1), (2, 5_000), (20_000, 20)], ids=str)
+def test_images_of_bomb_shapes_are_refused_by_every_reader(good_run, tmp_path, capsys, size):
+    from PIL import Image
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("L", size).save(bomb)
+    assert bomb.stat().st_size < 100_000
+    _check(capsys, ["predict", str(good_run), str(bomb)], tmp_path)
+    ds = tmp_path / "ds"
+    for c in ("a", "b"):
+        for i in range(3):
+            _png(ds / c / f"{i}.png", i)
+    shutil.copy(bomb, ds / "a" / "bomb.png")
+    assert main(["data", str(ds)]) == 0  # skipped at scan time, with its reason
+    out = capsys.readouterr().out
+    assert "bomb.png" in out or "skipped" in out
+
+
+def _weights_case(tmp_path: Path, name: str) -> Path:
+    import zipfile
+
+    from torchvision.models import resnet18
+
+    state = resnet18(num_classes=10).state_dict()
+    path = tmp_path / f"{name}.pth"
+    if name == "int-keys":
+        torch.save({**state, 3: torch.zeros(1)}, path)
+    elif name == "sparse":
+        torch.save({**state, "fc.weight": state["fc.weight"].to_sparse()}, path)
+    elif name == "bool":
+        torch.save({**state, "fc.weight": state["fc.weight"] > 0}, path)
+    elif name == "weight-missing":
+        torch.save({k: v for k, v in state.items() if k != "fc.weight"}, path)
+    elif name == "runs-code":
+        torch.save({**state, "x": _Evil()}, path)
+    elif name == "zip-bomb":
+        with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("archive/data.pkl", b"\0" * (200 << 20))
+    return path
+
+
+class _Evil:
+    def __reduce__(self):
+        return os.system, ("true",)
+
+
+@pytest.mark.parametrize("case", ["int-keys", "sparse", "bool", "weight-missing", "runs-code", "zip-bomb"])
+def test_weights_of_unexpected_structure_are_one_line(tmp_path, capsys, case):
+    path = _weights_case(tmp_path, case)
+    image = tmp_path / "img.png"
+    _png(image, size=32)
+    err = _check(capsys, ["predict", "--model", "resnet18", "--weights", str(path), str(image)], tmp_path)
+    assert "weights_only=False" not in err and "will likely succeed" not in err
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"WORLD_SIZE": "banana"},
+        {"WORLD_SIZE": "-3"},
+        {"WORLD_SIZE": "2"},  # outside torchrun: no MASTER_ADDR
+        {"RANK": "5"},
+        {"LOCAL_RANK": "x"},
+        {"WORLD_SIZE": "99999999999999999999"},
+    ],
+    ids=lambda e: " ".join(f"{k}={v}" for k, v in e.items()),
+)
+def test_nonsense_distributed_environment_is_one_line(tmp_path, capsys, monkeypatch, env):
+    for key in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    _check(capsys, ["train", "resnet20", "--out", str(tmp_path / "r"), "--quiet", *TINY_FLAGS], tmp_path)
