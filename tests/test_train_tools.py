@@ -235,7 +235,7 @@ def test_export_failing_midway_leaves_the_previous_file_and_no_temporary(run_dir
     monkeypatch.setattr(tools, "_write_torchscript", disk_full)
     _fails_in_one_line(
         capsys,
-        ["export", str(out), "--format", "torchscript", "--output", str(dest)],
+        ["export", str(out), "--format", "torchscript", "--output", str(dest), "--overwrite"],
         str(dest),
         "No space left on device",
     )

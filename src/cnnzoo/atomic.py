@@ -9,6 +9,7 @@ folder removes what :func:`temp_files` finds at its next start.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -55,8 +56,29 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """``torch.save(obj, path)``, atomically."""
     import torch  # here, not at the top: the config writes its files through this module without torch
 
-    with _replacing(Path(path)) as f:
-        torch.save(obj, f)
+    path = Path(path)
+    with _replacing(path) as f:
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # torch reports a failed write (a full disk) as RuntimeError, not OSError
+            error = _write_error(path, e)
+            if error.errno != errno.ENOSPC and not any(w in str(e).lower() for w in ("writ", "unexpected pos")):
+                raise
+            raise error from None
+
+
+def _write_error(path: Path, e: BaseException) -> OSError:
+    """The OSError behind a writer's failure (``ENOSPC`` when the filesystem is full), so it ends as an OS error."""
+    import shutil
+
+    try:
+        full = shutil.disk_usage(path.parent).free < (1 << 20)
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    text = str(e).strip()
+    return OSError(errno.EIO, f"write failed ({text.splitlines()[0][:200] if text else type(e).__name__})", str(path))
 
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
@@ -75,3 +97,48 @@ def temp_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
     """The temporary files that interrupted atomic writes of ``folder/<name>`` (for each of ``names``) left behind."""
     folder = Path(folder)
     return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
+
+
+def check_regular(path: str | Path, what: str = "file") -> None:
+    """Refuse, before it is opened, a path that is not a regular file (a FIFO would block the reader forever, a
+    device would stream without end, a folder cannot be read): one line naming it. A missing path passes (the
+    caller says what is missing)."""
+    import stat
+
+    from cnnzoo.errors import CnnzooError
+
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    if not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "not a regular file"
+        )
+        raise CnnzooError(f"{path}: is {kind}, not a {what}")
+
+
+def read_regular(path: str | Path, limit: int, what: str = "file") -> bytes:
+    """The bytes of the regular file ``path``, at most ``limit`` (one line if it is larger, or is a FIFO, device or
+    folder: checked before reading, and again on the opened descriptor so a swap in between cannot block)."""
+    import stat
+
+    from cnnzoo.errors import CnnzooError
+
+    check_regular(path, what)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise CnnzooError(f"{path}: is not a regular file, not a {what}")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise CnnzooError(f"{path}: more than {limit:,} bytes, too large for a {what}")
+    return data

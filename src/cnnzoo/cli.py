@@ -27,11 +27,18 @@ COMMAND_MODULES = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error as one ``error:`` line (exit 2) like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise CnnzooError(f"{self.prog}: {message.splitlines()[0] if message else 'bad arguments'} (see --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full argument parser with every subcommand."""
     from cnnzoo import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="cnnzoo", description="The classic CNNs built from their papers: create, inspect, train, compare, study."
     )
     parser.add_argument("--version", action="version", version=f"cnnzoo {__version__}")

@@ -15,3 +15,10 @@ class CnnzooError(Exception):
 
 class InputShapeError(CnnzooError, ValueError):
     """A tensor of the wrong shape was given to a model (wrong channels, or too small / wrong spatial size)."""
+
+
+class DiskError(CnnzooError):
+    """A file or folder could not be read or written (no permission, a full disk, a read-only filesystem): exit 1,
+    the README's status for an OS error, as one line like every other error."""
+
+    exit_code = 1

@@ -83,6 +83,19 @@ class DataBundle:
         return len(self.classes)
 
 
+def data_counts(data: DataBundle) -> dict:
+    """What a checkpoint records of its data beyond classes and format: the images in each split and the images'
+    sizes as found on disk (so a resume or an eval on other data is refused even when the normalisation is fixed)."""
+    info = getattr(data, "info", None) or {}
+    sizes = info.get("sizes")
+    return {
+        "train": info.get("train"),
+        "val": info.get("val"),
+        "test": info.get("test"),
+        "sizes": {str(k): int(v) for k, v in sizes.items()} if isinstance(sizes, dict) else None,
+    }
+
+
 def mix_seed(*keys: int) -> int:
     """A 63-bit seed that depends on every key (``numpy.random.SeedSequence`` hashes them; nearby keys decorrelate)."""
     import numpy as np

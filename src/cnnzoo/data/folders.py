@@ -171,6 +171,27 @@ def _check_pixels(path: str | Path, data: bytes) -> None:
     if size is None or (limit and size[0] * size[1] > limit):
         claimed = f"{size[0]}x{size[1]} pixels" if size else "its header claims"
         raise DataError(f"{path}: {claimed}, more than the {limit:,} pixels an image may have (a decompression bomb?)")
+    problem = shape_problem(size)
+    if problem:
+        raise DataError(f"{path}: {problem}")
+
+
+MAX_IMAGE_SIDE = 16384  # pixels, either side
+MAX_ASPECT = 50  # longer side / shorter side: resizing the shorter side to 256 keeps the longer one in bounds
+
+
+def shape_problem(size: tuple[int, int]) -> str | None:
+    """Why an image of ``size`` (width, height) is refused before decoding, or None. The area alone is not enough:
+    a 1 x 1,000,000 image passes an area check, and resizing its shorter side to the network's input asks for
+    gigabytes. Every reader (the folder scan, predict, the streamed loaders) calls this."""
+    w, h = size
+    if w < 1 or h < 1:
+        return f"{w}x{h} pixels: an empty image"
+    if max(w, h) > MAX_IMAGE_SIDE:
+        return f"{w}x{h} pixels: a side longer than {MAX_IMAGE_SIDE:,} pixels (a decompression bomb?)"
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        return f"{w}x{h} pixels: one side more than {MAX_ASPECT} times the other (resizing it would need gigabytes)"
+    return None
 
 
 def _split_dirs(root: Path) -> tuple[Path, Path | None]:
@@ -285,6 +306,9 @@ def _probe(path: Path) -> tuple[tuple[int, int], str]:
         with Image.open(path) as im:
             if im.format not in PIL_FORMATS:
                 raise DataError(f"unsupported format ({im.format}; JPEG, PNG, BMP, WebP are read)")
+            problem = shape_problem(im.size)
+            if problem:
+                raise DataError(problem)
             return im.size, im.mode
     except DataError:
         raise

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from cnnzoo.atomic import check_regular
 from cnnzoo.errors import CnnzooError
 
 SOURCES = ("torchvision", "file", "run")
@@ -186,12 +188,25 @@ def fetch_state_dict(
                     f"from {spec.url} into that folder, or pass --download (download=True) to fetch it"
                 )
             _download(spec, progress)
-        return _read_file(spec.file), sha256(spec.file)
+        digest = sha256(spec.file)
+        _check_hub_hash(spec.file, digest)
+        return _read_file(spec.file), digest
     if spec.source == "run":
         from cnnzoo.train import checkpoint
 
         return dict(checkpoint.load(spec.file)["model"]), sha256(spec.file)
     return _read_file(spec.file), sha256(spec.file)
+
+
+def _check_hub_hash(path: Path, digest: str) -> None:
+    """torchvision's file names carry the first hex digits of the file's SHA-256 (``resnet18-f37072fd.pth``, what
+    torch.hub's ``check_hash`` verifies on download): a cached file that does not match is not those weights."""
+    found = re.search(r"-([a-f0-9]{6,})\.", path.name)
+    if found and not digest.startswith(found.group(1)):
+        raise CnnzooError(
+            f"{path}: its SHA-256 starts {digest[: len(found.group(1))]}, not {found.group(1)} as its name says: not "
+            "torchvision's file (damaged or replaced); delete it and fetch it again with --download"
+        )
 
 
 def _download(spec: WeightsSpec, progress: bool) -> None:
@@ -217,11 +232,12 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         except Exception as e:  # safetensors raises its own SafetensorError on a bad header
             raise CnnzooError(f"{path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
     else:
+        check_regular(path, "weights file")  # a FIFO or device would block torch.load
+        _check_expansion(path)
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CnnzooError(f"{path}: refused: not loadable with weights_only=True: {first}") from None
+            raise CnnzooError(f"{path}: refused: {_why_refused(str(e))}") from None
         except (RuntimeError, EOFError, OSError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CnnzooError(f"{path}: not a readable weights file ({reason})") from None
@@ -232,7 +248,51 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
                 break
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CnnzooError(f"{path}: not a state_dict (expected a dict of parameter names to tensors)")
+    odd = [k for k in obj if not isinstance(k, str)]
+    if odd:
+        raise CnnzooError(f"{path}: not a state_dict ({len(odd)} key(s) that are not names, first {odd[0]!r:.40})")
+    for key, value in obj.items():
+        if value.layout != torch.strided:
+            raise CnnzooError(f"{path}: {key} is a {value.layout} tensor; a state_dict holds dense tensors")
+        if not (value.is_floating_point() or value.dtype in (torch.int64, torch.int32)) or value.is_complex():
+            raise CnnzooError(f"{path}: {key} holds {value.dtype}, not floating-point weights")
     return {_strip(k): v for k, v in obj.items()}
+
+
+MAX_EXPANDED = 1 << 34  # 16 GiB: more than any of torchvision's classification weights by far
+
+
+def _check_expansion(path: Path) -> None:
+    """Refuse, before anything is expanded, a zip (torch's file format) whose members would expand past a sane
+    bound: torch stores tensors uncompressed, so a large ratio is a compression bomb, not weights."""
+    import zipfile
+
+    try:
+        if not zipfile.is_zipfile(path):
+            return
+        with zipfile.ZipFile(path) as z:
+            total = sum(info.file_size for info in z.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError):
+        return  # torch.load says what is wrong with it
+    size = path.stat().st_size
+    if total > MAX_EXPANDED or total > 4 * size + (64 << 20):
+        raise CnnzooError(
+            f"{path}: would expand to {total:,} bytes from {size:,}: not a weights file (a compression bomb?)"
+        )
+
+
+def _why_refused(message: str) -> str:
+    """Why the safe loader refused a file, without torch's advice to load it with ``weights_only=False`` (which
+    would run whatever the file asks)."""
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return (
+            f"it asks to load {found.group(1)}; a weights file holds only tensors and plain values, and loading "
+            "anything else could run code, so it is not loaded"
+        )
+    after = message.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in message else ""
+    lines = [line.strip() for line in after.splitlines() if line.strip() and "weights_only" not in line]
+    return f"not a readable weights file (the safe loader stopped at: {lines[0] if lines else 'unknown content'})"
 
 
 def _strip(key: str) -> str:

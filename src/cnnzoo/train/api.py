@@ -31,7 +31,7 @@ RESUME_OVERRIDES = (
 
 def train(
     model: str | None = None,
-    data: str | None = "digits",
+    data: str | None = None,
     *,
     recipe: str | None = None,
     out: str | Path | None = None,
@@ -46,7 +46,8 @@ def train(
 
     Args:
         model: a registered model name (``cnnzoo models`` lists them); not needed with ``resume``.
-        data: a dataset name (``digits``, ``cifar10``, ...) or an image folder.
+        data: a dataset name (``digits``, ``cifar10``, ...) or an image folder (default ``digits``; with ``resume``,
+            the run's own data: another is refused).
         recipe: a shipped recipe name (``cnnzoo recipes``) or a path to a ``.toml`` file.
         out: the run directory (default ``runs/<model>-<data>-<timestamp>``).
         resume: a run directory to continue from its ``last.pt`` (whose stored config is the run's; any
@@ -71,6 +72,7 @@ def train(
     log = (lambda *a, **k: None) if quiet else print
     check_arguments(model, out=out, resume=resume, seeds=seeds, stop_after=stop_after, overwrite=overwrite)
     if resume is not None:
+        _check_resume_source(Path(resume), data, recipe)
         return _resume(Path(resume), model, overrides, stop_after=stop_after, log=log)
     cfg = build_config(model, data, recipe=recipe, **overrides)
     if not seeds:
@@ -122,8 +124,42 @@ def check_arguments(
         raise CnnzooError(f"seeds must differ (each trains into its own seed-K folder), got {seeds}")
 
 
+def _check_resume_source(run_dir: Path, data: str | None, recipe: str | None) -> None:
+    """A resume takes its data and recipe from the run: ``--data`` or ``--recipe`` that differ are refused like any
+    other setting a resume cannot change (not silently ignored)."""
+    if recipe is not None:
+        raise CnnzooError(
+            f"--recipe {recipe} with --resume: a resumed run keeps the settings it started with; "
+            "leave out --recipe (or start a new run with it)"
+        )
+    if data is None:
+        return
+    from cnnzoo.train.config import read_config
+
+    try:
+        stored = read_config(run_dir / "config.toml").data
+    except CnnzooError:
+        return  # the resume's own checks say what is wrong with the directory
+    same = data == stored or (
+        Path(data).exists() and Path(stored).exists() and Path(data).resolve() == Path(stored).resolve()
+    )
+    if not same:
+        raise CnnzooError(f"cannot change data when resuming ({stored} there, {data} asked): leave out --data")
+
+
 def _resume(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop_after: int | None, log) -> dict:
     """Continue the run in ``run_dir`` with the config of its checkpoint, changed only in ``RESUME_OVERRIDES``."""
+    from cnnzoo.train import rundir_lock
+    from cnnzoo.train.run import env_int, recover_replaced
+
+    # One writer: the lock is taken before last.pt is read, so no other writer can replace it under this resume.
+    with rundir_lock.hold(run_dir, enabled=run_dir.is_dir() and env_int("RANK", 0, 0) == 0):
+        if rundir_lock.holds(run_dir):
+            recover_replaced(run_dir)
+        return _resume_locked(run_dir, model, overrides, stop_after=stop_after, log=log)
+
+
+def _resume_locked(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop_after: int | None, log) -> dict:
     from cnnzoo.train.run import open_run, run_training
 
     ckpt = open_run(run_dir)

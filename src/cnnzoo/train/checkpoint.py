@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cnnzoo.atomic import save_atomic  # noqa: F401  (re-exported: the trainer writes checkpoints with it)
+from cnnzoo.atomic import check_regular, save_atomic  # noqa: F401  (re-exported: the trainer writes checkpoints with it)
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import config_from_dict
 
@@ -40,6 +40,7 @@ def load(
     """Load a checkpoint with ``weights_only=True``, check its structure (with ``resume``, also the training state
     a ``last.pt`` holds) and refuse one made for another model, class count or channel count."""
     path = Path(path)
+    check_regular(path, "checkpoint")  # a FIFO or device would block torch.load
     if not path.is_file():
         raise CnnzooError(f"{path}: no such checkpoint")
     try:

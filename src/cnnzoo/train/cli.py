@@ -137,6 +137,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
     p.add_argument("--output", default=None, help="file to write (default: RUN_DIR/model.onnx or model.ts.pt)")
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace an existing --output that is not an earlier export"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("recipes", help="list the shipped training recipes")
@@ -223,7 +226,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from cnnzoo.train.tools import export
 
-    result = export(args.run_dir, fmt=args.format, output=args.output, which=args.checkpoint)
+    result = export(args.run_dir, fmt=args.format, output=args.output, which=args.checkpoint, overwrite=args.overwrite)
     print(
         f"wrote {', '.join(result['files'])} ({args.format}, with class names, input size and normalisation); "
         f"checked on a batch of {result['batch']}: max |difference| from the eager model {result['max_abs_diff']:.2e}"

@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from cnnzoo.atomic import write_atomic
+from cnnzoo.atomic import check_regular, read_regular, write_atomic
 from cnnzoo.data.bundle import AUGMENTS, AUTO_AUGMENTS
 from cnnzoo.errors import CnnzooError
 
@@ -32,6 +32,7 @@ SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "native-bf16", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FREEZE = ("backbone",)
+MAX_SIDE = 4096  # pixels: the largest --image-size and --cutout (the papers train at 224 to 512)
 NO_GRAPHED_FP16 = "--cuda-graph does not support fp16 (its GradScaler checks for inf on the host); use bf16"
 
 
@@ -269,6 +270,47 @@ class TrainConfig:
         for ok, message in checks:
             if not ok:
                 raise CnnzooError(message)
+        self._check_upper_bounds()
+
+    def _check_upper_bounds(self) -> None:
+        """Upper bounds: a value that passes the checks above but would overflow later (a float power, a float
+        turned into an int, a tensor allocated from it, a seed torch refuses) is refused here, in one line."""
+        bounds = [
+            ("seed", self.seed, 2**63 - 1),
+            ("epochs", self.epochs, 10**6),
+            ("iterations", self.iterations, 10**9),
+            ("batch_size", self.batch_size, 2**20),
+            ("eval_batch_size", self.eval_batch_size, 2**20),
+            ("image_size", self.image_size, MAX_SIDE),
+            ("cutout", self.cutout, MAX_SIDE),
+            ("subset", self.subset, 2**40),
+            ("val_size", self.val_size, 2**40),
+            ("threads", self.threads, 4096),
+            ("eval_every", self.eval_every, 10**6),
+            ("early_stop", self.early_stop, 10**6),
+            ("log_every", self.log_every, 10**9),
+            ("lr", self.lr, 1e30),
+            ("warmup_lr", self.warmup_lr, 1e30),
+            ("warmup_epochs", self.warmup_epochs, 10**6),
+            ("warmup_steps", self.warmup_steps, 10**9),
+            ("step_size", self.step_size, 10**6),
+            ("gamma", self.gamma, 1.0),  # a decay factor: above 1, gamma ** k overflows a float on a long run
+            ("weight_decay", self.weight_decay, 1e3),
+            ("grad_clip", self.grad_clip, 1e30),
+            ("mixup", self.mixup, 1e3),
+            ("cutmix", self.cutmix, 1e3),
+            ("aux_weight", self.aux_weight, 1e3),
+            ("backbone_lr_scale", self.backbone_lr_scale, 1e3),
+            ("milestones", max(self.milestones, default=0), 10**6),
+            ("milestone_steps", max(self.milestone_steps, default=0), 10**9),
+            ("mean", max((abs(v) for v in self.mean), default=0), 1e3),
+            ("std", max(self.std, default=0), 1e3),
+        ]
+        for name, value, most in bounds:
+            if value is not None and value > most:
+                raise CnnzooError(f"{name} must be at most {most:g}, got {value:g}")
+        if self.step_size < 1e-6:
+            raise CnnzooError(f"step_size must be at least 1e-06 epochs, got {self.step_size:g}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict of the fields (what checkpoints store: no pickled classes)."""
@@ -339,11 +381,12 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
     file (a folder, a huge or binary file, invalid TOML) is a one-line :class:`CnnzooError` naming it."""
     if path.is_dir():
         raise CnnzooError(f"{path}: is a folder, not a {what} file (TOML)")
+    check_regular(path, f"{what} file (TOML)")
     try:
         size = path.stat().st_size
         if size > MAX_TOML_BYTES:
             raise CnnzooError(f"{path}: {size:,} bytes, too large for a {what} file (at most {MAX_TOML_BYTES:,})")
-        text = path.read_bytes().decode("utf-8")
+        text = read_regular(path, MAX_TOML_BYTES, f"{what} file (TOML)").decode("utf-8")
     except UnicodeDecodeError as e:
         raise CnnzooError(f"{path}: not UTF-8 text (byte {e.start}); a {what} file is TOML") from None
     except OSError as e:

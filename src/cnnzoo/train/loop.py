@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.atomic import write_atomic
-from cnnzoo.data.bundle import DataBundle, Stream, generator
+from cnnzoo.data.bundle import DataBundle, Stream, data_counts, generator
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.config import TrainConfig
@@ -122,6 +122,7 @@ class RunState:
             "mean": list(d.mean),
             "std": list(d.std),
             "run_id": self.run_id,
+            "data_counts": data_counts(d),
         }
 
 
@@ -188,7 +189,7 @@ class FiniteGuard:
         step = int(self.bad.item())
         if step >= 0:
             spe, run_dir = self.run.steps_per_epoch, self.run.run_dir
-            last = run_dir / "last.pt" if run_dir else "none written"
+            last = run_dir / "last.pt" if run_dir and (run_dir / "last.pt").is_file() else "none written"
             raise NonFiniteLoss(
                 f"non-finite loss at epoch {step // spe + 1}, step {step + 1}; stopped, keeping the last good "
                 f"checkpoint ({last}); try a lower --lr, --grad-clip or --precision fp32"

@@ -19,6 +19,7 @@ A run directory is one unit, and nothing outside it is ever touched:
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import os
@@ -34,10 +35,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cnnzoo.atomic import temp_files, write_atomic
-from cnnzoo.errors import CnnzooError
+from cnnzoo.atomic import read_regular, temp_files, write_atomic
+from cnnzoo.data.bundle import data_counts
+from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.models import create_model, get_model_info
-from cnnzoo.train import checkpoint, finetune
+from cnnzoo.train import checkpoint, finetune, rundir_lock
 from cnnzoo.train.config import TrainConfig, config_from_dict, read_config, write_config
 from cnnzoo.train.engine import (
     GraphedStep,
@@ -62,18 +64,47 @@ def init_distributed(cfg: TrainConfig) -> tuple[Dist, torch.device]:
 
     Backend: NCCL on CUDA (one GPU per process, ``LOCAL_RANK``), gloo on the CPU.
     """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = env_int("WORLD_SIZE", 1, 1)
+    rank = env_int("RANK", 0, 0)
+    local_rank = env_int("LOCAL_RANK", 0, 0)
     device = resolve_device(cfg.device)
     if world <= 1:
+        if rank != 0:
+            raise CnnzooError(f"RANK={rank} with WORLD_SIZE={world}: a rank must be below the world size (unset RANK)")
         return Dist(), device
+    if rank >= world:
+        raise CnnzooError(f"RANK={rank} is not below WORLD_SIZE={world} (start several processes with torchrun)")
+    if not os.environ.get("MASTER_ADDR") or not os.environ.get("MASTER_PORT"):
+        raise CnnzooError(
+            f"WORLD_SIZE={world} without MASTER_ADDR and MASTER_PORT: start several processes with torchrun "
+            "(or unset WORLD_SIZE to train in one process)"
+        )
+    env_int("MASTER_PORT", 0, 1, 65535)
     import torch.distributed as tdist
 
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        if local_rank >= torch.cuda.device_count():
+            raise CnnzooError(f"LOCAL_RANK={local_rank}, but this machine has {torch.cuda.device_count()} GPU(s)")
+        device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if not tdist.is_initialized():
         tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Dist(tdist.get_rank(), tdist.get_world_size()), device
+
+
+def env_int(name: str, default: int, minimum: int, maximum: int = 2**31 - 1) -> int:
+    """An integer environment variable (torchrun's ``WORLD_SIZE``, ``RANK``, ...) checked to lie in
+    ``[minimum, maximum]``; anything else is one line naming it."""
+    text = os.environ.get(name)
+    if text is None or text.strip() == "":
+        return default
+    try:
+        value = int(text.strip())
+    except ValueError:
+        value = None
+    if value is None or not minimum <= value <= maximum:
+        raise CnnzooError(f"environment variable {name}={text[:40]!r}: expected an integer in [{minimum}, {maximum}]")
+    return value
 
 
 def seed_everything(seed: int) -> None:
@@ -181,13 +212,19 @@ RUN_FILES = (
 )
 FINAL_FILES = ("report.json", "curves.png", "confusion.png")  # written by finish(), at the end of a run
 RESULTS = ("metrics.jsonl", "last.pt", "best.pt", "report.json")  # a run that holds any is kept unless --overwrite
+# A run replaced with --overwrite waits here until the new run has written its first last.pt (then it is removed;
+# on any failure before that it is put back). ``.complete`` inside it says the set-aside itself finished.
+ASIDE = ".cnnzoo-replaced"
+_ASIDE_DONE = ".complete"
+# Not a run's results: the writer's lock and a replaced run kept aside (an "empty" folder may hold them).
+BOOKKEEPING = (rundir_lock.LOCK_NAME, ASIDE, ASIDE + ".drop")
 
 
 def read_marker(run_dir: Path) -> dict[str, Any] | None:
     """The marker of a cnnzoo run directory (``{"cnnzoo_run": 1, "id": ..., ...}``), or None if it has no valid one."""
     try:
-        marker = json.loads((run_dir / MARKER).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
+        marker = json.loads(read_regular(run_dir / MARKER, 1 << 16, "run marker").decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, CnnzooError):
         return None
     if not isinstance(marker, dict) or marker.get("cnnzoo_run") != 1 or not isinstance(marker.get("id"), str):
         return None
@@ -201,8 +238,8 @@ def check_out(run_dir: Path, *, overwrite: bool = False) -> None:
         raise CnnzooError(f"--out {run_dir} is a file, not a folder: name a new or empty folder for the run")
     existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise CnnzooError(f"--out {run_dir}: cannot write in {existing} (permission denied)")
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        raise DiskError(f"--out {run_dir}: cannot write in {existing} (permission denied)")
+    if not run_dir.is_dir() or not any(p.name not in BOOKKEEPING for p in run_dir.iterdir()):
         return
     if read_marker(run_dir) is None:
         raise CnnzooError(
@@ -234,29 +271,93 @@ def _remove_temp_files(run_dir: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def claim(run: RunState, *, overwrite: bool = False) -> None:
-    """Make ``run.run_dir`` this new run's (rank 0, after :func:`build_run` succeeded): check it again, remove a
-    previous run's files, then write the marker with a fresh run id and ``config.toml``."""
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def _set_aside(run_dir: Path) -> Path | None:
+    """Move a previous run's files into ``run_dir/ASIDE`` (renames in one filesystem: nothing is copied or lost);
+    None when there is nothing to keep."""
+    names = [n for n in (*RUN_FILES, "tensorboard") if os.path.lexists(run_dir / n)]
+    if not names:
+        return None
+    aside = run_dir / ASIDE
+    aside.mkdir()
+    for name in names:
+        os.replace(run_dir / name, aside / name)
+    (aside / _ASIDE_DONE).touch()  # from here on the run directory holds the new run
+    return aside
+
+
+def _put_back(run_dir: Path, aside: Path) -> None:
+    """Remove whatever the new run wrote and move the replaced run back, in an order that a kill at any point
+    leaves recoverable by :func:`recover_replaced`."""
+    if (aside / _ASIDE_DONE).exists():
+        _remove_temp_files(run_dir)
+        for name in (*RUN_FILES, "tensorboard"):
+            _remove(run_dir / name)
+        (aside / _ASIDE_DONE).unlink()
+    for path in aside.iterdir():
+        os.replace(path, run_dir / path.name)
+    aside.rmdir()
+
+
+def _drop_aside(run_dir: Path) -> None:
+    """The new run has its first checkpoint: the replaced run goes for good."""
+    aside, drop = run_dir / ASIDE, run_dir / (ASIDE + ".drop")
+    if aside.is_dir():
+        os.replace(aside, drop)
+    shutil.rmtree(drop, ignore_errors=True)
+
+
+def recover_replaced(run_dir: Path) -> None:
+    """After a writer was killed in the middle of ``--overwrite`` (call with the lock held): the replaced run is
+    removed if the new run had written its ``last.pt``, else put back; a half-finished set-aside is undone."""
+    shutil.rmtree(run_dir / (ASIDE + ".drop"), ignore_errors=True)
+    aside = run_dir / ASIDE
+    if not aside.is_dir():
+        return
+    if (aside / _ASIDE_DONE).exists() and (run_dir / "last.pt").is_file():
+        _drop_aside(run_dir)
+    else:
+        _put_back(run_dir, aside)
+
+
+def claim(run: RunState, *, overwrite: bool = False, held: contextlib.ExitStack | None = None) -> Path | None:
+    """Make ``run.run_dir`` this new run's (rank 0, after :func:`build_run` succeeded): lock it (into ``held``), check
+    it again, set a previous run's files aside (:func:`_set_aside`; the caller drops or restores them), then write
+    the marker with a fresh run id and ``config.toml``. Returns the folder holding the replaced run, or None."""
     run_dir = run.run_dir
     check_out(run_dir, overwrite=overwrite)  # again: the folder may have changed while the data loaded
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise CnnzooError(f"--out {run_dir}: cannot create the folder ({e.strerror})") from None
+        raise DiskError(f"--out {run_dir}: cannot create the folder ({e.strerror})") from None
+    if held is not None:
+        held.enter_context(rundir_lock.hold(run_dir))
+        recover_replaced(run_dir)
+        check_out(run_dir, overwrite=overwrite)  # under the lock: what another writer did before it is seen
     _remove_temp_files(run_dir)
-    for name in reversed(RUN_FILES):  # the marker last: a kill in between leaves a run directory, no stranger
-        (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
-    run.run_id = uuid.uuid4().hex
-    marker = {
-        "cnnzoo_run": 1,
-        "id": run.run_id,
-        "model": run.cfg.model,
-        "data": run.cfg.data,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-    write_atomic(run_dir / MARKER, json.dumps(marker, indent=2) + "\n")
-    write_config(run.cfg, run_dir / "config.toml")
+    aside = _set_aside(run_dir)
+    try:
+        run.run_id = uuid.uuid4().hex
+        marker = {
+            "cnnzoo_run": 1,
+            "id": run.run_id,
+            "model": run.cfg.model,
+            "data": run.cfg.data,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        write_atomic(run_dir / MARKER, json.dumps(marker, indent=2) + "\n")
+        write_config(run.cfg, run_dir / "config.toml")
+    except BaseException:
+        if aside is not None:
+            _put_back(run_dir, aside)
+        raise
+    return aside
 
 
 def open_run(run_dir: str | Path) -> dict[str, Any]:
@@ -309,6 +410,13 @@ def check_data_matches(meta: dict[str, Any], data, where: str | Path) -> None:
         diffs.append(f"{data.in_channels} channels, not {meta['in_channels']}")
     if meta["image_size"] != data.image_size:
         diffs.append(f"image size {data.image_size}, not {meta['image_size']}")
+    then_counts, now_counts = meta.get("data_counts"), data_counts(data)
+    if isinstance(then_counts, dict):  # what the data holds, whatever the normalisation (--mean/--std fix it)
+        for key in ("train", "val", "test"):
+            if then_counts.get(key) != now_counts.get(key):
+                diffs.append(f"{now_counts.get(key)} {key} images, not {then_counts.get(key)}")
+        if then_counts.get("sizes") != now_counts.get("sizes"):
+            diffs.append("images of other sizes")
     for key in ("mean", "std"):
         a, b = [float(v) for v in meta[key]], [float(v) for v in getattr(data, key)]
         if len(a) != len(b) or any(abs(x - y) > 1e-6 * max(1.0, abs(x)) for x, y in zip(a, b, strict=True)):
@@ -382,8 +490,23 @@ def run_training(
         cfg = finetune.start_config(cfg)  # the --weights' preprocessing, unless given
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
     check_setup(cfg, device, dist)
-    if resume is None:
-        check_out(run_dir, overwrite=overwrite)
+    with contextlib.ExitStack() as held:
+        if dist.main and run_dir.is_dir():  # one writer at a time, from before the first check to the end
+            held.enter_context(rundir_lock.hold(run_dir))
+            if resume is None:
+                recover_replaced(run_dir)
+        if resume is None:
+            check_out(run_dir, overwrite=overwrite)
+        return _train_locked(
+            cfg, run_dir, dist, device, held, resume=resume, stop_after=stop_after, overwrite=overwrite, log=log
+        )
+
+
+def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overwrite, log) -> dict[str, Any]:
+    """:func:`run_training` once the run directory is this process's (rank 0 holds its lock, or takes it at
+    :func:`claim`). A run replaced with ``--overwrite`` is kept aside until the new run's first ``last.pt`` exists
+    and put back on any failure before that."""
+    aside, fresh = None, False
     with backend_settings(cfg, device):
         run = build_run(cfg, dist, device, run_dir, log)
         if resume is not None:
@@ -391,12 +514,33 @@ def run_training(
         else:
             if cfg.weights:  # a new run's start (a resumed one has its weights in last.pt)
                 cfg.weights_sha256 = finetune.load_start(run.model, cfg, log)
+            fresh = dist.main and not run_dir.exists()
             if dist.main:
-                claim(run, overwrite=overwrite)
+                aside = claim(run, overwrite=overwrite, held=held)
             _announce(run)
         writer = _open_writer(run) if dist.main else None
         try:
-            result = fit(run, stop_after=stop_after, writer=writer)
+            try:
+                result = fit(run, stop_after=stop_after, writer=writer)
+            except BaseException as e:
+                if resume is None and fresh and not _has_own_last(run):
+                    if writer is not None:
+                        writer.close()
+                        writer = None
+                    _remove_new_folder(run_dir)  # nothing worth keeping: the folder goes as it came
+                if aside is not None and not _has_own_last(run):
+                    if writer is not None:
+                        writer.close()
+                        writer = None
+                    _put_back(run_dir, aside)
+                    if isinstance(e, CnnzooError):
+                        back = CnnzooError(f"{e}; the run it was to replace is back in {run_dir}, as it was")
+                        back.exit_code = e.exit_code
+                        raise back from None
+                raise
+            finally:
+                if aside is not None and _has_own_last(run):
+                    _drop_aside(run_dir)  # the new run has its first checkpoint: it replaces the old one now
             if result["interrupted"]:
                 where = {"run_dir": str(run_dir), "epoch": run.epoch, "batch": run.batch, "step": run.step}
                 return {"interrupted": True, "reason": result["reason"], "signal": result["signal"], **where}
@@ -404,6 +548,23 @@ def run_training(
         finally:
             if writer is not None:
                 writer.close()
+
+
+def _remove_new_folder(run_dir: Path) -> None:
+    """Undo a new run that failed before its first checkpoint in a folder it created: its files, then the folder
+    (kept if anything else appeared in it meanwhile)."""
+    _remove_temp_files(run_dir)
+    for name in (*RUN_FILES, "tensorboard", rundir_lock.LOCK_NAME):
+        with contextlib.suppress(OSError):
+            _remove(run_dir / name)
+    with contextlib.suppress(OSError):
+        run_dir.rmdir()
+
+
+def _has_own_last(run: RunState) -> bool:
+    """Whether the new run has written its ``last.pt`` (the replaced run's was moved aside by :func:`claim`, so any
+    ``last.pt`` in the folder is the new run's)."""
+    return (run.run_dir / "last.pt").is_file()
 
 
 def _announce(run: RunState) -> None:
@@ -556,4 +717,10 @@ def load_run(run_dir: str | Path, which: str = "best") -> tuple[dict[str, Any], 
     if not path.is_file():
         raise CnnzooError(f"{path}: no such checkpoint (has the run finished an epoch?)")
     ckpt = checkpoint.load(path)
+    marker = read_marker(run_dir)
+    if marker is not None and ckpt["meta"].get("run_id") != marker["id"]:  # another run's file copied in
+        raise CnnzooError(
+            f"{path}: not the checkpoint of the run in {run_dir / MARKER} (its run id differs): a run's files are "
+            "not mixed; use the run directory it came from"
+        )
     return ckpt, model_from_checkpoint(ckpt)

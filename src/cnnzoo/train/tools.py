@@ -7,6 +7,7 @@ so a run directory is self-contained.
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import json
 import os
@@ -18,7 +19,8 @@ from typing import Any
 
 import torch
 
-from cnnzoo.errors import CnnzooError
+from cnnzoo.atomic import read_regular
+from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.engine import resolve_device, step_context
 from cnnzoo.train.loop import Dist, evaluate
@@ -38,7 +40,7 @@ def read_report(path: str | Path) -> dict:
     try:
         if path.stat().st_size > MAX_REPORT_BYTES:
             raise CnnzooError(f"{path}: too large for a cnnzoo report.json")
-        report = json.loads(path.read_bytes().decode("utf-8"))
+        report = json.loads(read_regular(path, MAX_REPORT_BYTES, "cnnzoo report.json").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CnnzooError(f"{path}: not a cnnzoo report (not UTF-8 JSON: {str(e).splitlines()[0]})") from None
     except OSError as e:
@@ -173,7 +175,13 @@ TORCHSCRIPT_EXTRA = "cnnzoo.json"  # the TorchScript extra file holding export_m
 
 
 def export(
-    run_dir: str | Path, *, fmt: str, output: str | Path | None = None, which: str = "best", batch: int = 4
+    run_dir: str | Path,
+    *,
+    fmt: str,
+    output: str | Path | None = None,
+    which: str = "best",
+    batch: int = 4,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Write the model as TorchScript (``torch.jit.trace``) or ONNX, then run the written file on a random batch
     and compare with the eager model; a mismatch beyond 1e-4 (absolute, on logits) is an error.
@@ -184,7 +192,9 @@ def export(
 
     The destination is checked before any work, the files are written into a temporary folder beside it and moved
     into place (``os.replace``) only once they have passed the check: a failure leaves no file and an existing one
-    untouched. ``files`` in the result names every file written (ONNX past 2 GB keeps its weights in a second file,
+    untouched. An existing file is replaced only when it is an earlier cnnzoo export of the same format, or with
+    ``overwrite``; a run directory's checkpoints, config, marker and other files never are. ``files`` in the result
+    names every file written (ONNX past 2 GB keeps its weights in a second file,
     ``NAME.data``).
     """
     if fmt not in ("torchscript", "onnx"):
@@ -196,6 +206,7 @@ def export(
     run_dir = Path(run_dir)
     path = Path(output) if output else run_dir / ("model.ts.pt" if fmt == "torchscript" else "model.onnx")
     _check_destination(path)
+    _check_replace(path, fmt, overwrite)
     ckpt, model = load_run(run_dir, which)
     meta = ckpt["meta"]
     x = torch.randn(
@@ -203,7 +214,9 @@ def export(
     )
     with torch.no_grad():
         expected = model(x)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _remove_stale_exports(path)
+    _check_room(path, model)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".export.tmp", dir=path.parent))
     try:
         # Written under the final name inside the temporary folder: an ONNX file refers to its external data file
         # by name, so the pair must keep the names it was written with.
@@ -212,10 +225,19 @@ def export(
         if not diff <= 1e-4:
             raise CnnzooError(f"exported model disagrees with the eager model (max |difference| {diff:.3g})")
         written = sorted(tmp_dir.iterdir(), key=lambda f: f.name != path.name)  # the model file first
+        for f in written[1:]:  # ONNX's external data file: the same rules as the model file
+            _check_replace(path.parent / f.name, fmt, overwrite, data_file=True)
         for f in written:
             os.replace(f, path.parent / f.name)
-    except OSError as e:  # the disk filled, the folder vanished or turned read-only meanwhile
-        raise CnnzooError(f"{path}: cannot write the exported model ({e.strerror or e})") from None
+    except OSError as e:  # the disk filled, the folder vanished or turned read-only meanwhile: an OS error (exit 1)
+        raise OSError(e.errno, f"cannot write the exported model ({e.strerror or e})", str(path)) from None
+    except RuntimeError as e:  # torch's writers report a failed write (a full disk) as a RuntimeError
+        from cnnzoo.atomic import _write_error
+
+        error = _write_error(path, e)
+        if error.errno != errno.ENOSPC and not any(w in str(e).lower() for w in ("writ", "unexpected pos")):
+            raise
+        raise error from None
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
     files = [str(path.parent / f.name) for f in written]
@@ -237,9 +259,74 @@ def _check_destination(path: Path) -> None:
         what = "not a folder" if path.parent.exists() else "no such folder"
         raise CnnzooError(f"{path.parent}: {what} (the folder --output writes into must exist)")
     if not os.access(path.parent, os.W_OK | os.X_OK):
-        raise CnnzooError(f"{path.parent}: cannot write into this folder (permission denied)")
+        raise DiskError(f"{path.parent}: cannot write into this folder (permission denied)")
     if path.exists() and not path.is_file():
         raise CnnzooError(f"{path}: exists and is not a regular file")
+
+
+PROTECTED = ("cnnzoo-run.json", "config.toml", "metrics.jsonl", "last.pt", "best.pt", "report.json")
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__
+
+
+def _is_export(path: Path, fmt: str) -> bool:
+    """Whether ``path`` is a file an earlier ``cnnzoo export`` of ``fmt`` wrote (it carries our metadata)."""
+    try:
+        if fmt == "torchscript":
+            import zipfile
+
+            with zipfile.ZipFile(path) as z:
+                return any(name.endswith(f"/extra/{TORCHSCRIPT_EXTRA}") for name in z.namelist())
+        with open(path, "rb") as f:  # ONNX's metadata_props keys are stored as plain strings in the protobuf
+            return f"{ONNX_PREFIX}classes".encode() in f.read(64 << 20)
+    except Exception:  # zipfile.BadZipFile, an unreadable file, ...: not ours  # noqa: BLE001
+        return False
+
+
+def _check_replace(path: Path, fmt: str, overwrite: bool, *, data_file: bool = False) -> None:
+    """Refuse a destination that is a run directory's own file (always), or an existing file that no earlier
+    export of this format wrote (without ``overwrite``)."""
+    from cnnzoo.train.run import MARKER
+
+    real = Path(os.path.realpath(path))
+    if real.name in PROTECTED and (real.parent / MARKER).is_file():
+        raise CnnzooError(
+            f"{path}: is a file of the run in {real.parent}; export never replaces a run's checkpoints, config or "
+            "marker: name another --output"
+        )
+    if real.name.startswith(".cnnzoo") and (real.parent / MARKER).is_file():
+        raise CnnzooError(f"{path}: is cnnzoo's bookkeeping in the run {real.parent}: name another --output")
+    if not os.path.lexists(path) or overwrite:
+        return
+    if data_file or not _is_export(path, fmt):
+        raise CnnzooError(
+            f"{path}: exists and is not an earlier cnnzoo {fmt} export; add --overwrite to replace it, or name another "
+            "--output"
+        )
+
+
+def _remove_stale_exports(path: Path) -> None:
+    """Temporary folders that a killed export to ``path`` left behind."""
+    import glob
+
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.export.tmp"):
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_room(path: Path, model: torch.nn.Module) -> None:
+    """An OS error (exit 1) before writing when the folder clearly cannot hold the export: torch's writers abort the
+    process, or fail half-way, on a full disk instead of raising."""
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) * 2 + (1 << 20)
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        return
+    if free < need:
+        raise OSError(errno.ENOSPC, f"No space left on device ({need:,} bytes needed, {free:,} free)", str(path))
 
 
 def _write_torchscript(

@@ -236,8 +236,8 @@ def cmd_depth(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    if not args.part_mib > 0:
-        raise CnnzooError(f"--part-mib must be > 0, got {args.part_mib}")
+    if not 0 < args.part_mib <= 2**20:
+        raise CnnzooError(f"--part-mib must be > 0 and at most 1 TiB (1048576), got {args.part_mib}")
     parts = pack(args.folder, args.out, part_size=int(args.part_mib * 2**20))
     size = sum(p.stat().st_size for p in parts)
     print(f"packed {args.folder} into {len(parts)} part(s), {size / 2**20:.1f} MiB, in {args.out}")
