@@ -48,6 +48,7 @@ from cnnzoo.train.engine import (
     set_dropout,
     setup_training,
 )
+from cnnzoo.train.estimate import announce as announce_estimate
 from cnnzoo.train.loop import Dist, RunState, evaluate, fit, load_state, write_metrics
 
 
@@ -394,6 +395,7 @@ def run_training(
             if dist.main:
                 claim(run, overwrite=overwrite)
             _announce(run)
+        announce_estimate(run, stop_after=stop_after)  # before the first step: how long the whole run will take
         writer = _open_writer(run) if dist.main else None
         try:
             result = fit(run, stop_after=stop_after, writer=writer)
