@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 
 from cnnzoo.cli import main
+from cnnzoo.errors import CnnzooError
 from cnnzoo.train.api import train
 from conftest import TINY  # 3 steps of 32 digits images per epoch, 48 validation images
 
@@ -76,3 +78,105 @@ def test_a_log_gets_progress_lines_with_an_eta(tmp_path, capsys, monkeypatch):
 
 def _tiny() -> list[str]:
     return ["--subset", "96", "--val-size", "48", "--batch-size", "32", "--eval-batch-size", "64", "--device", "cpu"]
+
+
+# --- starting weights of another channel count ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("have", "want"), [(1, 3), (3, 1)])
+def test_the_first_convolution_is_adapted_to_the_data_channels(have, want):
+    """timm's rule: a grey image gives the same first-layer response through the adapted kernels."""
+    from cnnzoo.models import create_model
+    from cnnzoo.train.finetune import adapt_first_conv
+
+    source, target = create_model("resnet20", in_channels=have), create_model("resnet20", in_channels=want)
+    state = {k: v.clone() for k, v in source.state_dict().items()}
+    note = adapt_first_conv(target, state, source="runs/demo")
+    assert note.startswith(f"runs/demo: the weights were trained on {have}-channel images and the data has {want}")
+    assert "\n" not in note
+    target.load_state_dict(state)
+    grey = torch.rand(2, 1, 32, 32)
+    torch.testing.assert_close(target.conv1(grey.expand(-1, want, -1, -1)), source.conv1(grey.expand(-1, have, -1, -1)))
+    assert adapt_first_conv(source, state | {"conv1.weight": source.conv1.weight}, source="x") is None  # agree
+
+
+def test_channels_that_cannot_be_adapted_are_refused():
+    from cnnzoo.models import create_model
+    from cnnzoo.train.finetune import adapt_first_conv
+
+    state = {"conv1.weight": torch.zeros(16, 2, 3, 3)}
+    with pytest.raises(
+        CnnzooError, match=r"^w.pt: the weights take 2-channel images, the data has 3: .*--in-channels 2$"
+    ):
+        adapt_first_conv(create_model("resnet20", in_channels=3), state, source="w.pt")
+
+
+def test_fine_tuning_a_grey_run_on_colour_says_so(tiny_run, tmp_path, capsys):
+    run_dir, _ = tiny_run  # resnet20 trained on digits: 1 channel
+    out = tmp_path / "colour"
+    args = ["train", "resnet20", "--weights", str(run_dir), "--in-channels", "3", "--epochs", "1", "--out", str(out)]
+    assert main([*args, *_tiny()]) == 0
+    said = [line for line in capsys.readouterr().out.splitlines() if "-channel images" in line]
+    assert len(said) == 1 and "the data has 3" in said[0] and "(conv1) is adapted" in said[0], said
+    assert "in_channels = 3" in (out / "config.toml").read_text()
+
+
+# --- several runs on one chart -------------------------------------------------------------------------------------
+
+
+def _fake_run(path, model: str, epochs: int = 4, *, label: str | None = None):
+    """A run directory as far as `cnnzoo curves` reads one: marker, config.toml, metrics.jsonl."""
+    path.mkdir(parents=True)
+    (path / "cnnzoo-run.json").write_text(json.dumps({"cnnzoo_run": 1, "id": path.name}))
+    (path / "config.toml").write_text(
+        f'model = "{model}"\ndata = "digits"\n' + (f'label = "{label}"\n' if label else "")
+    )
+    lines = [
+        {
+            "epoch": e,
+            "step": 3 * e,
+            "train_loss": 2.0 / e,
+            "train_top1": 0.2 * e,
+            "val_loss": 2.1 / e,
+            "val_top1": 0.2 * e,
+        }
+        for e in range(1, epochs + 1)
+    ]
+    lines[1]["val_loss"] = lines[1]["val_top1"] = None  # an epoch --eval-every skipped
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    return path
+
+
+def test_curves_draws_every_run_on_one_png(tmp_path, capsys):
+    from PIL import Image
+
+    from cnnzoo.train.curves import plot_runs
+
+    a = _fake_run(tmp_path / "r20", "resnet20")
+    b = _fake_run(tmp_path / "p20", "plain20", epochs=3, label="plain, lr 0.1")
+    out = tmp_path / "both.png"
+    assert main(["curves", str(a), str(b), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    assert Image.open(out).format == "PNG" and list(tmp_path.glob("*.png")) == [out]
+    fig = plot_runs([a, b], tmp_path / "again.png", x="step")
+    loss_ax, acc_ax = fig.axes
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["resnet20 · r20", "plain20 · plain, lr 0.1"]
+    # Two curves per run per panel (training, validation), each run in one colour, x in steps.
+    assert len(loss_ax.get_lines()) == len(acc_ax.get_lines()) == 4
+    colours = (
+        {line.get_color() for line in loss_ax.get_lines()[:2]},
+        {line.get_color() for line in loss_ax.get_lines()[2:]},
+    )
+    assert len(colours[0]) == len(colours[1]) == 1 and colours[0] != colours[1]
+    assert list(acc_ax.get_lines()[1].get_xdata()) == [3, 9, 12]  # the skipped epoch is left out, not drawn as 0
+    assert loss_ax.get_xlabel() == "step"
+
+
+def test_curves_refuses_what_is_not_a_run(tmp_path, capsys):
+    a = _fake_run(tmp_path / "r20", "resnet20")
+    (tmp_path / "notes").mkdir()
+    assert main(["curves", str(a), str(tmp_path / "notes"), "--out", str(tmp_path / "c.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: {tmp_path / 'notes'}: not a cnnzoo run directory (no cnnzoo-run.json)\n"
+    assert not (tmp_path / "c.png").exists()
+    assert main(["curves", str(a), "--out", str(tmp_path / "c.pdf")]) == 2
