@@ -180,3 +180,97 @@ def test_curves_refuses_what_is_not_a_run(tmp_path, capsys):
     assert err == f"error: {tmp_path / 'notes'}: not a cnnzoo run directory (no cnnzoo-run.json)\n"
     assert not (tmp_path / "c.png").exists()
     assert main(["curves", str(a), "--out", str(tmp_path / "c.pdf")]) == 2
+
+
+# --- show: where it writes, the cam grid ---------------------------------------------------------------------------
+
+
+def test_show_writes_into_the_current_folder_named_after_its_subjects(tmp_path, monkeypatch):
+    from cnnzoo.analysis.show import default_out
+
+    runs = tmp_path / "runs"
+    (runs / "r20").mkdir(parents=True)
+    (runs / "p20").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert str(default_out("filters", runs / "r20")) == str(default_out("filters", "runs/r20/")) == "filters-r20.png"
+    assert str(default_out("filters", "resnet20")) == "filters-resnet20.png"  # a model name
+    assert str(default_out("cam", runs / "r20", runs / "p20")) == "cam-r20-vs-p20.png"
+    assert str(default_out("features", runs / "r20", "photos/seven.png")) == "features-r20-seven.png"
+
+
+def test_the_cam_grid_shows_the_inputs_with_file_and_true_class(tmp_path):
+    import numpy as np
+
+    from cnnzoo.analysis import show
+
+    images, cam = np.random.rand(2, 32, 32, 3), np.random.rand(2, 32, 32)
+    row = {"images": images, "cam": cam, "titles": ["cat 90%", "dog 60%"]}
+    rows = [dict(row, label="resnet20\na"), dict(row, label="plain20\nb")]
+    captions = [show._caption(p, ["cat", "dog"]) for p in ("data/test/cat/1.png", "seven.png")]
+    assert captions == ["1.png\ntrue class: cat", "seven.png"]
+    path = show.plot_cams(rows, tmp_path / "cam.png", title="Grad-CAM " + "x" * 120, captions=captions)
+    assert path.stat().st_size > 0
+    # One column: the title is wrapped to the figure's width instead of running off both edges.
+    title = show.fit_title("Grad-CAM for the predicted class (panel title: class and probability)", 3.6, 10)
+    assert max(len(line) for line in title.splitlines()) <= 45 and "\n" in title
+
+
+# --- tables and recipes --------------------------------------------------------------------------------------------
+
+
+def test_summary_lists_a_shared_relu_where_each_call_runs():
+    """A bottleneck's one ReLU runs after bn1, bn2 and the addition: three rows, each with its own shape."""
+    from cnnzoo import create_model
+    from cnnzoo.analysis.profile import count_macs, layer_summary
+
+    with torch.device("meta"):
+        model = create_model("resnet50")
+        rows, params, macs = layer_summary(model, (3, 224, 224))
+    names = [r.name for r in rows]
+    block = names[names.index("layer1.0.conv1") : names.index("layer1.1.conv1")]
+    assert block == [
+        "layer1.0.conv1",
+        "layer1.0.bn1",
+        "layer1.0.relu (1/3, shared)",
+        "layer1.0.conv2",
+        "layer1.0.bn2",
+        "layer1.0.relu (2/3, shared)",
+        "layer1.0.conv3",
+        "layer1.0.bn3",
+        "layer1.0.downsample.0",
+        "layer1.0.downsample.1",
+        "layer1.0.relu (3/3, shared)",
+    ]
+    shape = {r.name: r.output_shape for r in rows}
+    assert shape["layer1.0.relu (1/3, shared)"] == (1, 64, 56, 56)
+    assert shape["layer1.0.relu (3/3, shared)"] == (1, 256, 56, 56)
+    assert sum(r.params for r in rows) == params and sum(r.macs for r in rows) == macs
+    with torch.device("meta"):
+        assert macs == count_macs(model, (3, 224, 224))
+
+
+def test_paper_recipes_state_their_precision_and_schedule():
+    from cnnzoo.train.config import list_recipes
+
+    recipes = list_recipes()
+    for name in ("alexnet-paper", "vgg-paper", "googlenet-paper", "resnet-imagenet-paper"):
+        assert "bf16 autocast on CUDA" in recipes[name], name
+    assert (
+        "at epochs 30 and 60 of 90" in recipes["alexnet-paper"]
+        and "three times (a step" not in recipes["alexnet-paper"]
+    )
+    assert "no S=384 pre-training" in recipes["vgg-paper"]
+    assert "biases not weight-decayed" in recipes["googlenet-paper"]
+
+
+def test_train_help_shows_each_default_once():
+    import contextlib
+    import io
+
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text), pytest.raises(SystemExit):
+        main(["train", "--help"])
+    flat = " ".join(text.getvalue().split())
+    assert "(default: None)" not in flat and "(default: [])" not in flat
+    assert "input channels (default: the dataset's) --" in flat  # once, not followed by "(default: None)"
+    assert "--label" in flat and "--lr FLOAT peak learning rate (default: 0.1)" in flat

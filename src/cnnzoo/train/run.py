@@ -490,6 +490,10 @@ def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> d
         "seed": run.cfg.seed,
         "device": str(run.ctx.device),
         "precision": run.ctx.precision,
+        # What "bf16"/"fp16" mean here (the CUDA default of --precision auto): the forward pass under autocast.
+        "autocast": None
+        if run.ctx.precision == "fp32"
+        else f"{run.ctx.precision} autocast (weights, gradients and optimizer state in fp32)",
         "world_size": run.dist.world_size,
         "run_dir": str(run_dir),
         "start_weights": {"source": run.cfg.weights, "sha256": run.cfg.weights_sha256} if run.cfg.weights else None,
@@ -501,7 +505,7 @@ def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> d
             run_dir / "curves.png",
             model=run.cfg.model,
             data=data.name,
-            run=run_dir.name,
+            run=run.cfg.label or run_dir.name,
             objective=training_objective(run.cfg),
             best_epoch=run.best["epoch"],
         )
