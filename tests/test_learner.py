@@ -195,7 +195,7 @@ def test_show_writes_into_the_current_folder_named_after_its_subjects(tmp_path, 
     assert str(default_out("filters", runs / "r20")) == str(default_out("filters", "runs/r20/")) == "filters-r20.png"
     assert str(default_out("filters", "resnet20")) == "filters-resnet20.png"  # a model name
     assert str(default_out("cam", runs / "r20", runs / "p20")) == "cam-r20-vs-p20.png"
-    assert str(default_out("features", runs / "r20", "photos/seven.png")) == "features-r20-seven.png"
+    assert str(default_out("features", runs / "r20", image="photos/seven.png")) == "features-r20-seven.png"
 
 
 def test_the_cam_grid_shows_the_inputs_with_file_and_true_class(tmp_path):

@@ -503,13 +503,13 @@ def _done(path: Path) -> int:
     return 0
 
 
-def default_out(kind: str, *subjects: str | os.PathLike) -> Path:
+def default_out(kind: str, *subjects: str | os.PathLike, image: str | os.PathLike | None = None) -> Path:
     """Where a ``show`` command writes without ``--out``: the current folder, whatever its arguments (never into a
-    run directory, which holds only what training wrote), as ``KIND-SUBJECT[-vs-SUBJECT...].png``; a subject is a
-    run folder's or a model's name, an image's file name without its suffix."""
-    names = [Path(s).resolve().name if Path(s).is_dir() else Path(s).stem for s in subjects]
+    run directory, which holds only what training wrote), as ``KIND-SUBJECT[-vs-SUBJECT...][-IMAGE].png``; a subject
+    is a run folder's or a model's name, ``image`` a file name without its suffix."""
+    names = [Path(s).resolve().name if Path(s).is_dir() else str(s) for s in subjects]
     shown = "-vs-".join(names[:3]) + ("-etc" if len(names) > 3 else "")
-    return Path(f"{kind}-{shown}.png")
+    return Path(f"{kind}-{shown}{'-' + Path(image).stem if image is not None else ''}.png")
 
 
 def cmd_filters(args: argparse.Namespace) -> int:
@@ -533,7 +533,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     with torch.no_grad():
         prob, pred = model(x).float().softmax(1).max(1)
     title = f"{meta['label']}: {Path(args.image).name} -> {meta['classes'][pred.item()]} {100 * prob.item():.0f}%"
-    out = args.out or default_out("features", args.run, args.image)
+    out = args.out or default_out("features", args.run, image=args.image)
     return _done(plot_features(to_display(x, meta["mean"], meta["std"])[0], stages, out, title=title))
 
 
