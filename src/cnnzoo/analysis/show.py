@@ -410,7 +410,9 @@ def plot_cams(
             heat = _overlay(ax, image, cam)
             ax.set_title(text, fontsize=9)
         ax_row[0].set_ylabel(row["label"], fontsize=9)
-    fig.colorbar(heat, ax=axes[first:], shrink=0.8, label=CAM_LABEL)
+    # One row of maps is about 2 inches tall: the bar's label is set in two short lines so it fits beside it.
+    bar = fig.colorbar(heat, ax=axes[first:], shrink=0.9 if len(rows) == 1 else 0.8)
+    bar.set_label(CAM_LABEL.replace(" (", "\n("), fontsize=8)
     fig.suptitle(fit_title(title, width, 10), fontsize=10)
     return save_figure(fig, path)
 
@@ -580,7 +582,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
             titles.append(text)
         rows.append(
             {
-                "label": f"{meta['model']}\n{Path(run).name}",
+                "label": meta["model"] + ("" if Path(run).resolve().name == meta["model"] else f"\n{Path(run).name}"),
                 "images": to_display(x, meta["mean"], meta["std"]),
                 "cam": r["cam"],
                 "titles": titles,
