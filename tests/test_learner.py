@@ -1,5 +1,5 @@
 """The learner's workflow: the estimate before a run, progress lines in a log, several runs on one chart, starting
-weights of another channel count, the README's examples."""
+weights of another channel count, show, tables, recipes and the help."""
 
 from __future__ import annotations
 
@@ -274,33 +274,6 @@ def test_train_help_shows_each_default_once():
     assert "(default: None)" not in flat and "(default: [])" not in flat
     assert "input channels (default: the dataset's) --" in flat  # once, not followed by "(default: None)"
     assert "--label" in flat and "--lr FLOAT peak learning rate (default: 0.1)" in flat
-
-
-# --- the README's examples -----------------------------------------------------------------------------------------
-
-
-@pytest.mark.slow  # trains the README's run (shortened to one epoch on 128 images unless CNNZOO_README_FULL=1)
-def test_the_readme_python_snippets_run_from_an_empty_folder(tmp_path, monkeypatch, capsys):
-    import os
-    import re
-    from pathlib import Path
-
-    import cnnzoo
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
-    snippets = re.findall(r"```python\n(.*?)```", readme, flags=re.S)
-    assert snippets and any("seven.png" in s for s in snippets)
-    if not os.environ.get("CNNZOO_README_FULL"):  # the same calls, a shorter run
-        full = cnnzoo.train
-        monkeypatch.setattr(cnnzoo, "train", lambda *a, **k: full(*a, **{**k, **dict(TINY, epochs=1, subset=128)}))
-    monkeypatch.chdir(tmp_path)
-    assert list(tmp_path.iterdir()) == []
-    for code in snippets:
-        exec(compile(code, "README.md", "exec"), {"__name__": "__readme__"})
-    out = capsys.readouterr().out
-    assert "test top-1" in out and (tmp_path / "seven.png").is_file()
-    last = out.strip().splitlines()[-1]  # [[(class, probability), ...]] of seven.png, top 3
-    assert last.startswith("[[('") and len(re.findall(r"\('\d', ", last)) == 3, last
 
 
 def test_save_example_writes_a_test_image_and_refuses_an_unknown_class(tmp_path, capsys):

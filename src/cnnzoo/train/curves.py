@@ -11,12 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import tomllib
-
 from cnnzoo.errors import CnnzooError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
 
 MARKER = "cnnzoo-run.json"  # what makes a folder a run directory (cnnzoo.train.run.MARKER)
 
