@@ -135,7 +135,9 @@ def _time_train(run: RunState) -> float:
             if i >= _WARMUP:
                 times.append(now - tick)
             tick = now
-            if len(times) >= _PROBE_STEPS or (times and sum(times) >= _PROBE_SECONDS):
+            # Under DDP every rank must take the same steps (each one all-reduces): a count, not a clock, ends it.
+            enough = times and sum(times) >= _PROBE_SECONDS and run.dist.world_size == 1
+            if len(times) >= _PROBE_STEPS or enough:
                 break
     finally:
         close = getattr(batches, "close", None)
