@@ -126,12 +126,15 @@ def _time_train(run: RunState) -> float:
     """Seconds per training step: real batches from where the run stands, through :func:`train_step`."""
     device, times = run.ctx.device, []
     batches = run.data.train.epoch(run.epoch, run.batch)
+    first = 0.0
     try:
         tick = time.perf_counter()
         for i, (images, labels) in enumerate(batches):
             train_step(run.net, run.optimizer, images, labels, run.ctx)
             _sync(device)
             now = time.perf_counter()
+            if i == 0:
+                first = now - tick
             if i >= _WARMUP:
                 times.append(now - tick)
             tick = now
@@ -143,9 +146,7 @@ def _time_train(run: RunState) -> float:
         close = getattr(batches, "close", None)
         if close is not None:
             close()  # stops a streaming loader's workers
-    if not times:  # an epoch shorter than the warm-up: the warm-up step is all there is
-        return now - tick if "now" in locals() else 0.0
-    return sum(times) / len(times)
+    return sum(times) / len(times) if times else first  # an epoch as short as the warm-up: its step is all there is
 
 
 @torch.no_grad()
