@@ -8,7 +8,6 @@ patch's quadrant, which a flipped, transposed or misplaced map would not.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -188,7 +187,7 @@ def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
 
 
 @pytest.mark.slow  # uses the module's trained run (40 steps: about a minute of CPU time on the 2-core VM)
-def test_every_command_writes_its_png(corners, tmp_path, capsys):
+def test_every_command_writes_its_png(corners, tmp_path, capsys, monkeypatch):
     run, test = corners["run"], corners["data"] / "test"
     images = [test / "top-left" / "0.png", test / "bottom-right" / "0.png"]
     commands = {
@@ -206,8 +205,12 @@ def test_every_command_writes_its_png(corners, tmp_path, capsys):
         with Image.open(tmp_path / name) as png:
             assert png.format == "PNG" and png.width > 200 and png.height > 200
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(commands)  # no temporary files left behind
-    rc, out, _ = run_cli(capsys, "filters", run)  # default: next to the run
-    assert rc == 0 and Path(out.strip()) == run / "filters.png" and (run / "filters.png").stat().st_size > 0
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    rc, out, _ = run_cli(capsys, "filters", run)  # default: the current folder, never the run directory
+    assert rc == 0 and out.strip() == f"filters-{run.name}.png" and (here / out.strip()).stat().st_size > 0
+    assert not (run / "filters.png").exists()
 
 
 @pytest.mark.slow  # uses the module's trained run (40 steps: about a minute of CPU time on the 2-core VM)

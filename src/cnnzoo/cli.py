@@ -21,6 +21,7 @@ COMMAND_MODULES = {
     "cnnzoo.analysis.inspect": "models, summary",
     "cnnzoo.data.cli": "data",
     "cnnzoo.train.cli": "train, eval, predict, export, recipes",
+    "cnnzoo.train.curves": "curves",
     "cnnzoo.analysis.compare": "compare",
     "cnnzoo.analysis.study": "study",
     "cnnzoo.analysis.show": "show",

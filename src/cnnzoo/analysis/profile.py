@@ -122,28 +122,35 @@ def layer_summary(model: nn.Module, input_shape: tuple[int, int, int]) -> tuple[
     Only modules that run in eval mode are rows, so the rows add up to the totals (GoogLeNet's auxiliary heads are
     neither; ``count_params(model)[0] - params`` is theirs). Output shapes come from forward hooks; MACs from
     FlopCounterMode's per-module breakdown (``get_flop_counts``, keyed ``"<ModelClass>.<qualified name>"``), never
-    from hand-written formulas. A module called twice (none of the zoo's are) would show its last output shape and
-    its summed MACs.
+    from hand-written formulas. A module called more than once (ResNet's blocks apply one ``relu`` two or three
+    times) is a row at each call, named ``NAME (k/n, shared)``, with that call's output shape and its share of the
+    module's MACs.
     """
     import torch
 
     leaves = {name: m for name, m in model.named_modules() if name and not list(m.children())}
-    shapes: dict[str, tuple[int, ...]] = {}
+    calls: list[tuple[str, tuple[int, ...]]] = []  # every call of a leaf, in execution order, with its output shape
 
     def record(name: str, output) -> None:
         if name in leaves:
             out = output[0] if isinstance(output, (tuple, list)) else output
-            shapes[name] = tuple(out.shape) if isinstance(out, torch.Tensor) else ()
+            calls.append((name, tuple(out.shape) if isinstance(out, torch.Tensor) else ()))
 
     counter, ran = _counted_forward(model, input_shape, record)
-    order = list(dict.fromkeys(n for n in ran if n in leaves))
     per_module = counter.get_flop_counts()
     prefix = type(model).__name__
+    times = {name: sum(1 for n, _ in calls if n == name) for name, _ in calls}
+    seen: dict[str, int] = {}
     rows = []
-    for name in order:
-        flops = sum(per_module.get(f"{prefix}.{name}", {}).values())
-        params = sum(p.numel() for p in leaves[name].parameters(recurse=False))
-        rows.append(LayerRow(name, type(leaves[name]).__name__, shapes[name], params, int(flops) // 2))
+    for name, shape in calls:
+        seen[name] = seen.get(name, 0) + 1
+        total = int(sum(per_module.get(f"{prefix}.{name}", {}).values()))
+        flops = total // times[name] + (total % times[name] if seen[name] == 1 else 0)
+        # A module called several times (a bottleneck's one ReLU runs after bn1, bn2 and the addition) is a row
+        # where each call runs, its parameters counted on the first only, so the rows still add up.
+        params = sum(p.numel() for p in leaves[name].parameters(recurse=False)) if seen[name] == 1 else 0
+        label = name if times[name] == 1 else f"{name} ({seen[name]}/{times[name]}, shared)"
+        rows.append(LayerRow(label, type(leaves[name]).__name__, shape, params, flops // 2))
     return rows, _params_of(model, set(ran)), counter.get_total_flops() // 2
 
 

@@ -387,22 +387,43 @@ def plot_features(image: np.ndarray, stages: list[dict[str, Any]], path: str | o
     return save_figure(fig, path)
 
 
-def plot_cams(rows: list[dict[str, Any]], path: str | os.PathLike, *, title: str) -> Path:
+def plot_cams(
+    rows: list[dict[str, Any]], path: str | os.PathLike, *, title: str, captions: list[str] | None = None
+) -> Path:
     """One row per run (``label``, ``images`` ``(N, H, W, C)``, ``cam`` ``(N, H, W)``, ``titles``), one column per
-    image, one shared colour bar."""
+    image, one shared colour bar. ``captions`` (one per image: its file, its true class when known): a first row
+    shows the images as they are, without a map over them, under these captions."""
     from matplotlib.figure import Figure
 
     n = len(rows[0]["titles"])
-    fig = Figure(figsize=(1.2 + 2.0 * n, 0.8 + 2.1 * len(rows)), layout="constrained")
-    axes = fig.subplots(len(rows), n, squeeze=False)
-    for ax_row, row in zip(axes, rows, strict=True):
+    first = 1 if captions is not None else 0
+    width = 1.6 + 2.0 * n
+    fig = Figure(figsize=(width, 1.0 + 2.1 * (len(rows) + first)), layout="constrained")
+    axes = fig.subplots(len(rows) + first, n, squeeze=False)
+    if captions is not None:
+        for ax, image, text in zip(axes[0], rows[0]["images"], captions, strict=True):
+            _show_image(ax, image)
+            ax.set_title(text, fontsize=9)
+        axes[0][0].set_ylabel("input", fontsize=9)
+    for ax_row, row in zip(axes[first:], rows, strict=True):
         for ax, image, cam, text in zip(ax_row, row["images"], row["cam"], row["titles"], strict=True):
             heat = _overlay(ax, image, cam)
             ax.set_title(text, fontsize=9)
         ax_row[0].set_ylabel(row["label"], fontsize=9)
-    fig.colorbar(heat, ax=axes, shrink=0.8, label=CAM_LABEL)
-    fig.suptitle(title, fontsize=10)
+    # One row of maps is about 2 inches tall: the bar's label is set in two short lines so it fits beside it.
+    bar = fig.colorbar(heat, ax=axes[first:], shrink=0.9 if len(rows) == 1 else 0.8)
+    bar.set_label(CAM_LABEL.replace(" (", "\n("), fontsize=8)
+    fig.suptitle(fit_title(title, width, 10), fontsize=10)
     return save_figure(fig, path)
+
+
+def fit_title(title: str, width_inches: float, fontsize: float) -> str:
+    """``title`` with each line wrapped to what ``width_inches`` holds at ``fontsize`` (a character is about 0.55
+    em wide in DejaVu Sans), so a narrow figure's title is never cut at both edges."""
+    import textwrap
+
+    chars = max(20, int(0.92 * width_inches * 72 / (0.55 * fontsize)))
+    return "\n".join(textwrap.fill(line, chars) for line in title.splitlines())
 
 
 def plot_mistakes(m: dict[str, Any], path: str | os.PathLike, *, title: str) -> Path:
@@ -433,7 +454,12 @@ def plot_mistakes(m: dict[str, Any], path: str | os.PathLike, *, title: str) -> 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add ``show`` with its four sub-commands."""
-    show = sub.add_parser("show", help="see inside: learned filters, feature maps, Grad-CAM, confident mistakes")
+    show = sub.add_parser(
+        "show",
+        help="see inside: learned filters, feature maps, Grad-CAM, confident mistakes",
+        description="Each command writes one PNG into the current folder, named after what it shows "
+        "(filters-RUN.png, features-RUN-IMAGE.png, cam-RUN.png, mistakes-RUN.png), unless --out names another.",
+    )
     ssub = show.add_subparsers(dest="show", metavar="WHAT", required=True)
     which = {"choices": ("best", "last"), "default": "best", "help": "the run's checkpoint (default best)"}
 
@@ -447,7 +473,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--download", action="store_true", help="fetch missing torchvision weights (needs the network)")
     p.add_argument("--checkpoint", **which)
-    p.add_argument("--out", default=None, help="PNG to write (default RUN/filters.png or ./filters-MODEL.png)")
+    p.add_argument("--out", default=None, help="PNG to write (default ./filters-RUN.png or ./filters-MODEL.png)")
     p.set_defaults(func=cmd_filters)
 
     p = ssub.add_parser("features", help="feature maps after each stage, the most active channels")
@@ -455,14 +481,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("--top", type=int, default=8, help="channels shown per stage (default 8)")
     p.add_argument("--checkpoint", **which)
-    p.add_argument("--out", default=None, help="PNG to write (default RUN/features-IMAGE.png)")
+    p.add_argument("--out", default=None, help="PNG to write (default ./features-RUN-IMAGE.png)")
     p.set_defaults(func=cmd_features)
 
     p = ssub.add_parser("cam", help="Grad-CAM heat maps: one row per run, one column per image")
     p.add_argument("paths", nargs="+", metavar="RUN [RUN ...] IMAGE", help="run directories, then image files")
     p.add_argument("--class", dest="class_name", default=None, help="map this class (default: the predicted one)")
     p.add_argument("--checkpoint", **which)
-    p.add_argument("--out", default=None, help="PNG to write (default RUN/cam.png for one run, else ./cam.png)")
+    p.add_argument("--out", default=None, help="PNG to write (default ./cam-RUN[-vs-RUN...].png)")
     p.set_defaults(func=cmd_cam)
 
     p = ssub.add_parser("mistakes", help="the test images the run got most confidently wrong, with their CAMs")
@@ -470,7 +496,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=8, help="how many mistakes (default 8)")
     p.add_argument("--device", default="auto")
     p.add_argument("--checkpoint", **which)
-    p.add_argument("--out", default=None, help="PNG to write (default RUN/mistakes.png)")
+    p.add_argument("--out", default=None, help="PNG to write (default ./mistakes-RUN.png)")
     p.set_defaults(func=cmd_mistakes)
 
 
@@ -479,12 +505,20 @@ def _done(path: Path) -> int:
     return 0
 
 
+def default_out(kind: str, *subjects: str | os.PathLike, image: str | os.PathLike | None = None) -> Path:
+    """Where a ``show`` command writes without ``--out``: the current folder, whatever its arguments (never into a
+    run directory, which holds only what training wrote), as ``KIND-SUBJECT[-vs-SUBJECT...][-IMAGE].png``; a subject
+    is a run folder's or a model's name, ``image`` a file name without its suffix."""
+    names = [Path(s).resolve().name if Path(s).is_dir() else str(s) for s in subjects]
+    shown = "-vs-".join(names[:3]) + ("-etc" if len(names) > 3 else "")
+    return Path(f"{kind}-{shown}{'-' + Path(image).stem if image is not None else ''}.png")
+
+
 def cmd_filters(args: argparse.Namespace) -> int:
     model, meta = load_subject(
         args.subject, which=args.checkpoint, in_channels=args.in_channels, weights=args.weights, download=args.download
     )
-    is_run = Path(args.subject).is_dir()
-    out = args.out or (Path(args.subject) / "filters.png" if is_run else Path(f"filters-{meta['model']}.png"))
+    out = args.out or default_out("filters", args.subject)
     kh, kw = first_conv(model).kernel_size
     title = f"{meta['label']}\nthe first convolution's {kh}x{kw} kernels"
     return _done(plot_filters(filter_images(model), out, title=title))
@@ -501,7 +535,7 @@ def cmd_features(args: argparse.Namespace) -> int:
     with torch.no_grad():
         prob, pred = model(x).float().softmax(1).max(1)
     title = f"{meta['label']}: {Path(args.image).name} -> {meta['classes'][pred.item()]} {100 * prob.item():.0f}%"
-    out = args.out or Path(args.run) / f"features-{Path(args.image).stem}.png"
+    out = args.out or default_out("features", args.run, image=args.image)
     return _done(plot_features(to_display(x, meta["mean"], meta["std"])[0], stages, out, title=title))
 
 
@@ -548,7 +582,7 @@ def cmd_cam(args: argparse.Namespace) -> int:
             titles.append(text)
         rows.append(
             {
-                "label": f"{meta['model']}\n{Path(run).name}",
+                "label": meta["model"] + ("" if Path(run).resolve().name == meta["model"] else f"\n{Path(run).name}"),
                 "images": to_display(x, meta["mean"], meta["std"]),
                 "cam": r["cam"],
                 "titles": titles,
@@ -557,8 +591,16 @@ def cmd_cam(args: argparse.Namespace) -> int:
         layers.append(f"{meta['model']}: {r['layer']} {r['layer_size'][0]}x{r['layer_size'][1]}")
     what = f"class {args.class_name!r}" if args.class_name else "the predicted class"
     title = f"Grad-CAM for {what} (panel title: class and probability)\nCAM layer {'; '.join(layers)}"
-    out = args.out or (Path(runs[0]) / "cam.png" if len(runs) == 1 else Path("cam.png"))
-    return _done(plot_cams(rows, out, title=title))
+    out = args.out or default_out("cam", *runs)
+    return _done(plot_cams(rows, out, title=title, captions=[_caption(p, meta["classes"]) for p in images]))
+
+
+def _caption(image: str | os.PathLike, classes: list[str]) -> str:
+    """An image's file name, and its true class when its folder is named after one of ``classes`` (image folders'
+    ``class_name/image`` layout)."""
+    path = Path(image)
+    true = f"\ntrue class: {path.parent.name}" if path.parent.name in classes else ""
+    return f"{path.name}{true}"
 
 
 def cmd_mistakes(args: argparse.Namespace) -> int:
@@ -568,4 +610,4 @@ def cmd_mistakes(args: argparse.Namespace) -> int:
         f"{m['model']} trained on {m['data']} ({Path(args.run).name})\nthe {len(m['true'])} most confident of "
         f"{m['n_wrong']} mistakes on {m['n_test']} test images; Grad-CAM at {m['layer']} ({h}x{w})"
     )
-    return _done(plot_mistakes(m, args.out or Path(args.run) / "mistakes.png", title=title))
+    return _done(plot_mistakes(m, args.out or default_out("mistakes", args.run), title=title))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from cnnzoo.errors import CnnzooError
+
 # torch, rich and the data layer are imported in the functions: `cnnzoo --help` needs none of them.
 
 
@@ -14,6 +16,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", default=None, help="where named datasets live (default $CNNZOO_DATA_DIR)")
     p.add_argument("--download", action="store_true", help="download a missing named dataset (torchvision)")
     p.add_argument("--strict", action="store_true", help="a file that cannot be used is an error, not a warning")
+    p.add_argument(
+        "--example",
+        default=None,
+        metavar="CLASS",
+        help="write the first test image of CLASS as a PNG (--out, default CLASS.png) instead, e.g. to predict on",
+    )
+    p.add_argument("--out", default=None, help="with --example: the PNG to write")
     p.set_defaults(func=cmd_data)
 
 
@@ -45,6 +54,13 @@ def describe(data: str, *, data_dir: str | None = None, strict: bool = False, do
 
 def cmd_data(args: argparse.Namespace) -> int:
     """Print the dataset's facts; bad data raises a DataError (one line, exit 2) from the shared checks."""
+    if args.out is not None and args.example is None:
+        raise CnnzooError("--out goes with --example CLASS (the PNG it writes)")
+    if args.example is not None:
+        from cnnzoo.data.load import save_example
+
+        print(save_example(args.data, args.example, args.out or f"{args.example}.png", data_dir=args.data_dir))
+        return 0
     from rich.console import Console
     from rich.table import Table
 

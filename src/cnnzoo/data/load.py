@@ -339,3 +339,42 @@ def preprocess_images(
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
     return ((torch.stack(out) / 255.0 - mean_t) / std_t).contiguous(memory_format=torch.channels_last)
+
+
+def save_example(
+    data: str | os.PathLike,
+    class_name: str,
+    path: str | os.PathLike,
+    *,
+    index: int = 0,
+    data_dir: str | None = None,
+    download: bool | None = None,
+) -> Path:
+    """Write the ``index``-th test image of class ``class_name`` of ``data`` to ``path`` as a PNG (at the size and in
+    the channels the data holds), so the README's examples have an image to predict on: ``save_example("digits",
+    "7", "seven.png")``. Returns the path."""
+    import io
+
+    from PIL import Image
+
+    from cnnzoo.atomic import write_atomic
+
+    d = decode(data, data_dir=data_dir, download=download)
+    if class_name not in d.classes:
+        shown = ", ".join(d.classes[:12]) + (", ..." if len(d.classes) > 12 else "")
+        raise DataError(f"{class_name!r} is not a class of {d.name} ({shown})")
+    which = (d.test_labels == d.classes.index(class_name)).nonzero().flatten().tolist()
+    if not 0 <= index < len(which):
+        raise DataError(f"{d.name} has {len(which)} test images of class {class_name!r}; index {index} is out of range")
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise DataError(f"{path}: expected a .png file name")
+    if isinstance(d, Streamed):
+        image = decode_file(d.test_files[which[index]], d.in_channels)
+    else:
+        image = d.test_images[which[index]]
+    array = image.permute(1, 2, 0).numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array).save(buffer, format="PNG")
+    write_atomic(path, buffer.getvalue())
+    return path

@@ -26,6 +26,7 @@ RESUME_OVERRIDES = (
     "cuda_graph",
     "data_dir",
     "log_every",
+    "label",
 )
 
 

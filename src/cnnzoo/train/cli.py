@@ -39,7 +39,9 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
         flags = (flag, *ALIASES.get(name, ()))
         kind = f.type.replace(" | None", "")
         default = f.default if not callable(f.default_factory) else f.default_factory()
-        help_text = f"{f.metadata['help']} (default: {default})"
+        help_text = f.metadata["help"]
+        if "default" not in help_text and default not in (None, []):  # None and [] say nothing a reader can use
+            help_text += f" (default: {default})"
         common = dict(dest=name, default=argparse.SUPPRESS, help=help_text)
         if kind == "bool":
             group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)

@@ -53,10 +53,14 @@ class TrainConfig:
     data_dir: str | None = _f(None, "where named datasets live (default $CNNZOO_DATA_DIR or ~/.cache/cnnzoo/data)")
     download: bool = _f(False, "download a missing named dataset or --weights file (needs the network)")
     recipe: str | None = _f(None, "recipe the config was built from (informational)")
+    label: str | None = _f(None, "this run's name on charts: curves.png, `cnnzoo curves` (default: the run folder's)")
     image_size: int | None = _f(None, "input side in pixels (default: the dataset's)")
     in_channels: int | None = _f(None, "input channels (default: the dataset's)")
-    val_size: float | None = _f(None, "validation images carved from train: count (>=1) or fraction (<1)")
-    subset: int | None = _f(None, "train on only this many training images (quick experiments)")
+    val_size: float | None = _f(
+        None,
+        "validation images carved from train: a count (>=1) or a fraction (<1) (default: CIFAR 5,000, else a tenth)",
+    )
+    subset: int | None = _f(None, "train on only this many training images (quick experiments; default: all)")
     augment: str = _f(
         "standard",
         "training augmentation; alexnet | vgg | googlenet | resnet: the papers' (image folders)",

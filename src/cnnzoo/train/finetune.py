@@ -45,9 +45,13 @@ def start_config(cfg: TrainConfig) -> TrainConfig:
     spec = resolve_weights(cfg.model, cfg.weights)
     values: dict[str, Any] = {"weights": spec.name}
     if not cfg.mean and spec.mean is not None:
-        values["mean"], values["std"] = list(spec.mean), list(spec.std)
-        if cfg.in_channels is None:  # grey data is repeated to the weights' 3 channels
-            values["in_channels"] = len(spec.mean)
+        # A run's weights meet the data's own channels; torchvision's are given 3 (grey data is repeated).
+        own = cfg.in_channels or (data_channels(cfg) if spec.source == "run" else len(spec.mean))
+        if own == len(spec.mean):
+            values["mean"], values["std"] = list(spec.mean), list(spec.std)
+            values["in_channels"] = own
+        else:  # the data keeps its channels and its own normalisation; load_start adapts the first convolution
+            values["in_channels"] = own
     if cfg.image_size is None and spec.crop_size is not None:
         values["image_size"] = spec.crop_size
     if cfg.transform_input is None and "transform_input" in spec.options:
@@ -62,10 +66,62 @@ def load_start(model: nn.Module, cfg: TrainConfig, log=print) -> str:
     state, digest = fetch_state_dict(spec, download=cfg.download)
     if cfg.weights_sha256 and cfg.weights_sha256 != digest:
         raise CnnzooError(f"{spec.file}: sha256 {digest[:16]}... is not the expected {cfg.weights_sha256[:16]}...")
+    note = adapt_first_conv(model, state, source=spec.name)
+    if note:
+        log(note)
     for note in load_state(model, state, source=spec.name):
         log(note)
     log(f"starting from {spec.name} ({spec.file.name}, sha256 {digest[:12]})")
     return digest
+
+
+def data_channels(cfg: TrainConfig) -> int:
+    """The channels ``cfg.data`` has of its own (1 for the grey datasets, 3 for colour; an image folder's from its
+    scan, which the data loader caches)."""
+    own = {"digits": 1, "mnist": 1, "fashion-mnist": 1, "cifar10": 3, "cifar100": 3}
+    if cfg.data in own:
+        return own[cfg.data]
+    from cnnzoo.data.load import decode
+
+    decoded = decode(cfg.data, data_dir=cfg.data_dir, download=cfg.download or None)
+    return int(getattr(decoded, "in_channels", None) or decoded.train_images.shape[1])
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Conv2d] | None:
+    return next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def adapt_first_conv(model: nn.Module, state: dict[str, Any], *, source: str) -> str | None:
+    """Fit the first convolution's kernels in ``state`` (changed in place) to ``model``'s input channels when they
+    differ, as timm's ``adapt_input_conv`` does: 3 -> 1 sums the kernels over the channels (a grey image is the same
+    value in R, G and B, so the summed kernel gives the same response), 1 -> 3 repeats the kernel on each channel and
+    divides it by 3 (a grey image repeated into 3 channels gives the same response). Returns the one line saying
+    so, None when the channels agree; any other pair is refused in one line naming ``--in-channels``."""
+    found = _first_conv(model)
+    if found is None or f"{found[0]}.weight" not in state:
+        return None
+    name, conv = found
+    key = f"{name}.weight"
+    kernel = state[key]
+    have, want = int(kernel.shape[1]), conv.in_channels
+    if have == want or kernel.dim() != 4 or conv.groups != 1:
+        return None
+    if (have, want) == (3, 1):
+        state[key] = kernel.sum(dim=1, keepdim=True)
+        how = "its kernels summed over the 3 channels"
+    elif (have, want) == (1, 3):
+        state[key] = kernel.repeat(1, 3, 1, 1) / 3
+        how = "its kernel repeated on each of the 3 channels and divided by 3"
+    else:
+        raise CnnzooError(
+            f"{source}: the weights take {have}-channel images, the data has {want}: cannot adapt the first "
+            f"convolution; pass --in-channels {have}"
+        )
+    return (
+        f"{source}: the weights were trained on {have}-channel images and the data has {want}: the first convolution "
+        f"({name}) is adapted, {how} (as timm does); normalisation: the data's own; --in-channels {have} would "
+        "convert the data instead"
+    )
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:

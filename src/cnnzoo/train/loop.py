@@ -443,8 +443,10 @@ def _epoch_with_progress(run: RunState, stop: StopFlag, epoch_count: int, writer
     images/s) and per-step TensorBoard scalars every ``cfg.log_every`` steps (:func:`_step_logger`)."""
     logger = _step_logger(run, writer)
     hooks = [logger] if logger is not None else []
-    if not (run.dist.main and sys.stdout.isatty()):
+    if not run.dist.main:
         return train_one_epoch(run, stop, _chain(hooks))
+    if not sys.stdout.isatty():  # a log file or a pipe: a line now and then instead of a bar
+        return train_one_epoch(run, stop, _chain([_progress_lines(run, epoch_count), *hooks]))
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     spe, start, t0 = run.steps_per_epoch, run.batch, time.perf_counter()
@@ -468,6 +470,43 @@ def _epoch_with_progress(run: RunState, stop: StopFlag, epoch_count: int, writer
 
     with bar:
         return train_one_epoch(run, stop, _chain([progress, *hooks]))
+
+
+PROGRESS_SECONDS = 30.0  # a progress line in a log at most this often (torchvision's reference prints every 10 steps)
+
+
+def _progress_lines(run: RunState, epoch_count: int) -> Callable[[int, torch.Tensor], None]:
+    """For a log or a pipe, where no bar shows: one line every ``PROGRESS_SECONDS`` inside an epoch (as
+    torchvision's reference and timm log every N steps), with the epoch's running loss and accuracy, images/s and the
+    time left for the epoch and for all training steps of the run (validation not counted). The running sums are
+    read from the device only when a line is printed."""
+    spe, start, t0 = run.steps_per_epoch, run.batch, time.perf_counter()
+    total = total_steps(run.cfg, spe)
+    last = {"time": t0}
+
+    def progress(b: int, loss: torch.Tensor) -> None:
+        now = time.perf_counter()
+        if now - last["time"] < PROGRESS_SECONDS or b >= spe or run.step >= total:  # the epoch line follows
+            return
+        last["time"] = now
+        per_step = (now - t0) / max(b - start, 1)
+        rate = run.data.train.batch_size * run.dist.world_size / per_step
+        mean_loss, acc = (run.sums / max(run.seen, 1)).tolist()
+        epoch_left, run_left = (spe - b) * per_step, (total - run.step) * per_step
+        run.log(
+            f"epoch {run.epoch + 1}/{epoch_count}  batch {b}/{spe}  loss {mean_loss:.4f}  acc {100 * acc:.1f}%  "
+            f"{rate:,.0f} img/s  eta epoch {_clock(epoch_left)}  training {_clock(run_left)}"
+        )
+        sys.stdout.flush()
+
+    return progress
+
+
+def _clock(seconds: float) -> str:
+    """``1:02:03`` / ``2:05``: a duration as a clock reads."""
+    m, s = divmod(round(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
 def _chain(hooks: list[Callable[[int, torch.Tensor], None]]) -> Callable[[int, torch.Tensor], None] | None:

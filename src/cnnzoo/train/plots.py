@@ -29,6 +29,28 @@ def training_objective(cfg: Any) -> str:
     return ", ".join(parts)
 
 
+LOG_SPAN = 3.0  # a loss axis is logarithmic only when its values span at least this factor
+
+
+def loss_axis(ax, values: list[float], label: str = "cross-entropy loss") -> None:
+    """Scale and label a loss axis so its ticks read: logarithmic (labelled ``0.5``, ``1``, ``2``, not ``2x10^0``)
+    when the losses span a factor of ``LOG_SPAN`` or more, where a log axis shows both the early fall and the late
+    creep; linear over a smaller range, where a log axis would leave one or two unreadable ticks."""
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
+    finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
+    if len(finite) < 2 or max(finite) / min(finite) < LOG_SPAN:
+        ax.set_ylabel(label)
+        return
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    plain = ScalarFormatter()
+    plain.set_scientific(False)
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel(f"{label} (log scale)")
+
+
 def _best_epoch(history: list[dict]) -> int | None:
     """The first epoch with the highest validation top-1 (the trainer's own rule), None without validation."""
     scored = [(r["val_top1"], -r["epoch"]) for r in history if r.get("val_top1") is not None]
@@ -66,9 +88,9 @@ def curves_figure(
     plain = objective == "cross-entropy"
     curve(loss_ax, "train_loss", 1, "o-", "train" if plain else f"train ({objective})")
     curve(loss_ax, "val_loss", 1, "o-", "validation" if plain else "validation (cross-entropy)")
-    ylabel = "cross-entropy loss (log scale)" if plain else "loss (log scale)"
-    loss_ax.set(xlabel="epoch", ylabel=ylabel, title="Loss" if plain else "Loss (training objective vs validation)")
-    loss_ax.set_yscale("log")
+    losses = [r.get(k) for r in history for k in ("train_loss", "val_loss")]
+    loss_axis(loss_ax, losses, "cross-entropy loss" if plain else "loss")
+    loss_ax.set(xlabel="epoch", title="Loss" if plain else "Loss (training objective vs validation)")
     curve(acc_ax, "train_top1", 100, "o-", "train")
     curve(acc_ax, "val_top1", 100, "o-", "validation")
     curve(acc_ax, "ema_val_top1", 100, "o--", "validation (EMA)")

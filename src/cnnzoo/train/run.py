@@ -50,6 +50,7 @@ from cnnzoo.train.engine import (
     set_dropout,
     setup_training,
 )
+from cnnzoo.train.estimate import announce as announce_estimate
 from cnnzoo.train.loop import Dist, RunState, evaluate, fit, load_state, write_metrics
 
 
@@ -518,6 +519,7 @@ def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overw
             if dist.main:
                 aside = claim(run, overwrite=overwrite, held=held)
             _announce(run)
+        announce_estimate(run, stop_after=stop_after)  # before the first step: how long the whole run will take
         writer = _open_writer(run) if dist.main else None
         try:
             try:
@@ -650,6 +652,10 @@ def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> d
         "seed": run.cfg.seed,
         "device": str(run.ctx.device),
         "precision": run.ctx.precision,
+        # What "bf16"/"fp16" mean here (the CUDA default of --precision auto): the forward pass under autocast.
+        "autocast": None
+        if run.ctx.precision == "fp32"
+        else f"{run.ctx.precision} autocast (weights, gradients and optimizer state in fp32)",
         "world_size": run.dist.world_size,
         "run_dir": str(run_dir),
         "start_weights": {"source": run.cfg.weights, "sha256": run.cfg.weights_sha256} if run.cfg.weights else None,
@@ -661,7 +667,7 @@ def finish(run: RunState, writer=None, *, early_stopped: int | None = None) -> d
             run_dir / "curves.png",
             model=run.cfg.model,
             data=data.name,
-            run=run_dir.name,
+            run=run.cfg.label or run_dir.name,
             objective=training_objective(run.cfg),
             best_epoch=run.best["epoch"],
         )
