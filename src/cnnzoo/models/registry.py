@@ -10,6 +10,7 @@ import difflib
 import fnmatch
 import inspect
 import numbers
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,10 +24,23 @@ class ModelInfo:
     """What the registry knows about a model without building it."""
 
     name: str
-    family: str  # the architecture ("alexnet", "vgg", "googlenet", "resnet", "plain"), + "_cifar" for 32x32 nets
+    family: str  # the architecture (the name's prefix: "resnet", "plain", ...), + "_cifar" for 32x32 nets
     paper: str  # "Authors year, Title (venue, arXiv id)"; tables show the part before the first comma
     input_size: tuple[int, int, int]  # default (C, H, W) the model is meant for
     builder: Callable[..., nn.Module]
+
+    @property
+    def arch(self) -> str:
+        """The architecture: the family label without its ``_cifar`` suffix, and the prefix of every model name in
+        it (``plain`` names a residual family's twin without shortcuts)."""
+        return self.family.removesuffix("_cifar")
+
+    @property
+    def depth(self) -> int | None:
+        """The number after the architecture in the name (``<arch><depth or config>[_bn][_<style>]``): the layer
+        count of ResNets and plain nets (``resnet56`` -> 56), VGG's configuration; None when there is none."""
+        found = re.match(rf"{re.escape(self.arch)}(\d+)", self.name)
+        return int(found.group(1)) if found else None
 
     @property
     def num_classes(self) -> int:

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from cnnzoo.analysis.study.archive import PART_SIZE, pack, unpack
-from cnnzoo.analysis.study.degradation import PLAIN_DEPTHS, run_degradation
-from cnnzoo.analysis.study.depth import DEPTH_TOLERANCE, RESNET_DEPTHS, run_depth, suggest_depth
+from cnnzoo.analysis.study.degradation import by_depth, degradation_pairs, run_degradation
+from cnnzoo.analysis.study.depth import DEPTH_TOLERANCE, run_depth, suggest_depth
 from cnnzoo.analysis.study.gradients import decay_ratio, run_gradients
 from cnnzoo.analysis.study.runs import StudyInterrupted
 from cnnzoo.errors import CnnzooError
@@ -59,13 +59,12 @@ def _training_parser(ssub, name: str) -> None:
     }[name]
     p = ssub.add_parser(name, help=helptext)
     p.add_argument("--depths", default="20,32,44,56", help="comma-separated depths (default 20,32,44,56)")
-    if name == "depth":
-        p.add_argument(
-            "--family",
-            choices=("resnet_cifar", "plain_cifar"),
-            default="resnet_cifar",
-            help="the registry's family: residual (resnet_cifar) or plain nets (plain_cifar); default resnet_cifar",
-        )
+    p.add_argument(
+        "--family",
+        default="resnet_cifar",
+        help="a registered CIFAR family (`cnnzoo models`), e.g. resnet_cifar (default)"
+        + (", its plain twins paired by depth" if name == "degradation" else " or plain_cifar"),
+    )
     default_data = "cifar10" if name == "degradation" else "digits"
     p.add_argument("--data", default=default_data, help=f"dataset name or image folder (default {default_data})")
     p.add_argument("--data-dir", default=None, help="where named datasets live (default $CNNZOO_DATA_DIR)")
@@ -180,9 +179,9 @@ def cmd_gradients(args: argparse.Namespace) -> int:
 
 
 def cmd_degradation(args: argparse.Namespace) -> int:
-    depths = depths_arg(args.depths, PLAIN_DEPTHS, "degradation (plain and residual)")
+    depths = depths_arg(args.depths, tuple(degradation_pairs(args.family)), f"degradation ({args.family} and plain)")
     try:
-        rows = run_degradation(depths, **_study_options(args))
+        rows = run_degradation(depths, family=args.family, **_study_options(args))
     except StudyInterrupted as e:
         return _stopped(e)
     print(Path(args.out, "degradation.md").read_text())
@@ -191,7 +190,7 @@ def cmd_degradation(args: argparse.Namespace) -> int:
 
 
 def cmd_depth(args: argparse.Namespace) -> int:
-    allowed = RESNET_DEPTHS if args.family == "resnet_cifar" else PLAIN_DEPTHS
+    allowed = tuple(by_depth(args.family))
     try:
         rows = run_depth(depths_arg(args.depths, allowed, args.family), family=args.family, **_study_options(args))
     except StudyInterrupted as e:

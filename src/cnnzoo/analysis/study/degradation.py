@@ -14,8 +14,31 @@ from cnnzoo.analysis.study.plan import execute
 from cnnzoo.analysis.study.plots import plot_degradation
 from cnnzoo.analysis.study.runs import Run, plan_runs
 from cnnzoo.analysis.study.tables import PAPER_TABLE6, write_csv, write_degradation_md
+from cnnzoo.errors import CnnzooError
 
-PLAIN_DEPTHS = (20, 32, 44, 56, 110)
+
+def by_depth(family: str) -> dict[int, str]:
+    """depth -> model of a registered ``family``: its ``<arch><depth>`` names (``resnet56``; not ``resnet18_cifar``,
+    a style of another net), so a family added as one file is studied with no list to edit."""
+    from cnnzoo.models import get_model_info, list_models
+
+    infos = [get_model_info(n) for n in list_models(family=family)]
+    if not infos:
+        raise CnnzooError(f"no registered family {family!r}; `cnnzoo models` lists the families")
+    return {i.depth: i.name for i in sorted(infos, key=lambda i: i.depth or 0) if i.name == f"{i.arch}{i.depth}"}
+
+
+def degradation_pairs(family: str = "resnet_cifar") -> dict[int, tuple[str, str]]:
+    """depth -> (plain net, residual net): the residual ``family``'s nets and, at the same depth, the plain twins of
+    the same input size (family ``plain``, plus ``_cifar`` when ``family`` has it)."""
+    if family.removesuffix("_cifar").split("_")[-1] == "plain":
+        raise CnnzooError(f"--family names the residual nets (e.g. resnet_cifar); got the plain family {family!r}")
+    residual = by_depth(family)
+    plain = by_depth("plain_cifar" if family.endswith("_cifar") else "plain")
+    pairs = {d: (plain[d], residual[d]) for d in residual if d in plain}
+    if not pairs:
+        raise CnnzooError(f"family {family!r} has no depth in common with the plain nets")
+    return pairs
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -30,6 +53,7 @@ def run_degradation(
     recipe: str,
     seeds: list[int],
     out: str | Path,
+    family: str = "resnet_cifar",
     data_dir: str | None = None,
     overrides: dict | None = None,
     jobs: int = 1,
@@ -38,7 +62,8 @@ def run_degradation(
     stop_after: int | None = None,
     log=print,
 ) -> list[dict]:
-    """Train plain and residual nets of each depth (every seed); write degradation.csv (final errors),
+    """Train plain and residual nets (of ``family``, paired by :func:`degradation_pairs`) of each depth (every seed);
+    write degradation.csv (final errors),
     degradation_curves.csv (per epoch), degradation.md (beside Table 6) and degradation.png (Figure 6 style).
 
     ``overwrite`` retrains runs of another configuration found in ``out`` (else they stop the study with one line);
@@ -47,7 +72,11 @@ def run_degradation(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = overrides or {}
-    models = [f"{k}{d}" for k in ("plain", "resnet") for d in depths]
+    pairs = degradation_pairs(family)
+    bad = [d for d in depths if d not in pairs]
+    if bad:
+        raise CnnzooError(f"{family} depths with a plain twin are {', '.join(map(str, pairs))}; got {bad}")
+    models = [pairs[d][k] for k in (0, 1) for d in depths]  # the plain nets first, then the residual ones
     runs = plan_runs(models, seeds, out, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides)
     execute("degradation", runs, jobs=jobs, overwrite=overwrite, stop_after=stop_after, log=log)
     rows, curves = [], []
@@ -65,8 +94,11 @@ def run_degradation(
 
 
 def _split(model: str) -> tuple[str, int]:
-    kind = "plain" if model.startswith("plain") else "resnet"
-    return kind, int(model[len(kind) :])
+    """(kind, depth) of ``model`` from the registry: its architecture (``plain``, ``resnet``, ...) and depth."""
+    from cnnzoo.models import get_model_info
+
+    info = get_model_info(model)
+    return info.arch, info.depth
 
 
 def final_row(model: str, runs: list[Run]) -> dict:

@@ -32,12 +32,11 @@ SGD_START = {
 
 
 def blocks(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
-    """(name, block, last BN of its branch) for every residual/plain block (modules with a ``shortcut`` attribute)."""
-    out = []
-    for name, m in model.named_modules():
-        if hasattr(m, "shortcut"):  # "A", "B", or None in the plain twins
-            out.append((name, m, m.bn3 if hasattr(m, "bn3") else m.bn2))
-    return out
+    """(name, block, the module that ends its branch) for every residual/plain block: the block contract of
+    :func:`cnnzoo.models._common.blocks` (a ``shortcut`` attribute and a ``branch_out`` submodule name)."""
+    from cnnzoo.models._common import blocks as contract_blocks
+
+    return contract_blocks(model)
 
 
 def gradient_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
@@ -157,7 +156,9 @@ def run_gradients(
         torch.manual_seed(seed)
         model = create_model(name, num_classes=len(bundle.classes), in_channels=bundle.in_channels).to(dev)
         if not blocks(model):
-            raise CnnzooError(f"{name} has no residual or plain blocks to study (use resnet*/plain* models)")
+            raise CnnzooError(
+                f"{name} has no residual or plain blocks to study (use a residual or plain family: `cnnzoo models`)"
+            )
         rows += [dict(r, model=name, phase="init") for r in gradient_norms(model, probe_x, probe_y)]
         if steps > 0:
             train_steps(model, bundle, steps, dev, seed)

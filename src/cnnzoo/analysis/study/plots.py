@@ -81,7 +81,7 @@ def _panels(kinds_depths: set[tuple[str, int]]) -> list[tuple[str, list[tuple[st
     shallow = sorted(d for _, d in kinds_depths if d < 110)
     panels = [
         ("plain networks", [("plain", d) for d in dict.fromkeys(shallow) if ("plain", d) in kinds_depths]),
-        ("ResNets", [("resnet", d) for d in dict.fromkeys(shallow) if ("resnet", d) in kinds_depths]),
+        ("ResNets", [(k, d) for k, d in sorted(kinds_depths, key=lambda kd: kd[1]) if k != "plain" and d < 110]),
         ("110 layers", [(k, d) for k, d in sorted(kinds_depths) if d >= 110]),
     ]
     return [(title, members) for title, members in panels if members]
