@@ -1,4 +1,4 @@
-"""The model registry: ``@register_model``, :func:`list_models`, :func:`create_model`.
+"""The model registry: ``@register_model``, :func:`list_models`, :func:`build_model`.
 
 Names are the builders' names. Each builder is keyword-only (``num_classes``, ``in_channels``, plus family options)
 and returns an ``nn.Module``. The registry also records what the CLI tables show: family, paper and default input.
@@ -84,30 +84,13 @@ def get_model_info(name: str) -> ModelInfo:
         raise CnnzooError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    weights: str | None = None,
-    download: bool = False,
-    **kwargs,
-) -> nn.Module:
-    """Build the model registered as ``name``.
+def build_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None, **kwargs) -> nn.Module:
+    """Build the model registered as ``name``, freshly initialised (``cnnzoo.create_model`` adds starting weights).
 
     ``num_classes`` and ``in_channels`` are passed only when given, so each builder's own defaults apply (10 classes
     for the CIFAR nets, 1000 for the ImageNet ones; 3 channels). Other keyword arguments are family options
     (``aux_logits``, ``variant``, ``shortcut``, ...). A bad size or an unknown option is a :class:`CnnzooError`.
-    ``weights``: start from these (:mod:`cnnzoo.models.weights`: a torchvision weights name, a state_dict file or a
-    run directory; by default built for the weights' class count); ``download`` lets a torchvision file missing from
-    torch.hub's cache be fetched.
     """
-    if weights is not None:
-        from cnnzoo.models.weights import create_pretrained
-
-        return create_pretrained(
-            name, weights, num_classes=num_classes, in_channels=in_channels, download=download, **kwargs
-        )
     info = get_model_info(name)
     sizes = {"num_classes": num_classes, "in_channels": in_channels}
     for key, value in sizes.items():
