@@ -77,9 +77,10 @@ def test_early_stop_without_a_validation_split_is_refused():
 
 def test_evaluation_shows_a_progress_bar_on_a_terminal_and_measures_the_same(monkeypatch, tiny_run):
     from cnnzoo.train.engine import step_context
-    from cnnzoo.train.run import load_bundle, load_run
+    from cnnzoo.train.run import load_bundle
+    from cnnzoo.train.trained import load_checkpoint
 
-    ckpt, model = load_run(tiny_run[0])
+    ckpt, model = load_checkpoint(tiny_run[0])
     cfg = TrainConfig(**ckpt["config"])
     data = load_bundle(cfg, torch.device("cpu"), loop.Dist(), augment=False)
     ctx = step_context(cfg, torch.device("cpu"))

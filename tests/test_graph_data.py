@@ -1,4 +1,4 @@
-"""Issue 12 part 2, one launch per step: the lr table and device step counter, and the EMA update inside
+"""One launch per step (``--cuda-graph``): the lr table and device step counter, and the EMA update inside
 ``GraphedStep`` (uncaptured on the CPU, so these test the logic the CUDA graph records)."""
 
 from __future__ import annotations

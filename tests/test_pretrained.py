@@ -1,5 +1,6 @@
-"""Starting from pretrained weights (issue 16), offline: torchvision's cache is a temporary folder holding randomly
-initialised torchvision state_dicts under the exact file names torchvision expects, and any download fails the test."""
+"""Starting from pretrained weights (``--weights``, ``create_model(weights=...)``), offline: torchvision's cache is a
+temporary folder holding randomly initialised torchvision state_dicts under the exact file names torchvision expects,
+and any download fails the test."""
 
 from __future__ import annotations
 

@@ -16,7 +16,8 @@ ALL = cnnzoo.list_models()
 SMALL = [n for n in ALL if cnnzoo.get_model_info(n).input_size[1] <= 32]
 # googlenet_cifar has no fixed-size layer and no pooling that can empty a map: every input size works.
 BOUNDED = [n for n in SMALL if n != "googlenet_cifar"]
-HEAVY = {"resnet1202"}  # 1202 layers: real forward/backward on 8x8 only, to stay fast on 2 cores
+# A thousand layers or more (resnet1202): real forward/backward on 8x8 only, to stay fast on 2 cores.
+HEAVY = {n for n in ALL if (cnnzoo.get_model_info(n).depth or 0) >= 1000}
 
 
 EXACT = {"alexnet_paper", "alexnet_2tower_paper", "googlenet_paper"}  # fixed-size classifiers: 227 or 224 only
@@ -101,15 +102,49 @@ def test_too_small_input_is_a_clear_error(name):
 
 
 def test_plain_twins_have_no_shortcut():
-    for name in [n for n in ALL if n.startswith(("plain", "resnet"))]:
+    """The block contract's marker: plain nets' blocks (an architecture whose last word is "plain") have
+    ``shortcut=None`` and no downsample; every other family's blocks are residual ("A" or "B")."""
+    from cnnzoo.models._common import blocks
+
+    for name in ALL:
         with torch.device("meta"):
             model = cnnzoo.create_model(name, num_classes=10)
-        flags = [m.shortcut for m in model.modules() if hasattr(m, "shortcut")]
-        if name.startswith("plain"):
+        flags = [block.shortcut for _, block, _ in blocks(model)]
+        if cnnzoo.get_model_info(name).arch.split("_")[-1] == "plain":  # plain18, plain_cifar, <prefix>_plain
             assert flags and all(f is None for f in flags), name
             assert not any(n.endswith("downsample") for n, _ in model.named_modules()), name
-        elif name.startswith("resnet"):
-            assert flags and all(f in ("A", "B") for f in flags), name
+        else:
+            assert all(f in ("A", "B") for f in flags), name
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n not in HEAVY])
+def test_blocks_follow_the_block_contract(name):
+    """Each block's ``branch_out`` module runs once per forward and gives the block's output shape (the tensor
+    added to the shortcut), and the block's first argument is a 4-d map (meta device: shapes only)."""
+    from cnnzoo.models._common import blocks
+
+    c, h, w = cnnzoo.get_model_info(name).input_size
+    with torch.device("meta"):
+        model = cnnzoo.create_model(name).train()
+        found = blocks(model)
+        if not found:
+            return
+        seen: dict[str, list] = {}  # block name -> [input dims, branch shape, output shape], in call order
+
+        def record(n: str, value: object) -> None:
+            seen.setdefault(n, []).append(value)
+
+        hooks = []
+        for n, block, end in found:
+            hooks.append(block.register_forward_pre_hook(lambda m, a, n=n: record(n, a[0].dim())))
+            hooks.append(end.register_forward_hook(lambda m, a, o, n=n: record(n, o.shape)))
+            hooks.append(block.register_forward_hook(lambda m, a, o, n=n: record(n, o.shape)))
+        model(torch.empty(2, c, h, w))
+        for hk in hooks:
+            hk.remove()
+    for n, _, _ in found:
+        ndim, branch, out = seen[n]
+        assert ndim == 4 and branch == out, (name, n, seen[n])
 
 
 def test_unknown_model_suggests_close_names(capsys):
@@ -165,20 +200,25 @@ def test_list_models_wildcards_and_family_keyword():
 
 
 def test_family_labels_follow_one_rule():
-    """The architecture, plus "_cifar" for the nets built for 32x32 inputs; the citation has one form."""
+    """The architecture (the names' prefix, no digits), plus "_cifar" for the nets built for 32x32 inputs; each label
+    belongs to one family file; the citation has one form."""
+    modules: dict[str, set[str]] = {}
     for name in ALL:
         info = cnnzoo.get_model_info(name)
-        arch = info.family.removesuffix("_cifar")
-        assert arch in {"alexnet", "vgg", "googlenet", "resnet", "plain"}, name
+        modules.setdefault(info.family, set()).add(info.builder.__module__)
+        assert re.fullmatch(r"[a-z]+(_[a-z]+)*", info.arch) and info.arch != "", name
         assert info.family.endswith("_cifar") == (name in SMALL), name
-        assert name.startswith(arch), name
+        assert name.startswith(info.arch), name
         assert re.fullmatch(r"[A-Z][\w ,&.]+ \d{4}, [^()]+ \([A-Za-z]+ \d{4}(, arXiv:\d{4}\.\d{4,5})?\)", info.paper), (
             name
         )
+    assert all(len(files) == 1 for files in modules.values()), modules
 
 
 def test_every_family_module_registers_models():
-    """models/__init__ imports every public module of the package: each family file registers at least one model."""
+    """models/__init__ imports every public module of the package: each family file registers at least one model
+    and has the file conventions (one PAPER string, one init_weights)."""
+    import importlib
     import pkgutil
 
     import cnnzoo.models
@@ -186,7 +226,10 @@ def test_every_family_module_registers_models():
     modules = {m.name for m in pkgutil.iter_modules(cnnzoo.models.__path__) if not m.name.startswith("_")}
     registering = {cnnzoo.get_model_info(n).builder.__module__.rsplit(".", 1)[1] for n in ALL}
     # registry: the registry itself; weights: starting weights for any of them (create_model(..., weights=...))
-    assert modules - {"registry", "weights"} == registering == {"alexnet", "vgg", "googlenet", "resnet"}
+    assert registering and modules - {"registry", "weights"} == registering
+    for module in registering:
+        family = importlib.import_module(f"cnnzoo.models.{module}")
+        assert isinstance(family.PAPER, str) and callable(family.init_weights), module
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,4 +1,4 @@
-"""Issue 7's correctness guard: the fast path must train the same model as a plain fp32 eager loop.
+"""The speed path's correctness guard: the fast path must train the same model as a plain fp32 eager loop.
 
 cnnzoo's step (``setup_training`` + ``train_step``: channels_last, the ``fast`` recipe's Nesterov SGD with BN/bias
 exempt from weight decay, label smoothing, autocast) against a reference written here from scratch with nothing but

@@ -81,13 +81,33 @@ def test_plain_gradients_fall_with_depth_faster_than_residual():
 
 
 def test_gradients_command_writes_csv_and_png(tmp_path):
-    rows = run_gradients(["plain20", "resnet20"], steps=2, batch_size=32, device="cpu", out=tmp_path)
+    lines: list[str] = []
+    rows = run_gradients(
+        ["plain20", "resnet20"],
+        steps=2,
+        batches=2,
+        seeds=[0, 1],
+        batch_size=32,
+        device="cpu",
+        out=tmp_path,
+        log=lines.append,
+    )
     assert {r["phase"] for r in rows} == {"init", "after 2 steps"}
-    init = {(r["model"], r["layer"]): r["norm"] for r in rows if r["phase"] == "init" and r["kind"] == "conv"}
-    after = {(r["model"], r["layer"]): r["norm"] for r in rows if r["phase"] != "init" and r["kind"] == "conv"}
+    conv = [r for r in rows if r["kind"] == "conv"]
+    assert conv and all(r["samples"] == 4 for r in rows)  # 2 batches x 2 seeds, averaged
+    assert all(r["scale_free"] == pytest.approx(r["norm"] * r["weight_norm"], rel=0.5) for r in conv)
+    assert all(r["scale_free_std"] > 0 for r in conv)  # the seeds and batches differ: a real spread
+    assert {r["residual"] for r in rows if r["model"] == "plain20"} == {0}
+    assert {r["residual"] for r in rows if r["model"] == "resnet20"} == {1}
+    init = {(r["model"], r["layer"]): r["weight_norm"] for r in conv if r["phase"] == "init"}
+    after = {(r["model"], r["layer"]): r["weight_norm"] for r in conv if r["phase"] != "init"}
     assert init.keys() == after.keys() and init != after  # the two train_step calls changed the weights
+    assert lines[0].startswith("study gradients: plain20, resnet20 x seed 0, 1")
+    assert [line.split("]")[0] for line in lines[1:]] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert all("ETA" in line for line in lines[1:])
     table = _read(tmp_path / "gradients.csv")
     assert len(table) == len(rows) and all(float(r["norm"]) >= 0 for r in table)
+    assert all(r["scale_free"] == "" for r in table if r["kind"] != "conv")
     assert (tmp_path / "gradients.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     plot_gradients(table, tmp_path / "again.png", "digits")  # the figure can be redrawn from the CSV alone
     assert (tmp_path / "again.png").stat().st_size > 10_000

@@ -1,4 +1,4 @@
-"""The daily workflow (issue 17): commands that start without torch, the cached models table, the public run API
+"""The daily workflow: commands that start without torch, the cached models table, the public run API
 (``cnnzoo.load_run``), the train flags spelled as torchvision's and timm's train.py, and the README's Python."""
 
 from __future__ import annotations

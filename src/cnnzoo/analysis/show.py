@@ -74,11 +74,11 @@ def load_subject(
     import torch
 
     from cnnzoo.models import create_model, list_models
-    from cnnzoo.train.run import load_run
+    from cnnzoo.train.trained import load_checkpoint
 
     path = Path(spec)
     if path.is_dir():
-        ckpt, model = load_run(path, which)
+        ckpt, model = load_checkpoint(path, which)
         meta = ckpt["meta"]
         return model, {**meta, "label": f"{meta['model']} trained on {meta['data']} ({path.name}, {which}.pt)"}
     name = str(spec)
@@ -251,12 +251,13 @@ def find_mistakes(
     from cnnzoo.train.config import config_from_dict
     from cnnzoo.train.engine import resolve_device
     from cnnzoo.train.loop import Dist
-    from cnnzoo.train.run import load_bundle, load_run
+    from cnnzoo.train.run import load_bundle
+    from cnnzoo.train.trained import load_checkpoint
 
     if count < 1:
         raise CnnzooError(f"--count must be >= 1, got {count}")
     _captum()  # fail before the pass over the test split
-    ckpt, model = load_run(run_dir, which)
+    ckpt, model = load_checkpoint(run_dir, which)
     meta, dev = ckpt["meta"], resolve_device(device)
     data = load_bundle(config_from_dict(ckpt["config"]), dev, Dist(), augment=False)
     if data.num_classes != meta["num_classes"]:

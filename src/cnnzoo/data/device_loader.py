@@ -85,11 +85,6 @@ class DeviceLoader:
         self._rows = torch.arange(h, device=self.device)
         self._cols = torch.arange(w, device=self.device)
 
-    @property
-    def dataset_size(self) -> int:
-        """Samples in the whole split, over all ranks."""
-        return self.images.shape[0]
-
     def __len__(self) -> int:
         return len(self.shard)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -25,7 +26,16 @@ from cnnzoo.data.folders import SMALL_MAX, Streamed, decode_file, load_folder
 from cnnzoo.data.sources import Decoded, load_cifar, load_digits, load_mnist
 from cnnzoo.data.stream import IMAGENET_MEAN, IMAGENET_STD, StreamLoader
 
-NAMED = ("digits", "cifar10", "cifar100", "mnist", "fashion-mnist")
+# The named datasets: name -> reader(name, data root, download) of its uint8 tensors. A new source is one entry here
+# (and its reader in sources.py); any other name is read as an image folder or refused in one line.
+SOURCES: dict[str, Callable[[str, Path, bool | None], Decoded]] = {
+    "digits": lambda _name, _root, _download: load_digits(),
+    "cifar10": load_cifar,
+    "cifar100": load_cifar,
+    "mnist": load_mnist,
+    "fashion-mnist": load_mnist,
+}
+NAMED = tuple(SOURCES)
 
 
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
@@ -38,14 +48,10 @@ def data_root(data_dir: str | os.PathLike | None = None) -> Path:
 def decode(
     data: str | os.PathLike, *, data_dir: str | None = None, strict: bool = False, download: bool | None = None
 ) -> Decoded | Streamed:
-    """Read ``data`` (a name in ``NAMED`` or an image folder path): uint8 tensors, or a file index if large."""
+    """Read ``data`` (a name in :data:`SOURCES` or an image folder path): uint8 tensors, or a file index if large."""
     name = str(data)
-    if name == "digits":
-        return load_digits()
-    if name in ("cifar10", "cifar100"):
-        return load_cifar(name, data_root(data_dir), download)
-    if name in ("mnist", "fashion-mnist"):
-        return load_mnist(name, data_root(data_dir), download)
+    if name in SOURCES:
+        return SOURCES[name](name, data_root(data_dir), download)
     if Path(name).expanduser().exists() or os.sep in name or name.startswith("."):
         return load_folder(name, strict=strict)
     raise DataError(f"unknown dataset {name!r}: expected one of {', '.join(NAMED)} or the path of an image folder")

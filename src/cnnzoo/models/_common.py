@@ -1,4 +1,5 @@
-"""Small pieces shared by every family: the input check that turns a shape mismatch into a clear error, and LRN."""
+"""Small pieces shared by every family: the input check that turns a shape mismatch into a clear error, LRN, and the
+block contract (:func:`blocks`) through which ``study gradients`` reads any residual or plain family."""
 
 from __future__ import annotations
 
@@ -7,6 +8,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnzoo.errors import InputShapeError
+
+
+def blocks(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
+    """(name, block, branch end) for every residual or plain block of ``model``, in forward order.
+
+    The block contract (docs/architecture.md, "Blocks"): a block is a module with an attribute ``shortcut``
+    (``"A"``/``"B"``: residual; ``None``: plain, no addition) and a class attribute ``branch_out``, the name of its
+    submodule whose output is the branch F(x), the tensor added to the shortcut (in a plain block: the tensor the
+    block passes on, before any final ReLU). Its forward takes the block's input as first argument and does not
+    change that output in place, so hooks can read both. The modules with a ``shortcut`` attribute are exactly the
+    blocks.
+    """
+    return [(n, m, m.get_submodule(m.branch_out)) for n, m in model.named_modules() if hasattr(m, "shortcut")]
 
 
 def check_input(

@@ -1,4 +1,4 @@
-"""The model registry: ``@register_model``, :func:`list_models`, :func:`create_model`.
+"""The model registry: ``@register_model``, :func:`list_models`, :func:`build_model`.
 
 Names are the builders' names. Each builder is keyword-only (``num_classes``, ``in_channels``, plus family options)
 and returns an ``nn.Module``. The registry also records what the CLI tables show: family, paper and default input.
@@ -10,6 +10,7 @@ import difflib
 import fnmatch
 import inspect
 import numbers
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,10 +24,23 @@ class ModelInfo:
     """What the registry knows about a model without building it."""
 
     name: str
-    family: str  # the architecture ("alexnet", "vgg", "googlenet", "resnet", "plain"), + "_cifar" for 32x32 nets
+    family: str  # the architecture (the name's prefix: "resnet", "plain", ...), + "_cifar" for 32x32 nets
     paper: str  # "Authors year, Title (venue, arXiv id)"; tables show the part before the first comma
     input_size: tuple[int, int, int]  # default (C, H, W) the model is meant for
     builder: Callable[..., nn.Module]
+
+    @property
+    def arch(self) -> str:
+        """The architecture: the family label without its ``_cifar`` suffix, and the prefix of every model name in
+        it (``plain`` names a residual family's twin without shortcuts)."""
+        return self.family.removesuffix("_cifar")
+
+    @property
+    def depth(self) -> int | None:
+        """The number after the architecture in the name (``<arch><depth or config>[_bn][_<style>]``): the layer
+        count of ResNets and plain nets (``resnet56`` -> 56), VGG's configuration; None when there is none."""
+        found = re.match(rf"{re.escape(self.arch)}(\d+)", self.name)
+        return int(found.group(1)) if found else None
 
     @property
     def num_classes(self) -> int:
@@ -70,30 +84,13 @@ def get_model_info(name: str) -> ModelInfo:
         raise CnnzooError(f"unknown model {name!r}{hint}") from None
 
 
-def create_model(
-    name: str,
-    *,
-    num_classes: int | None = None,
-    in_channels: int | None = None,
-    weights: str | None = None,
-    download: bool = False,
-    **kwargs,
-) -> nn.Module:
-    """Build the model registered as ``name``.
+def build_model(name: str, *, num_classes: int | None = None, in_channels: int | None = None, **kwargs) -> nn.Module:
+    """Build the model registered as ``name``, freshly initialised (``cnnzoo.create_model`` adds starting weights).
 
     ``num_classes`` and ``in_channels`` are passed only when given, so each builder's own defaults apply (10 classes
     for the CIFAR nets, 1000 for the ImageNet ones; 3 channels). Other keyword arguments are family options
     (``aux_logits``, ``variant``, ``shortcut``, ...). A bad size or an unknown option is a :class:`CnnzooError`.
-    ``weights``: start from these (:mod:`cnnzoo.models.weights`: a torchvision weights name, a state_dict file or a
-    run directory; by default built for the weights' class count); ``download`` lets a torchvision file missing from
-    torch.hub's cache be fetched.
     """
-    if weights is not None:
-        from cnnzoo.models.weights import create_pretrained
-
-        return create_pretrained(
-            name, weights, num_classes=num_classes, in_channels=in_channels, download=download, **kwargs
-        )
     info = get_model_info(name)
     sizes = {"num_classes": num_classes, "in_channels": in_channels}
     for key, value in sizes.items():

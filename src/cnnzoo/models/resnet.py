@@ -110,6 +110,7 @@ class BasicBlock(nn.Module):
     """
 
     expansion = 1
+    branch_out = "bn2"  # the block contract (_common.blocks): the branch ends at bn2, before the addition
 
     def __init__(
         self,
@@ -150,6 +151,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
     stride_in_1x1 = False  # v1.5; see BottleneckV1
+    branch_out = "bn3"  # the block contract (_common.blocks): the branch ends at bn3, before the addition
 
     def __init__(
         self,

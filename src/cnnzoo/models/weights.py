@@ -144,7 +144,7 @@ def _torchvision_spec(model: str, name: str) -> WeightsSpec:
 
 
 def _run_spec(model: str, run_dir: Path) -> WeightsSpec:
-    from cnnzoo.train import checkpoint
+    from cnnzoo import serialize as checkpoint  # the safe loader, below the trainer
 
     best = run_dir / "best.pt"
     if not best.is_file():
@@ -192,7 +192,7 @@ def fetch_state_dict(
         _check_hub_hash(spec.file, digest)
         return _read_file(spec.file), digest
     if spec.source == "run":
-        from cnnzoo.train import checkpoint
+        from cnnzoo import serialize as checkpoint  # the safe loader, below the trainer
 
         return dict(checkpoint.load(spec.file)["model"]), sha256(spec.file)
     return _read_file(spec.file), sha256(spec.file)
@@ -367,7 +367,7 @@ def create_pretrained(
 ) -> nn.Module:
     """``create_model(name, weights=spec)``: the model built for the weights' class count (unless ``num_classes``
     says another: the classifier is then new, and a warning says so) with the weights loaded."""
-    from cnnzoo.models.registry import create_model
+    from cnnzoo.models.registry import build_model as create_model  # fresh weights: the registry alone
 
     spec_ = resolve_weights(name, spec)
     state, _ = fetch_state_dict(spec_, download=download)

@@ -13,21 +13,7 @@ from typing import Any
 
 from cnnzoo.atomic import write_atomic
 from cnnzoo.errors import CnnzooError
-from cnnzoo.train.config import build_config, config_from_dict
-
-# What may change when resuming: the length (the lr schedule follows it) and where/how fast it runs.
-RESUME_OVERRIDES = (
-    "epochs",
-    "iterations",
-    "device",
-    "threads",
-    "compile",
-    "compile_mode",
-    "cuda_graph",
-    "data_dir",
-    "log_every",
-    "label",
-)
+from cnnzoo.train.config import RESUME_OVERRIDES, build_config, config_from_dict
 
 
 def train(

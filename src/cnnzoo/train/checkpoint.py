@@ -3,30 +3,26 @@
 - Written atomically: ``torch.save`` to a temporary file in the same directory, ``fsync``, ``os.replace`` over the
   old file (atomic on POSIX and Windows), then ``fsync`` of the directory; a kill at any moment leaves either the
   old or the new checkpoint, never a torn one.
-- Read with ``torch.load(..., weights_only=True)``: only tensors and plain containers are unpickled. So the config
-  is stored as a plain dict, RNG states as tensors / tuples of ints, no classes.
-- Checked for the structure the loaders index (a hand-edited or foreign file is one line, not a traceback) and
-  against what the caller expects (model name, class count, input channels). A file that ``weights_only`` refuses
-  is named with the global it asks for; the message never suggests ``weights_only=False``.
+- Read by :func:`cnnzoo.serialize.load` (``torch.load(..., weights_only=True)``: only tensors and plain containers
+  are unpickled; so the config is stored as a plain dict, RNG states as tensors / tuples of ints, no classes),
+  checked for the structure the loaders index, then here for a valid config and, to resume, the training state; a
+  hand-edited or foreign file is one line, not a traceback.
 """
 
 from __future__ import annotations
 
-import math
-import pickle
 import random
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from cnnzoo import serialize
 from cnnzoo.atomic import check_regular, save_atomic  # noqa: F401  (re-exported: the trainer writes checkpoints with it)
 from cnnzoo.errors import CnnzooError
+from cnnzoo.serialize import FORMAT  # noqa: F401  (re-exported: the trainer writes this format)
 from cnnzoo.train.config import config_from_dict
-
-FORMAT = 1  # bump when the layout below changes
 
 
 def load(
@@ -37,55 +33,19 @@ def load(
     in_channels: int | None = None,
     resume: bool = False,
 ) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``, check its structure (with ``resume``, also the training state
-    a ``last.pt`` holds) and refuse one made for another model, class count or channel count."""
-    path = Path(path)
-    check_regular(path, "checkpoint")  # a FIFO or device would block torch.load
-    if not path.is_file():
-        raise CnnzooError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CnnzooError(f"{path}: {_refusal(str(e))}") from None
-    except Exception as e:  # truncated zip, garbage bytes, a folder: torch raises RuntimeError, EOFError, OSError, ...
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        reason = reason.split(". ")[0]  # torch's first sentence says what; the rest is advice for torch's developers
-        raise CnnzooError(f"{path}: not a readable checkpoint ({reason})") from None
-    problem = _problem(ckpt, resume)
-    if problem:
-        raise CnnzooError(f"{path}: not a cnnzoo checkpoint (format {FORMAT}): {problem}")
-    meta = ckpt["meta"]
-    for key, want in (("model", model), ("num_classes", num_classes), ("in_channels", in_channels)):
-        if want is not None and meta[key] != want:
-            raise CnnzooError(f"{path}: checkpoint is for {key} {meta[key]!r}, not {want!r}")
-    return ckpt
+    """Load a checkpoint with ``weights_only=True`` (:func:`cnnzoo.serialize.load`), check its structure and config
+    (with ``resume``, also the training state a ``last.pt`` holds) and refuse one made for another model, class
+    count or channel count."""
+    check_regular(Path(path), "checkpoint")  # a FIFO or device would block torch.load
+    return serialize.load(
+        path,
+        model=model,
+        num_classes=num_classes,
+        in_channels=in_channels,
+        check=lambda ckpt: _train_problem(ckpt, resume),
+    )
 
 
-def _refusal(message: str) -> str:
-    """Why ``weights_only`` refused a file, in our words: the global it names (or the unpickler's complaint), never
-    torch's advice to load it with ``weights_only=False`` (which would run whatever the file asks)."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    if found:
-        return (
-            f"refused: it asks to load {found.group(1)}; a cnnzoo checkpoint holds only tensors and plain values, "
-            "and loading anything else could run code, so it is not loaded"
-        )
-    after = message.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in message else ""
-    lines = [line.strip() for line in after.splitlines() if line.strip() and "weights_only" not in line]
-    return f"not a readable checkpoint (the safe loader stopped at: {lines[0] if lines else 'unknown content'})"
-
-
-_META = {
-    "model": str,
-    "data": str,
-    "num_classes": int,
-    "in_channels": int,
-    "image_size": int,
-    "classes": list,
-    "mean": list,
-    "std": list,
-}
-_KIND_NAMES = {str: "a string", int: "an integer", list: "a list"}
 _RESUME = {
     "optimizer": dict,
     "scaler": dict,
@@ -101,33 +61,9 @@ _RESUME = {
 }
 
 
-def _problem(ckpt: Any, resume: bool) -> str | None:
-    """What is wrong with an unpickled checkpoint's structure, or None (what the loaders index must be there)."""
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        return "no format marker"
-    for key in ("meta", "config", "model"):
-        if not isinstance(ckpt.get(key), dict):
-            return f"{key!r} is missing or not a table"
-    meta = ckpt["meta"]
-    for key, kind in _META.items():
-        if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool):
-            return f"meta {key!r} is missing or not {_KIND_NAMES[kind]}"
-    if meta["num_classes"] < 1 or len(meta["classes"]) != meta["num_classes"]:
-        return f"meta names {len(meta['classes'])} classes for num_classes {meta['num_classes']}"
-    if not all(isinstance(c, str) for c in meta["classes"]):
-        return "meta 'classes' are not all names"
-    if meta["in_channels"] < 1 or meta["image_size"] < 1:
-        return "meta 'in_channels' and 'image_size' must be >= 1"
-    for key in ("mean", "std"):
-        values = meta[key]
-        if len(values) != meta["in_channels"] or not all(
-            isinstance(v, (int, float)) and math.isfinite(v) for v in values
-        ):
-            return f"meta {key!r} must hold {meta['in_channels']} finite numbers"
-    if not all(v > 0 for v in meta["std"]):
-        return "meta 'std' must be positive"
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in ckpt["model"].items()):
-        return "'model' is not a state dict of tensors"
+def _train_problem(ckpt: dict[str, Any], resume: bool) -> str | None:
+    """What is wrong with a checkpoint for the trainer beyond :mod:`cnnzoo.serialize`'s structure: its config, and
+    with ``resume`` the training state a ``last.pt`` holds; or None."""
     try:
         config_from_dict(ckpt["config"])
     except CnnzooError as e:

@@ -43,6 +43,21 @@ def _f(default: Any, help: str, **kw) -> Any:
     return field(default=default, metadata={"help": help, **kw})
 
 
+# What may change when resuming: the length (the lr schedule follows it) and where/how fast it runs.
+RESUME_OVERRIDES = (
+    "epochs",
+    "iterations",
+    "device",
+    "threads",
+    "compile",
+    "compile_mode",
+    "cuda_graph",
+    "data_dir",
+    "log_every",
+    "label",
+)
+
+
 @dataclass
 class TrainConfig:
     """Everything that decides a training run. Units: epochs unless a field says steps (= optimizer updates)."""

@@ -2,9 +2,9 @@
 
 ``torch.optim.swa_utils.AveragedModel`` reads its counter on the host twice per update (``bool(n_averaged == 0)``,
 ``n_averaged > 0``: two device synchronisations) and walks ~330 tensors in Python for resnet56 (2-4 ms per step on
-an H100, issue 12). :class:`EMA` computes the same average with a fixed handful of foreach kernels over tensor lists
-gathered once, its decay and its counter on the device, and no branch on a device value, so an update never waits
-for the GPU and can be captured inside a CUDA graph with the training step.
+an H100, measured by benchmarks/step_profile.py). :class:`EMA` computes the same average with a fixed handful of
+foreach kernels over tensor lists gathered once, its decay and its counter on the device, and no branch on a device
+value, so an update never waits for the GPU and can be captured inside a CUDA graph with the training step.
 
 Same numbers as ``AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)``:
 

@@ -30,9 +30,6 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.models.weights import classifier_layers, fetch_state_dict, load_state, resolve_weights
 from cnnzoo.train.config import TrainConfig
 
-FREEZE = ("backbone",)
-
-
 # --- the run's config and its starting weights ---------------------------------------------------------------------
 
 

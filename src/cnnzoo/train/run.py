@@ -3,8 +3,8 @@
 ``run_training`` checks everything it can before any work (arguments, the ``--out`` folder), builds the run in
 memory (:func:`build_run`: data, model, optimizer, EMA), only then claims the run directory, or continues the run
 from its ``last.pt``, calls :func:`cnnzoo.train.loop.fit`, then (unless stopped) draws ``curves.png`` and tests the
-best checkpoint once on the test split: ``report.json`` and ``confusion.png``. ``load_run`` / ``model_from_checkpoint``
-rebuild a trained model for ``cnnzoo eval``, ``predict`` and ``export``.
+best checkpoint once on the test split: ``report.json`` and ``confusion.png``. ``model_from_checkpoint``
+rebuilds a trained model (:func:`cnnzoo.train.trained.load_checkpoint`: for ``cnnzoo eval``, ``predict``, ``export``).
 
 A run directory is one unit, and nothing outside it is ever touched:
 
@@ -40,7 +40,7 @@ from cnnzoo.data.bundle import data_counts
 from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.models import create_model, get_model_info
 from cnnzoo.train import checkpoint, finetune, rundir_lock
-from cnnzoo.train.config import TrainConfig, config_from_dict, read_config, write_config
+from cnnzoo.train.config import RESUME_OVERRIDES, TrainConfig, config_from_dict, read_config, write_config
 from cnnzoo.train.engine import (
     GraphedStep,
     backend_settings,
@@ -365,8 +365,6 @@ def open_run(run_dir: str | Path) -> dict[str, Any]:
     """The ``last.pt`` of a run directory to resume, after checking that its files are one run's: the marker's id is
     the checkpoints' and ``config.toml`` agrees with the checkpoint's config (except the settings a resume may
     change, ``RESUME_OVERRIDES``: there the checkpoint's values are the run's)."""
-    from cnnzoo.train.api import RESUME_OVERRIDES
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CnnzooError(f"--resume {run_dir}: no such run directory")
@@ -710,23 +708,3 @@ def model_from_checkpoint(ckpt: dict[str, Any], device: torch.device | str = "cp
     model = build_model(cfg, meta["num_classes"], meta["in_channels"])
     checkpoint.load_weights(model, ckpt["model"], f"the {meta['model']} checkpoint")
     return model.to(device).eval()
-
-
-def load_run(run_dir: str | Path, which: str = "best") -> tuple[dict[str, Any], nn.Module]:
-    """(checkpoint, model) of a run directory's ``best.pt`` or ``last.pt``."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise CnnzooError(f"{run_dir}: no such run directory")
-    if which not in ("best", "last"):
-        raise CnnzooError(f"checkpoint must be best or last, got {which!r}")
-    path = run_dir / f"{which}.pt"
-    if not path.is_file():
-        raise CnnzooError(f"{path}: no such checkpoint (has the run finished an epoch?)")
-    ckpt = checkpoint.load(path)
-    marker = read_marker(run_dir)
-    if marker is not None and ckpt["meta"].get("run_id") != marker["id"]:  # another run's file copied in
-        raise CnnzooError(
-            f"{path}: not the checkpoint of the run in {run_dir / MARKER} (its run id differs): a run's files are "
-            "not mixed; use the run directory it came from"
-        )
-    return ckpt, model_from_checkpoint(ckpt)

@@ -19,37 +19,12 @@ from typing import Any
 
 import torch
 
-from cnnzoo.atomic import read_regular
 from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.engine import resolve_device, step_context
 from cnnzoo.train.loop import Dist, evaluate
-from cnnzoo.train.run import check_data_matches, load_bundle, load_run
-
-MAX_REPORT_BYTES = 16 << 20  # a report.json is a few kB; anything near this is not one
-
-
-def read_report(path: str | Path) -> dict:
-    """A finished run's ``report.json`` (or the run directory holding it), checked: UTF-8 JSON of an object with
-    ``model``, ``data`` and ``test.top1``; anything else (garbage, a hand edit, a folder) is one line naming it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "report.json"
-    if not path.is_file():
-        raise CnnzooError(f"{path}: no such report (not a finished cnnzoo run directory)")
-    try:
-        if path.stat().st_size > MAX_REPORT_BYTES:
-            raise CnnzooError(f"{path}: too large for a cnnzoo report.json")
-        report = json.loads(read_regular(path, MAX_REPORT_BYTES, "cnnzoo report.json").decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CnnzooError(f"{path}: not a cnnzoo report (not UTF-8 JSON: {str(e).splitlines()[0]})") from None
-    except OSError as e:
-        raise CnnzooError(f"{path}: cannot read ({e.strerror or e})") from None
-    ok = isinstance(report, dict) and isinstance(report.get("model"), str) and isinstance(report.get("data"), str)
-    top1 = report["test"].get("top1") if ok and isinstance(report.get("test"), dict) else None
-    if not isinstance(top1, (int, float)) or isinstance(top1, bool):
-        raise CnnzooError(f"{path}: not a cnnzoo report (expected model, data and test.top1)")
-    return report
+from cnnzoo.train.run import check_data_matches, load_bundle
+from cnnzoo.train.trained import load_checkpoint, read_report  # noqa: F401  (read_report: cnnzoo.train.tools API)
 
 
 def evaluate_run(
@@ -59,7 +34,7 @@ def evaluate_run(
 
     ``protocol``: ``center`` (the loader's single view) or a test protocol of :mod:`cnnzoo.train.protocols`.
     """
-    ckpt, model = load_run(run_dir, which)
+    ckpt, model = load_checkpoint(run_dir, which)
     cfg = config_from_dict(ckpt["config"])
     dev = resolve_device(device)
     data = load_bundle(cfg, dev, Dist(), augment=False)
@@ -207,7 +182,7 @@ def export(
     path = Path(output) if output else run_dir / ("model.ts.pt" if fmt == "torchscript" else "model.onnx")
     _check_destination(path)
     _check_replace(path, fmt, overwrite)
-    ckpt, model = load_run(run_dir, which)
+    ckpt, model = load_checkpoint(run_dir, which)
     meta = ckpt["meta"]
     x = torch.randn(
         batch, meta["in_channels"], meta["image_size"], meta["image_size"], generator=torch.Generator().manual_seed(0)

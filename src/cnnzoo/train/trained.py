@@ -1,7 +1,7 @@
 """A finished run as one object: ``cnnzoo.load_run(run_dir)`` -> :class:`TrainedRun`.
 
 The model (eval mode), its class names and preprocessing come from the run's checkpoint (``best.pt`` by default,
-loaded with ``weights_only=True`` by :func:`cnnzoo.train.run.load_run`), the report from ``report.json`` when the
+loaded with ``weights_only=True`` by :func:`load_checkpoint`), the report from ``report.json`` when the
 run finished. ``run.predict(...)`` is what ``cnnzoo predict`` prints.
 
     run = cnnzoo.load_run("runs/demo")
@@ -10,11 +10,13 @@ run finished. ``run.predict(...)`` is what ``cnnzoo predict`` prints.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cnnzoo.atomic import read_regular
 from cnnzoo.errors import CnnzooError
 
 if TYPE_CHECKING:
@@ -100,8 +102,6 @@ def top_classes(logits: torch.Tensor, classes: list[str], top_k: int) -> list[li
 def load_run(run_dir: str | Path, which: str = "best") -> TrainedRun:
     """The trained model of ``run_dir`` (its ``best.pt``, or ``last.pt`` with ``which="last"``), ready to predict."""
     from cnnzoo.train.config import config_from_dict
-    from cnnzoo.train.run import load_run as load_checkpoint
-    from cnnzoo.train.tools import read_report
 
     run_dir = Path(run_dir)
     ckpt, model = load_checkpoint(run_dir, which)
@@ -120,3 +120,52 @@ def load_run(run_dir: str | Path, which: str = "best") -> TrainedRun:
         checkpoint=which,
         meta=meta,
     )
+
+
+def load_checkpoint(run_dir: str | Path, which: str = "best") -> tuple[dict[str, Any], nn.Module]:
+    """(checkpoint, model in eval mode) of a run directory's ``best.pt`` or ``last.pt`` (``weights_only=True``)."""
+    from cnnzoo.train import checkpoint
+    from cnnzoo.train.run import MARKER, model_from_checkpoint, read_marker
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CnnzooError(f"{run_dir}: no such run directory")
+    if which not in ("best", "last"):
+        raise CnnzooError(f"checkpoint must be best or last, got {which!r}")
+    path = run_dir / f"{which}.pt"
+    if not path.is_file():
+        raise CnnzooError(f"{path}: no such checkpoint (has the run finished an epoch?)")
+    ckpt = checkpoint.load(path)
+    marker = read_marker(run_dir)
+    if marker is not None and ckpt["meta"].get("run_id") != marker["id"]:  # another run's file copied in
+        raise CnnzooError(
+            f"{path}: not the checkpoint of the run in {run_dir / MARKER} (its run id differs): a run's files are "
+            "not mixed; use the run directory it came from"
+        )
+    return ckpt, model_from_checkpoint(ckpt)
+
+
+MAX_REPORT_BYTES = 16 << 20  # a report.json is a few kB; anything near this is not one
+
+
+def read_report(path: str | Path) -> dict:
+    """A finished run's ``report.json`` (or the run directory holding it), checked: UTF-8 JSON of an object with
+    ``model``, ``data`` and ``test.top1``; anything else (garbage, a hand edit, a folder) is one line naming it."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "report.json"
+    if not path.is_file():
+        raise CnnzooError(f"{path}: no such report (not a finished cnnzoo run directory)")
+    try:
+        if path.stat().st_size > MAX_REPORT_BYTES:
+            raise CnnzooError(f"{path}: too large for a cnnzoo report.json")
+        report = json.loads(read_regular(path, MAX_REPORT_BYTES, "cnnzoo report.json").decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CnnzooError(f"{path}: not a cnnzoo report (not UTF-8 JSON: {str(e).splitlines()[0]})") from None
+    except OSError as e:
+        raise CnnzooError(f"{path}: cannot read ({e.strerror or e})") from None
+    ok = isinstance(report, dict) and isinstance(report.get("model"), str) and isinstance(report.get("data"), str)
+    top1 = report["test"].get("top1") if ok and isinstance(report.get("test"), dict) else None
+    if not isinstance(top1, (int, float)) or isinstance(top1, bool):
+        raise CnnzooError(f"{path}: not a cnnzoo report (expected model, data and test.top1)")
+    return report

@@ -20,8 +20,8 @@ Every figure and table names its data through ``--label`` (e.g. "CIFAR-10 (JPEG 
 
 from cnnzoo.analysis.study.archive import pack, unpack
 from cnnzoo.analysis.study.cli import register
-from cnnzoo.analysis.study.degradation import PLAIN_DEPTHS, run_degradation
-from cnnzoo.analysis.study.depth import DEPTH_TOLERANCE, RESNET_DEPTHS, run_depth, suggest_depth
+from cnnzoo.analysis.study.degradation import by_depth, degradation_pairs, run_degradation
+from cnnzoo.analysis.study.depth import DEPTH_TOLERANCE, run_depth, suggest_depth
 from cnnzoo.analysis.study.gradients import decay_ratio, gradient_norms, run_gradients
 from cnnzoo.analysis.study.plots import plot_degradation, plot_depth, plot_gradients
 from cnnzoo.analysis.study.runs import StudyInterrupted
@@ -31,8 +31,8 @@ __all__ = [
     "DEPTH_TOLERANCE",
     "PAPER_ITERATIONS",
     "PAPER_TABLE6",
-    "PLAIN_DEPTHS",
-    "RESNET_DEPTHS",
+    "by_depth",
+    "degradation_pairs",
     "StudyInterrupted",
     "decay_ratio",
     "gradient_norms",

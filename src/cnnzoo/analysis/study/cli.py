@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 from cnnzoo.analysis.study.archive import PART_SIZE, pack, unpack
-from cnnzoo.analysis.study.degradation import PLAIN_DEPTHS, run_degradation
-from cnnzoo.analysis.study.depth import DEPTH_TOLERANCE, RESNET_DEPTHS, run_depth, suggest_depth
+from cnnzoo.analysis.study.degradation import by_depth, degradation_pairs, run_degradation
+from cnnzoo.analysis.study.depth import DEPTH_TOLERANCE, run_depth, suggest_depth
 from cnnzoo.analysis.study.gradients import decay_ratio, run_gradients
 from cnnzoo.analysis.study.runs import StudyInterrupted
 from cnnzoo.errors import CnnzooError
@@ -39,14 +39,20 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _gradients_parser(ssub) -> None:
-    p = ssub.add_parser("gradients", help="gradient norm per layer, plain vs residual, at init and after N steps")
+    p = ssub.add_parser(
+        "gradients",
+        help="gradients per layer that batch norm cannot rescale, plain vs residual, at init and after N steps",
+    )
     p.add_argument("models", nargs="+", help="e.g. plain56 resnet56 plain110 resnet110")
     p.add_argument("--data", default="digits", help="dataset name or image folder (default digits)")
     p.add_argument("--data-dir", default=None, help="where named datasets live (default $CNNZOO_DATA_DIR)")
-    p.add_argument("--steps", type=int, default=100, help="training steps before the second measurement")
-    p.add_argument("--batch-size", type=int, default=128, help="batch size of the probe batch and of training")
+    p.add_argument("--steps", type=int, default=100, help="training steps before the second measurement (default 100)")
+    p.add_argument("--batches", type=int, default=4, help="batches each measurement is averaged over (default 4)")
+    p.add_argument("--batch-size", type=int, default=128, help="batch size of the measured batches and of training")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default: best available)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialisation and data order")
+    p.add_argument(
+        "--seeds", default="0,1", help="comma-separated seeds (initialisation and data order), averaged (default 0,1)"
+    )
     p.add_argument("--label", default=None, help=LABEL_HELP)
     p.add_argument("--out", default="runs/study-gradients", help="folder for gradients.csv and gradients.png")
     p.set_defaults(func=cmd_gradients)
@@ -59,13 +65,12 @@ def _training_parser(ssub, name: str) -> None:
     }[name]
     p = ssub.add_parser(name, help=helptext)
     p.add_argument("--depths", default="20,32,44,56", help="comma-separated depths (default 20,32,44,56)")
-    if name == "depth":
-        p.add_argument(
-            "--family",
-            choices=("resnet_cifar", "plain_cifar"),
-            default="resnet_cifar",
-            help="the registry's family: residual (resnet_cifar) or plain nets (plain_cifar); default resnet_cifar",
-        )
+    p.add_argument(
+        "--family",
+        default="resnet_cifar",
+        help="a registered CIFAR family (`cnnzoo models`), e.g. resnet_cifar (default)"
+        + (", its plain twins paired by depth" if name == "degradation" else " or plain_cifar"),
+    )
     p.add_argument(
         "--data",
         default="cifar10",
@@ -192,25 +197,30 @@ def cmd_gradients(args: argparse.Namespace) -> int:
         data=args.data,
         data_dir=args.data_dir,
         steps=args.steps,
+        batches=args.batches,
+        seeds=seeds_arg(args.seeds),
         batch_size=args.batch_size,
         device=args.device,
-        seed=args.seed,
         out=args.out,
         label=args.label,
+        log=say,
     )
     for phase in dict.fromkeys(r["phase"] for r in rows):
         for m in args.models:
             sel = [r for r in rows if r["model"] == m and r["phase"] == phase]
-            print(f"{m:>10} {phase:>16}: first/last conv gradient norm {decay_ratio(sel):.3g}")
-    print(f"wrote {Path(args.out) / 'gradients.csv'} and gradients.png")
+            say(
+                f"{m:>10} {phase:>16}: first/last conv: scale-free {decay_ratio(sel, 'conv', 'scale_free'):.3g}, "
+                f"raw {decay_ratio(sel):.3g}; first/last block input {decay_ratio(sel, 'block_input'):.3g}"
+            )
+    say(f"wrote {Path(args.out) / 'gradients.csv'} and gradients.png")
     return 0
 
 
 def cmd_degradation(args: argparse.Namespace) -> int:
-    depths = depths_arg(args.depths, PLAIN_DEPTHS, "degradation (plain and residual)")
+    depths = depths_arg(args.depths, tuple(degradation_pairs(args.family)), f"degradation ({args.family} and plain)")
     plain_seeds = None if args.plain_seeds is None else seeds_arg(args.plain_seeds)
     try:
-        rows = run_degradation(depths, plain_seeds=plain_seeds, **_study_options(args))
+        rows = run_degradation(depths, family=args.family, plain_seeds=plain_seeds, **_study_options(args))
     except StudyInterrupted as e:
         return _stopped(e)
     print(Path(args.out, "degradation.md").read_text())
@@ -219,7 +229,7 @@ def cmd_degradation(args: argparse.Namespace) -> int:
 
 
 def cmd_depth(args: argparse.Namespace) -> int:
-    allowed = RESNET_DEPTHS if args.family == "resnet_cifar" else PLAIN_DEPTHS
+    allowed = tuple(by_depth(args.family))
     try:
         rows = run_depth(depths_arg(args.depths, allowed, args.family), family=args.family, **_study_options(args))
     except StudyInterrupted as e:

@@ -21,8 +21,31 @@ from cnnzoo.analysis.study.tables import (
     write_csv,
     write_degradation_md,
 )
+from cnnzoo.errors import CnnzooError
 
-PLAIN_DEPTHS = (20, 32, 44, 56, 110)
+
+def by_depth(family: str) -> dict[int, str]:
+    """depth -> model of a registered ``family``: its ``<arch><depth>`` names (``resnet56``; not ``resnet18_cifar``,
+    a style of another net), so a family added as one file is studied with no list to edit."""
+    from cnnzoo.models import get_model_info, list_models
+
+    infos = [get_model_info(n) for n in list_models(family=family)]
+    if not infos:
+        raise CnnzooError(f"no registered family {family!r}; `cnnzoo models` lists the families")
+    return {i.depth: i.name for i in sorted(infos, key=lambda i: i.depth or 0) if i.name == f"{i.arch}{i.depth}"}
+
+
+def degradation_pairs(family: str = "resnet_cifar") -> dict[int, tuple[str, str]]:
+    """depth -> (plain net, residual net): the residual ``family``'s nets and, at the same depth, the plain twins of
+    the same input size (family ``plain``, plus ``_cifar`` when ``family`` has it)."""
+    if family.removesuffix("_cifar").split("_")[-1] == "plain":
+        raise CnnzooError(f"--family names the residual nets (e.g. resnet_cifar); got the plain family {family!r}")
+    residual = by_depth(family)
+    plain = by_depth("plain_cifar" if family.endswith("_cifar") else "plain")
+    pairs = {d: (plain[d], residual[d]) for d in residual if d in plain}
+    if not pairs:
+        raise CnnzooError(f"family {family!r} has no depth in common with the plain nets")
+    return pairs
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -38,6 +61,7 @@ def run_degradation(
     seeds: list[int],
     out: str | Path,
     plain_seeds: list[int] | None = None,
+    family: str = "resnet_cifar",
     data_dir: str | None = None,
     overrides: dict | None = None,
     jobs: int = 1,
@@ -46,8 +70,9 @@ def run_degradation(
     stop_after: int | None = None,
     log=print,
 ) -> list[dict]:
-    """Train plain and residual nets of each depth (the residual ones for every seed of ``seeds``, the plain ones for
-    every seed of ``plain_seeds``, default the same); write degradation.csv (final errors),
+    """Train plain and residual nets (of ``family``, paired by :func:`degradation_pairs`) of each depth: the residual
+    ones for every seed of ``seeds``, the plain ones for every seed of ``plain_seeds`` (default the same); write
+    degradation.csv (final errors),
     degradation_curves.csv (per epoch), degradation.md (beside Table 6) and degradation.png (Figure 6 style).
 
     ``overwrite`` retrains runs of another configuration found in ``out`` (else they stop the study with one line);
@@ -56,8 +81,15 @@ def run_degradation(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     overrides = overrides or {}
-    models = [f"{k}{d}" for k in ("plain", "resnet") for d in depths]
-    runs = degradation_runs(models, seeds, plain_seeds, out, data=data, recipe=recipe, data_dir=data_dir, **overrides)
+    pairs = degradation_pairs(family)
+    bad = [d for d in depths if d not in pairs]
+    if bad:
+        raise CnnzooError(f"{family} depths with a plain twin are {', '.join(map(str, pairs))}; got {bad}")
+    plain, residual = [pairs[d][0] for d in depths], [pairs[d][1] for d in depths]
+    models = plain + residual  # the table's order: the plain nets first, then the residual ones
+    runs = degradation_runs(
+        residual, plain, seeds, plain_seeds, out, data=data, recipe=recipe, data_dir=data_dir, **overrides
+    )
     plan = execute("degradation", runs, jobs=jobs, overwrite=overwrite, stop_after=stop_after, log=log)
     about = about_study(runs, plan.train_images, plan.val_images)
     rows, curves = [], []
@@ -73,24 +105,27 @@ def run_degradation(
 
 
 def degradation_runs(
-    models: list[str], seeds: list[int], plain_seeds: list[int] | None, out: Path, **options
+    residual: list[str], plain: list[str], seeds: list[int], plain_seeds: list[int] | None, out: Path, **options
 ) -> list[Run]:
     """The study's runs, seed by seed (the first seed's curves of every model come first, so a study stopped early
-    has whole comparisons), residual nets first: residual nets for every seed of ``seeds``, plain nets for every
-    seed of ``plain_seeds`` (default: ``seeds``). ``options``: :func:`plan_runs`' keywords and config overrides."""
+    has whole comparisons), residual nets first (their comparison is the one that needs the seeds): the ``residual``
+    nets for every seed of ``seeds``, the ``plain`` ones for every seed of ``plain_seeds`` (default: ``seeds``).
+    ``options``: :func:`plan_runs`' keywords and config overrides."""
     plain_seeds = seeds if plain_seeds is None else plain_seeds
     data, recipe, data_dir = options.pop("data"), options.pop("recipe"), options.pop("data_dir", None)
     runs = []
-    for seed in dict.fromkeys([*seeds, *plain_seeds]):  # residual nets first: their comparison needs the seeds
-        mine = [m for m in models if seed in (plain_seeds if m.startswith("plain") else seeds)]
-        mine.sort(key=lambda m: m.startswith("plain"))
+    for seed in dict.fromkeys([*seeds, *plain_seeds]):
+        mine = [m for m in residual if seed in seeds] + [m for m in plain if seed in plain_seeds]
         runs += plan_runs(mine, [seed], out, data=data, recipe=recipe, data_dir=data_dir, overrides=options)
     return runs
 
 
 def _split(model: str) -> tuple[str, int]:
-    kind = "plain" if model.startswith("plain") else "resnet"
-    return kind, int(model[len(kind) :])
+    """(kind, depth) of ``model`` from the registry: its architecture (``plain``, ``resnet``, ...) and depth."""
+    from cnnzoo.models import get_model_info
+
+    info = get_model_info(model)
+    return info.arch, info.depth
 
 
 def final_row(model: str, runs: list[Run]) -> dict:

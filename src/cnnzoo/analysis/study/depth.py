@@ -6,14 +6,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnzoo.analysis.study.degradation import mean_std
+from cnnzoo.analysis.study.degradation import by_depth, mean_std
 from cnnzoo.analysis.study.plan import execute
 from cnnzoo.analysis.study.plots import plot_depth
 from cnnzoo.analysis.study.runs import plan_runs
 from cnnzoo.analysis.study.tables import about_columns, about_line, about_study, write_csv
 from cnnzoo.errors import CnnzooError
 
-RESNET_DEPTHS = (20, 32, 44, 56, 110, 1202)
 DEPTH_TOLERANCE = 0.5  # accuracy points: what `study depth` treats as no better (see suggest_depth)
 
 
@@ -40,10 +39,13 @@ def run_depth(
     """
     from cnnzoo.analysis.profile import profile_model
 
+    available = by_depth(family)
+    bad = [d for d in depths if d not in available]
+    if bad:
+        raise CnnzooError(f"{family} depths are {', '.join(map(str, available))}; got {bad}")
+    models = [available[d] for d in depths]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    prefix = "resnet" if family == "resnet_cifar" else "plain"
-    models = [f"{prefix}{d}" for d in depths]
     runs = plan_runs(models, seeds, out, data=data, recipe=recipe, data_dir=data_dir, overrides=overrides)
     plan = execute("depth", runs, jobs=jobs, overwrite=overwrite, stop_after=stop_after, log=log)
     shape = (plan.in_channels, plan.image_size, plan.image_size)  # what was trained on, not the registered input
@@ -73,9 +75,8 @@ def run_depth(
     rows = [r | about_columns(about) for r in rows]
     write_csv(out / "depth.csv", rows, list(rows[0]))
     pick = suggest_depth(rows, DEPTH_TOLERANCE)
-    family_name = "ResNets" if prefix == "resnet" else "plain nets"
     title = (
-        f"How deep to go: {family_name} on {label or data}, recipe {recipe}, {len(seeds)} seed(s)\n"
+        f"How deep to go: {family} nets on {label or data}, recipe {recipe}, {len(seeds)} seed(s)\n"
         f"suggested: {pick['model']}, the shallowest within {DEPTH_TOLERANCE:g} points of the best validation "
         "top-1"
     )

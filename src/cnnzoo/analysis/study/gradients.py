@@ -1,4 +1,11 @@
-"""``study gradients``: the gradient norm reaching each layer, plain vs residual, at initialisation and after training.
+"""``study gradients``: the gradient reaching each layer, plain vs residual, at initialisation and after training.
+
+Batch norm after a convolution makes the loss invariant to that convolution's weight scale, so its weight gradient
+scales as 1/||W||: a raw ||dL/dW|| falls as training grows ||W||, whatever happens to the signal. Two measures do not
+depend on it: per convolution ``scale_free`` = ||dL/dW|| * ||W|| (the gradient with respect to the log-scale of the
+weights, the size of the update direction relative to the weights), and per block the back-propagated signal
+||dL/dx|| at the block's input (read through the block contract of :func:`cnnzoo.models._common.blocks`). Each is the
+mean over several batches and seeds; the raw norm is kept beside them, to show what batch norm does to it.
 
 The branch share is computed exactly: with ``s = branch(x) + shortcut(x)`` and ``g = dL/ds``, autograd gives
 ``J_branch^T g``; the shortcut share is the rest of ``dL/dx`` (the sum is linear). The paper shows no gradient
@@ -32,20 +39,20 @@ SGD_START = {
 
 
 def blocks(model: nn.Module) -> list[tuple[str, nn.Module, nn.Module]]:
-    """(name, block, last BN of its branch) for every residual/plain block (modules with a ``shortcut`` attribute)."""
-    out = []
-    for name, m in model.named_modules():
-        if hasattr(m, "shortcut"):  # "A", "B", or None in the plain twins
-            out.append((name, m, m.bn3 if hasattr(m, "bn3") else m.bn2))
-    return out
+    """(name, block, the module that ends its branch) for every residual/plain block: the block contract of
+    :func:`cnnzoo.models._common.blocks` (a ``shortcut`` attribute and a ``branch_out`` submodule name)."""
+    from cnnzoo.models._common import blocks as contract_blocks
+
+    return contract_blocks(model)
 
 
 def gradient_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
     """One forward/backward on a batch; rows of gradient norms (model in train mode, as during training).
 
-    kinds: ``conv`` (norm of each conv weight's gradient, in forward order), ``block_input`` (norm of dL/dx at each
-    block's input), ``branch`` and ``shortcut`` (the parts of dL/dx that flow through the residual branch and
-    through the shortcut; for plain blocks the shortcut part is 0).
+    kinds: ``conv`` (each conv weight, in forward order: ``norm`` = ||dL/dW||, ``weight_norm`` = ||W||,
+    ``scale_free`` = their product), ``block_input`` (``norm`` of dL/dx at each block's input), ``branch`` and
+    ``shortcut`` (the parts of dL/dx that flow through the residual branch and through the shortcut; for plain
+    blocks the shortcut part is 0).
     """
     import torch
     import torch.nn.functional as F
@@ -71,10 +78,18 @@ def gradient_norms(model: nn.Module, images: torch.Tensor, labels: torch.Tensor)
         ]
     loss.backward()
     convs = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
-    rows += [
-        {"kind": "conv", "index": i + 1, "layer": n, "norm": m.weight.grad.norm().item()}
-        for i, (n, m) in enumerate(convs)
-    ]
+    for i, (n, m) in enumerate(convs):
+        grad, weight = m.weight.grad.norm().item(), m.weight.detach().norm().item()
+        rows.append(
+            {
+                "kind": "conv",
+                "index": i + 1,
+                "layer": n,
+                "norm": grad,
+                "weight_norm": weight,
+                "scale_free": grad * weight,
+            }
+        )
     return rows
 
 
@@ -95,16 +110,15 @@ def _capture(model: nn.Module, found: list, images: torch.Tensor) -> tuple[torch
     return (out[0] if isinstance(out, tuple) else out), inputs, branch_out
 
 
-def decay_ratio(rows: list[dict], kind: str = "conv") -> float:
-    """Gradient norm at the first layer (next to the input) over that at the last one (of ``kind``).
+def decay_ratio(rows: list[dict], kind: str = "conv", key: str = "norm") -> float:
+    """``key`` (``norm`` or ``scale_free``) at the first layer (next to the input) over that at the last one, among
+    the rows of ``kind`` (of one model and phase).
 
-    1 means the gradient keeps its size through the depth; far from 1 (either way) means it does not. Measured here
-    with batch norm at initialisation, plain nets' gradients *grow* towards the input (ratio 15-20 for plain20, ~1e3
-    for plain56 on digits) while the residual twins stay within about one order of magnitude (5-8 and 10-16): the
-    paper's own remark (section 4.1) that BN keeps plain nets' gradients from vanishing, and that their trouble is
-    optimisation, not vanishing signals."""
-    norms = [r["norm"] for r in sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["index"])]
-    return norms[0] / norms[-1]
+    1 means the gradient keeps its size through the depth; far from 1 (either way) means it does not. With batch norm
+    the raw ``norm`` of a conv also moves with 1/||W|| (see the module's docstring): read ``scale_free`` for what
+    reaches the layer."""
+    values = [r[key] for r in sorted((r for r in rows if r["kind"] == kind), key=lambda r: int(r["index"]))]
+    return float(values[0]) / float(values[-1])
 
 
 def train_steps(model: nn.Module, bundle, steps: int, device: torch.device, seed: int) -> None:
@@ -115,7 +129,7 @@ def train_steps(model: nn.Module, bundle, steps: int, device: torch.device, seed
     cfg = build_config(seed=seed, device=str(device), **SGD_START)
     optimizer, ctx = make_optimizer(model, cfg, device), step_context(cfg, device)
     model.train()
-    done, epoch = 0, 1
+    done, epoch = 0, 1  # epoch 0's first batches are the probes
     while done < steps:
         for x, y in bundle.train.epoch(epoch):
             train_step(model, optimizer, x, y, ctx)
@@ -125,43 +139,108 @@ def train_steps(model: nn.Module, bundle, steps: int, device: torch.device, seed
         epoch += 1
 
 
+MEASURES = ("norm", "weight_norm", "scale_free")
+FIELDS = [
+    "model",
+    "residual",
+    "phase",
+    "kind",
+    "index",
+    "layer",
+    "norm",
+    "norm_std",
+    "weight_norm",
+    "scale_free",
+    "scale_free_std",
+    "samples",
+]
+
+
+def average(rows: list[dict]) -> list[dict]:
+    """One row per (model, phase, kind, layer): the mean and sample std over every batch and seed measured."""
+    import statistics
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["phase"], r["kind"], r["index"], r["layer"]), []).append(r)
+    out = []
+    for (model, phase, kind, index, layer), rs in groups.items():
+        row = {"model": model, "residual": rs[0]["residual"], "phase": phase, "kind": kind, "index": index}
+        row |= {"layer": layer, "samples": len(rs)}
+        for key in MEASURES:
+            values = [r[key] for r in rs if r.get(key) is not None]
+            row[key] = statistics.fmean(values) if values else None
+            if key != "weight_norm":
+                row[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+        out.append(row)
+    return out
+
+
 def run_gradients(
     models: list[str],
     *,
     data: str = "digits",
     data_dir: str | None = None,
     steps: int = 100,
+    batches: int = 4,
+    seeds: list[int] | tuple[int, ...] = (0, 1),
     batch_size: int = 128,
     device: str = "auto",
-    seed: int = 0,
     out: str | Path = "runs/study-gradients",
     label: str | None = None,
+    log=print,
 ) -> list[dict]:
-    """Measure every model at initialisation and after ``steps`` training steps; write gradients.csv and .png."""
+    """Measure every model at initialisation and after ``steps`` training steps, each on ``batches`` batches for
+    every seed (the seed sets the initialisation and the data order); write gradients.csv (means and stds over the
+    batches and seeds) and gradients.png. ``log`` gets a progress line with the ETA after each model and seed."""
+    import time
+
     import torch
 
+    from cnnzoo.analysis.study.plan import hms
     from cnnzoo.analysis.study.plots import plot_gradients
     from cnnzoo.analysis.study.tables import write_csv
     from cnnzoo.data import load_data
     from cnnzoo.models import create_model
     from cnnzoo.train.engine import resolve_device
 
-    if steps < 0 or batch_size < 1:
-        raise CnnzooError(f"--steps must be >= 0 and --batch-size >= 1, got {steps} and {batch_size}")
+    if steps < 0 or batch_size < 1 or batches < 1 or not seeds:
+        raise CnnzooError(
+            f"--steps must be >= 0, --batches and --batch-size >= 1 and --seeds not empty; got {steps}, {batches}, "
+            f"{batch_size} and {list(seeds)}"
+        )
     out, dev = Path(out), resolve_device(device)
     out.mkdir(parents=True, exist_ok=True)
-    bundle = load_data(data, data_dir=data_dir, batch_size=batch_size, device=dev, seed=seed)
-    probe_x, probe_y = next(iter(bundle.train.epoch(0)))  # the same real batch for every model and phase
-    rows = []
-    for name in models:
-        torch.manual_seed(seed)
-        model = create_model(name, num_classes=len(bundle.classes), in_channels=bundle.in_channels).to(dev)
-        if not blocks(model):
-            raise CnnzooError(f"{name} has no residual or plain blocks to study (use resnet*/plain* models)")
-        rows += [dict(r, model=name, phase="init") for r in gradient_norms(model, probe_x, probe_y)]
-        if steps > 0:
-            train_steps(model, bundle, steps, dev, seed)
-            rows += [dict(r, model=name, phase=f"after {steps} steps") for r in gradient_norms(model, probe_x, probe_y)]
-    write_csv(out / "gradients.csv", rows, ["model", "phase", "kind", "index", "layer", "norm"])
-    plot_gradients(rows, out / "gradients.png", label or data)
-    return rows
+    phases = "at init" + (f" and after {steps} steps" if steps else "")
+    log(
+        f"study gradients: {', '.join(models)} x seed {', '.join(map(str, seeds))}, {phases}, each measured on "
+        f"{batches} batch(es) of {batch_size} from {data}, on {dev}"
+    )
+    rows, start, done, total = [], time.perf_counter(), 0, len(models) * len(seeds)
+    for seed in seeds:
+        bundle = load_data(data, data_dir=data_dir, batch_size=batch_size, device=dev, seed=seed)
+        probes = [b for _, b in zip(range(batches), bundle.train.epoch(0), strict=False)]
+        if len(probes) < batches:
+            raise CnnzooError(f"{data} has {len(probes)} training batches of {batch_size}, fewer than --batches")
+        for name in models:
+            torch.manual_seed(seed)
+            model = create_model(name, num_classes=len(bundle.classes), in_channels=bundle.in_channels).to(dev)
+            found = blocks(model)
+            if not found:
+                raise CnnzooError(f"{name} has no residual or plain blocks to study (`cnnzoo models`: a ResNet family)")
+            tag = {"model": name, "residual": int(any(b.shortcut is not None for _, b, _ in found)), "seed": seed}
+            rows += [dict(r, **tag, phase="init") for x, y in probes for r in gradient_norms(model, x, y)]
+            if steps > 0:
+                train_steps(model, bundle, steps, dev, seed)
+                phase = f"after {steps} steps"
+                rows += [dict(r, **tag, phase=phase) for x, y in probes for r in gradient_norms(model, x, y)]
+            done += 1
+            elapsed = time.perf_counter() - start
+            log(
+                f"[{done}/{total}] {name} seed {seed} measured; {hms(elapsed)} elapsed, "
+                f"ETA {hms(elapsed / done * (total - done))}"
+            )
+    table = average(rows)
+    write_csv(out / "gradients.csv", table, FIELDS)
+    plot_gradients(table, out / "gradients.png", label or data)
+    return table

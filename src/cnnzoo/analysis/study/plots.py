@@ -23,54 +23,81 @@ def _thousands(x: float, _pos: object) -> str:
 
 
 def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
-    """Per-layer gradient norms on a log scale, one column per phase; ``rows`` as in gradients.csv."""
+    """Per-layer gradients on log scales, one column per phase; ``rows`` as in gradients.csv (means over batches and
+    seeds). Top: the scale-free ||dL/dW||*||W|| of each conv (what batch norm cannot rescale); middle: the raw
+    ||dL/dW||, which batch norm makes fall as 1/||W|| while the weights grow; bottom: ||dL/dx|| into each block, and
+    the share that came through the shortcut."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    rows = [dict(r, index=int(r["index"]), norm=float(r["norm"])) for r in rows]
+    rows = [dict(r, index=int(r["index"]), residual=int(r["residual"])) for r in rows]
     models = list(dict.fromkeys(r["model"] for r in rows))
     phases = list(dict.fromkeys(r["phase"] for r in rows))
-    fig = Figure(figsize=(6 * len(phases), 8), layout="constrained")
-    axes = fig.subplots(2, len(phases), squeeze=False)
+    residual = {r["model"]: bool(r["residual"]) for r in rows}
+    samples = max(int(r["samples"]) for r in rows)
+    fig = Figure(figsize=(6 * len(phases), 11), layout="constrained")
+    axes = fig.subplots(3, len(phases), squeeze=False)
     colors = {m: f"C{i}" for i, m in enumerate(models)}
+
+    def pick(m: str, phase: str, kind: str) -> list[dict]:
+        return sorted(
+            (r for r in rows if (r["model"], r["phase"], r["kind"]) == (m, phase, kind)), key=lambda r: r["index"]
+        )
+
     for j, phase in enumerate(phases):
-        top, bottom = axes[0][j], axes[1][j]
+        top, mid, bottom = axes[0][j], axes[1][j], axes[2][j]
         for m in models:
-            style = "--" if m.startswith("plain") else "-"
-            conv = [r for r in rows if r["model"] == m and r["phase"] == phase and r["kind"] == "conv"]
-            top.plot([r["index"] for r in conv], [r["norm"] for r in conv], style, color=colors[m], label=m)
-            for kind, marker in (("branch", "o"), ("shortcut", "^")):
-                if kind == "shortcut" and m.startswith("plain"):
-                    continue  # no shortcut: nothing flows there
-                pts = [r for r in rows if r["model"] == m and r["phase"] == phase and r["kind"] == kind]
+            style = "-" if residual[m] else "--"
+            conv = pick(m, phase, "conv")
+            x = [r["index"] for r in conv]
+            top.plot(x, [num(r["scale_free"]) for r in conv], style, color=colors[m], label=m)
+            mid.plot(x, [num(r["norm"]) for r in conv], style, color=colors[m], label=m, alpha=0.8)
+            into = pick(m, phase, "block_input")
+            bottom.plot(
+                [r["index"] for r in into],
+                [num(r["norm"]) for r in into],
+                style,
+                marker="o",
+                markersize=3,
+                color=colors[m],
+                label=f"{m}: total",
+            )
+            if residual[m]:
+                via = pick(m, phase, "shortcut")
                 bottom.plot(
-                    [r["index"] for r in pts],
-                    [r["norm"] for r in pts],
-                    ":" if kind == "shortcut" else style,
-                    marker=marker,
+                    [r["index"] for r in via],
+                    [num(r["norm"]) for r in via],
+                    ":",
+                    marker="^",
                     markersize=3,
                     color=colors[m],
-                    label=f"{m}: via {kind}",
+                    label=f"{m}: via the shortcut",
                 )
         top.set(
             yscale="log",
             xlabel="conv layer (1 = next to the input)",
-            ylabel="||dL/dW|| (log scale)",
-            title=f"Conv weight gradients, {phase}",
+            ylabel="||dL/dW|| x ||W|| (log)",
+            title=f"Scale-free conv gradient, {phase}",
+        )
+        mid.set(
+            yscale="log",
+            xlabel="conv layer (1 = next to the input)",
+            ylabel="||dL/dW|| (log)",
+            title=f"Raw conv gradient (batch norm rescales it by 1/||W||), {phase}",
         )
         bottom.set(
             yscale="log",
             xlabel="block (1 = next to the input)",
             ylabel="||dL/dx|| into the block (log)",
-            title=f"Into each block: branch vs shortcut, {phase}",
+            title=f"Back-propagated signal into each block, {phase}",
         )
-        for ax in (top, bottom):
+        for ax in (top, mid, bottom):
             ax.xaxis.set_major_locator(MaxNLocator(**WHOLE))
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=7)
     fig.suptitle(
-        f"Gradient norms through depth, one real batch of {label}\n"
-        "plain nets dashed, residual nets solid, their shortcut's share dotted",
+        f"Gradients through depth on {label}: mean over {samples} measurements (batches x seeds)\n"
+        "plain nets dashed, residual nets solid; read the top and bottom rows, which batch norm cannot rescale",
         fontsize=11,
     )
     write_figure(fig, path, dpi=90)
@@ -81,7 +108,7 @@ def _panels(kinds_depths: set[tuple[str, int]]) -> list[tuple[str, list[tuple[st
     shallow = sorted(d for _, d in kinds_depths if d < 110)
     panels = [
         ("plain networks", [("plain", d) for d in dict.fromkeys(shallow) if ("plain", d) in kinds_depths]),
-        ("ResNets", [("resnet", d) for d in dict.fromkeys(shallow) if ("resnet", d) in kinds_depths]),
+        ("ResNets", [(k, d) for k, d in sorted(kinds_depths, key=lambda kd: kd[1]) if k != "plain" and d < 110]),
         ("110 layers", [(k, d) for k, d in sorted(kinds_depths) if d >= 110]),
     ]
     return [(title, members) for title, members in panels if members]

@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.errors import CnnzooError
-from cnnzoo.train.api import RESUME_OVERRIDES
-from cnnzoo.train.config import TrainConfig, build_config, read_config
+from cnnzoo.train.config import RESUME_OVERRIDES, TrainConfig, build_config, read_config
 
 # Where and how fast a run trains, not what it computes: a stored run may differ from the asked one in these.
 PLACE_FIELDS = ("device", "threads", "compile", "compile_mode", "data_dir", "download")
