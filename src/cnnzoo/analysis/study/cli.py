@@ -44,7 +44,11 @@ def _gradients_parser(ssub) -> None:
         help="gradients per layer that batch norm cannot rescale, plain vs residual, at init and after N steps",
     )
     p.add_argument("models", nargs="+", help="e.g. plain56 resnet56 plain110 resnet110")
-    p.add_argument("--data", default="digits", help="dataset name or image folder (default digits)")
+    p.add_argument(
+        "--data",
+        default="cifar10",
+        help="dataset name or image folder (default cifar10, as every study; digits runs offline in seconds)",
+    )
     p.add_argument("--data-dir", default=None, help="where named datasets live (default $CNNZOO_DATA_DIR)")
     p.add_argument("--steps", type=int, default=100, help="training steps before the second measurement (default 100)")
     p.add_argument("--batches", type=int, default=4, help="batches each measurement is averaged over (default 4)")
