@@ -2,7 +2,8 @@
 # One GPU session's measurements, run from the repository root on a machine with a CUDA GPU:
 #   bash benchmarks/gpu_session.sh .data/cifar10-jpeg.tar.gz OUT_DIR [PARTS] [EPOCHS_SPEED] [EPOCHS_DEGRADATION]
 # PARTS: comma-separated, default "data,compare,speed"; also "step_profile", "step", "step_big", "fast", "speed_all",
-# "paper56", "levers" (issue 12 part 2, about 2 minutes) and "gradients,degradation" (issue 6; the degradation study
+# "paper56", "levers" (issue 12 part 2, about 2 minutes), "paper64k" (the 64k-iteration reproduction, resumed
+# across calls) and "gradients,degradation" (issue 6; the degradation study
 # alone takes about 10 minutes). A device call may run 10 minutes at most: give each call a few parts, most valuable first ("step_profile" alone, about 4 minutes and no
 # data needed: issue 12 says measure it first; then "data,speed", "paper56,fast", "step", "step_big",
 # "compare,speed_all") and the same OUT_DIR; the unpacked data and the decoded cache are reused between calls only
@@ -115,5 +116,15 @@ fi
 if has degradation; then
   $PY -m cnnzoo study degradation --depths 20,32,44,56 --data $DATA --recipe resnet-cifar-paper --epochs "$E_DEG" \
       --jobs 8 --label "$LABEL" --out "$OUT/degradation" 2>&1 | tee "$OUT/degradation.log"
+fi
+# The full-length reproduction (He et al. 2016 section 4.2: 64k iterations, the warm-up rule for 110), depths
+# 20-110, plain and residual, 10 runs side by side. Longer than one 10-minute device call: the study resumes
+# exactly, so call this part again (same OUT_DIR, checkpoints kept: run it before the cleanup below is reached, i.e.
+# alone: PARTS=paper64k) until degradation.md exists. The CPU lesson (resnet-cifar-short) is the same command with
+# --depths 20,56 --recipe resnet-cifar-short.
+if has paper64k; then
+  $PY -m cnnzoo study degradation --depths 20,32,44,56,110 --data $DATA --recipe resnet-cifar-paper --jobs 10 \
+      --label "$LABEL" --out "$OUT/paper64k" 2>&1 | tee -a "$OUT/paper64k.log"
+  exit 0  # keep the checkpoints for the next call
 fi
 find "$OUT" -name "*.pt" -delete  # checkpoints stay behind; bring the rest back as one archive (see docs/benchmarks.md)
