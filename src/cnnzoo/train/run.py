@@ -490,13 +490,14 @@ def run_training(
         cfg = finetune.start_config(cfg)  # the --weights' preprocessing, unless given
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
     check_setup(cfg, device, dist)
+    if resume is None:
+        check_out(run_dir, overwrite=overwrite)  # before the lock: nothing is written into a folder that is refused
     with contextlib.ExitStack() as held:
         if dist.main and run_dir.is_dir():  # one writer at a time, from before the first check to the end
             held.enter_context(rundir_lock.hold(run_dir))
             if resume is None:
                 recover_replaced(run_dir)
-        if resume is None:
-            check_out(run_dir, overwrite=overwrite)
+                check_out(run_dir, overwrite=overwrite)  # again, under the lock
         return _train_locked(
             cfg, run_dir, dist, device, held, resume=resume, stop_after=stop_after, overwrite=overwrite, log=log
         )
