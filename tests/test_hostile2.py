@@ -471,8 +471,8 @@ def test_a_recipe_config_or_run_file_that_is_not_a_regular_file_is_refused_unope
         run = _copy(good_run, tmp_path / f"run-{name}")
         make(run / name)
         for argv in (["eval", str(run), "--device", "cpu"], ["predict", str(run), str(image)]):
-            if name == "config.toml" and argv[0] != "eval":
-                continue  # predict reads the checkpoint's own config
+            if name != "best.pt":
+                continue  # eval and predict read only the checkpoint (its own config); resume reads them all
             _check(capsys, argv, tmp_path)
         _check(capsys, ["train", "--resume", str(run), "--quiet"], tmp_path)
 
@@ -550,3 +550,11 @@ def test_nonsense_distributed_environment_is_one_line(tmp_path, capsys, monkeypa
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     _check(capsys, ["train", "resnet20", "--out", str(tmp_path / "r"), "--quiet", *TINY_FLAGS], tmp_path)
+
+
+def test_class_names_are_text_in_charts_never_markup(tmp_path):
+    from cnnzoo.train.plots import plot_confusion
+
+    names = ["$\\frac{a}{$", "^_{}", "a\\b$$", "x" * 60]  # unbalanced mathtext would raise at draw time
+    plot_confusion([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], names, tmp_path / "c.png", title="$x")
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

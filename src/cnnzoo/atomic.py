@@ -89,6 +89,10 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
 
 def write_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> None:
     """Save a matplotlib ``Figure`` as PNG to ``path``, atomically (every chart cnnzoo draws goes through here)."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):  # class names and file names are text, never mathtext ("$x$" would be parsed)
+        text.set_parse_math(False)
     with _replacing(Path(path)) as f:
         fig.savefig(f, format="png", dpi=dpi)
 

@@ -17,7 +17,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnzoo.atomic import save_atomic
+from cnnzoo.atomic import save_atomic, temp_files
 from cnnzoo.data.bundle import default_home
 
 log = logging.getLogger("cnnzoo.data")
@@ -56,11 +56,25 @@ def load_or_build(path: Path, key: str, build: Callable[[], dict], check: Callab
     if payload is not None:
         return payload
     payload = build()
+    _remove_stale_temps(path)
     try:
         save_atomic({"format": FORMAT, "version": VERSION, "key": key, "payload": payload}, path)
     except OSError as e:
         log.warning("could not write the decoded cache %s (%s); continuing without it", path, e)
     return payload
+
+
+def _remove_stale_temps(path: Path, age: float = 300.0) -> None:
+    """The temporary files that a killed cache write left beside ``path``. Only those untouched for ``age`` seconds:
+    another process may be writing the same cache right now (its file's mtime moves with every write)."""
+    import time
+
+    for stale in temp_files(path.parent, [path.name]):
+        try:
+            if time.time() - stale.stat().st_mtime > age:
+                stale.unlink()
+        except OSError:
+            pass
 
 
 def _passes(check: Callable[[dict], bool], payload: dict) -> bool:

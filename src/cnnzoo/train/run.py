@@ -489,13 +489,14 @@ def run_training(
         cfg = finetune.start_config(cfg)  # the --weights' preprocessing, unless given
     run_dir = Path(run_dir) if run_dir is not None else default_out(cfg)
     check_setup(cfg, device, dist)
+    if resume is None and (not run_dir.is_dir() or read_marker(run_dir) is None):
+        check_out(run_dir, overwrite=overwrite)  # a stranger's folder is refused before a lock file is put in it
     with contextlib.ExitStack() as held:
         if dist.main and run_dir.is_dir():  # one writer at a time, from before the first check to the end
             held.enter_context(rundir_lock.hold(run_dir))
             if resume is None:
                 recover_replaced(run_dir)
-        if resume is None:
-            check_out(run_dir, overwrite=overwrite)
+                check_out(run_dir, overwrite=overwrite)  # under the lock: a writer at work is named first
         return _train_locked(
             cfg, run_dir, dist, device, held, resume=resume, stop_after=stop_after, overwrite=overwrite, log=log
         )
