@@ -83,7 +83,7 @@ def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
             yscale="log",
             xlabel="conv layer (1 = next to the input)",
             ylabel="||dL/dW|| (log)",
-            title=f"Raw conv gradient (batch norm rescales it by 1/||W||), {phase}",
+            title=f"Raw conv gradient (BN scales it by 1/||W||), {phase}",
         )
         bottom.set(
             yscale="log",
