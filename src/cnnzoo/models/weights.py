@@ -319,6 +319,13 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], *, source: str)
     """Copy ``state`` into ``model``; returns one line per repair made (a classifier re-initialised for another
     class count, auxiliary heads dropped). Any other mismatch raises a :class:`CnnzooError` listing the keys."""
     own = model.state_dict()
+    lone = sorted(
+        k for k in state if k.endswith(".bias") and k[:-5] + ".weight" in own and k[:-5] + ".weight" not in state
+    )
+    if lone:  # a bias without its weight: not a state_dict of this architecture
+        raise CnnzooError(
+            f"{source}: {len(lone)} bias(es) without their weight (first {lone[0][:-5]}.weight is missing)"
+        )
     heads = classifier_layers(model)
     in_head = {k for k in own if any(k.startswith(h + ".") for h in heads)}
     notes, use = [], dict(state)
