@@ -133,7 +133,7 @@ def test_degradation_writes_its_files(finished):
     # ...and that it is too short to show anything, before it starts.
     assert any(line.startswith("caution: ") and "resnet-cifar-short" in line for line in lines[:5])
     # Said before it started: what it runs, and how long it should take from timed steps.
-    assert lines[0].startswith("study degradation: 2 runs (plain20, resnet20; seed 0)") and "2 at a time" in lines[0]
+    assert lines[0].startswith("study degradation: 2 runs (resnet20, plain20; seed 0)") and "2 at a time" in lines[0]
     assert "0 finished (reused), 0 to resume, 2 to train" in lines[1]
     assert lines[2].startswith("estimated time: ") and "plain20" in lines[2] and " ms" in lines[2]
     assert any("resnet20 seed 0: epoch 2/2" in line for line in lines)  # progress
@@ -170,9 +170,9 @@ def test_interrupted_study_packed_unpacked_and_resumed_gives_the_same_csv(finish
     out, _, _ = finished
     first = tmp_path / "first"
     with pytest.raises(StudyInterrupted, match="0 of 2 runs finished.*run the same command again to resume"):
-        run_degradation([20], out=first, stop_after=3, log=lambda _: None, **STUDY)  # plain20 stops mid-epoch 2
-    assert (first / "plain20" / "seed-0" / "last.pt").exists()
-    assert not (first / "plain20" / "seed-0" / "report.json").exists()
+        run_degradation([20], out=first, stop_after=3, log=lambda _: None, **STUDY)  # resnet20 (first) stops in epoch 2
+    assert (first / "resnet20" / "seed-0" / "last.pt").exists()
+    assert not (first / "resnet20" / "seed-0" / "report.json").exists()
     # Carried to another machine: packed into parts, unpacked elsewhere, resumed there.
     parts = pack(first, tmp_path / "parts", part_size=256 * 1024)
     assert len(parts) > 1 and all(p.stat().st_size <= 256 * 1024 for p in parts)
@@ -319,8 +319,8 @@ def test_the_estimate_counts_validation_and_the_test_pass_and_learns_from_finish
 def test_plain_seeds_train_the_plain_nets_for_fewer_seeds_first_seed_first(tmp_path):
     from cnnzoo.analysis.study.degradation import degradation_runs
 
-    models = ["plain20", "plain56", "resnet20", "resnet56"]
-    runs = degradation_runs(models, [0, 1], [0], tmp_path, data="cifar10", recipe="resnet-cifar-short")
+    residual, plain = ["resnet20", "resnet56"], ["plain20", "plain56"]
+    runs = degradation_runs(residual, plain, [0, 1], [0], tmp_path, data="cifar10", recipe="resnet-cifar-short")
     assert [(r.config.model, r.config.seed) for r in runs] == [
         ("resnet20", 0), ("resnet56", 0), ("plain20", 0), ("plain56", 0), ("resnet20", 1), ("resnet56", 1)
     ]  # fmt: skip

@@ -33,7 +33,8 @@ def test_flags_override_recipe_and_per_model_table():
     assert (cfg.batch_size, cfg.momentum, cfg.weight_decay, cfg.iterations) == (128, 0.9, 1e-4, 64000)
     assert cfg.milestone_steps == [32000, 48000] and cfg.warmup_steps == 0
     cfg110 = build_config("resnet110", recipe="resnet-cifar-paper", lr=0.2)
-    assert (cfg110.warmup_steps, cfg110.warmup_lr, cfg110.lr) == (400, 0.01, 0.2)
+    assert (cfg110.warmup_until_error, cfg110.warmup_lr, cfg110.lr) == (0.8, 0.01, 0.2)
+    assert cfg110.warmup_steps == 3200 and build_config("resnet1202", recipe="resnet-cifar-paper").warmup_lr == 0.01
 
 
 def test_bad_options_are_user_errors():
@@ -60,8 +61,11 @@ def test_paper_schedule_resnet110():
     cfg = build_config("resnet110", recipe="resnet-cifar-paper")
     spe = 391  # 50,000 / 128 per epoch: the paper's milestones are in steps, independent of it
     assert total_steps(cfg, spe) == 64000
-    assert lr_at(0, cfg, spe) == lr_at(399, cfg, spe) == 0.01  # warm-up at 0.01 for 400 iterations
-    assert lr_at(400, cfg, spe) == lr_at(31999, cfg, spe) == 0.1
+    # Warm-up at 0.01 until the training error is below 80 % (the loop records that step: here, say, 400), at most
+    # 3,200 steps; then 0.1.
+    assert lr_at(0, cfg, spe) == lr_at(399, cfg, spe) == lr_at(3199, cfg, spe) == 0.01
+    assert lr_at(400, cfg, spe, warmup_end=400) == lr_at(31999, cfg, spe, warmup_end=400) == 0.1
+    assert lr_at(3200, cfg, spe) == 0.1  # the cap
     assert lr_at(32000, cfg, spe) == pytest.approx(0.01) and lr_at(48000, cfg, spe) == pytest.approx(0.001)
     assert lr_at(0, build_config("resnet56", recipe="resnet-cifar-paper"), spe) == 0.1  # no warm-up for others
 

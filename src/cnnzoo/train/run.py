@@ -238,6 +238,8 @@ def check_out(run_dir: Path, *, overwrite: bool = False) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise CnnzooError(f"--out {run_dir} is a file, not a folder: name a new or empty folder for the run")
     existing = next((p for p in (run_dir, *run_dir.parents) if p.exists()), Path("."))
+    if not existing.is_dir():  # a path through a file: a mistake in the argument, not a permission
+        raise CnnzooError(f"--out {run_dir}: cannot write in {existing}, a file, not a folder")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise DiskError(f"--out {run_dir}: cannot write in {existing} (permission denied)")
     if not run_dir.is_dir() or not any(p.name not in BOOKKEEPING for p in run_dir.iterdir()):

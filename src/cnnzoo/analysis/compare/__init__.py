@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 from cnnzoo.analysis import tables
 from cnnzoo.analysis.compare import timing
 from cnnzoo.analysis.compare.chart import accuracy_limits, model_colors, overview_figure
+from cnnzoo.analysis.compare.common import DEFAULT_32, DEFAULT_224, CompareInterrupted, _log, runs_accuracy
 from cnnzoo.analysis.compare.published import published_accuracy, published_top1
 from cnnzoo.analysis.compare.worker import TORCHVISION
 from cnnzoo.analysis.profile import parse_input, profile_model
@@ -48,8 +48,6 @@ __all__ = [
     "runs_accuracy",
 ]
 
-DEFAULT_224 = ["alexnet", "vgg16", "googlenet", "resnet18", "resnet50", "resnet152"]
-DEFAULT_32 = ["alexnet_cifar", "vgg16_cifar", "googlenet_cifar", "resnet18_cifar", "resnet20", "resnet56"]
 COLUMNS = [
     "model",
     "run",
@@ -72,12 +70,6 @@ COLUMNS = [
     "timing_flag",
     "note",
 ]
-
-
-class CompareInterrupted(CnnzooError):
-    """Ctrl-C while measuring: what was measured is written."""
-
-    exit_code = 130
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -136,41 +128,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_compare)
 
 
-def runs_accuracy(run_dirs: list[str], label: str | None = None) -> list[dict]:
-    """One entry per run directory (or report.json named directly): ``{"model", "run", "accuracy", "data"}``.
-
-    ``run`` labels the run in the table and chart: its directory's name, or as many trailing path parts as it takes
-    to tell runs with the same name apart (``a/resnet20``, ``b/resnet20``). Two runs of one model both stay.
-    """
-    from cnnzoo.train.tools import read_report
-
-    found = []
-    for run in run_dirs:
-        path = Path(run) / "report.json" if Path(run).is_dir() else Path(run)
-        report = read_report(path)  # checked: model, data, test.top1
-        found.append(
-            {
-                "model": report["model"],
-                "accuracy": report["test"]["top1"],
-                "data": label or Path(report["data"]).name,
-                "dir": path.resolve().parent,
-            }
-        )
-    dirs = [e.pop("dir").parts for e in found]
-    for entry, parts in zip(found, dirs, strict=True):
-        depth = 1  # enough trailing parts that no other run's directory ends the same way
-        while depth < len(parts) and sum(d[-depth:] == parts[-depth:] for d in dirs) > 1:
-            depth += 1
-        entry["run"] = "/".join(parts[-depth:])
-    return found
-
-
 # --- the command ---------------------------------------------------------------------------------------------------
-
-
-def _log(message: str) -> None:
-    """Progress on stderr, flushed, so that it reaches a piped log as it happens."""
-    print(message, file=sys.stderr, flush=True)
 
 
 def _start_worker(args: tuple):

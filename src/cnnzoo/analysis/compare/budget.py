@@ -158,7 +158,7 @@ def fixed_probe(model: str, folder: Path, args: dict[str, Any], budget_s: float,
 
 def run_budget(models: list[str], *, budget_s: float, out: str | Path, args: dict[str, Any], log=print) -> list[dict]:
     """Probe, train and test every net for the budget; write budget.csv/json/md/png into ``out``; return the rows."""
-    from cnnzoo.analysis.compare import CompareInterrupted
+    from cnnzoo.analysis.compare.common import CompareInterrupted
     from cnnzoo.analysis.profile import profile_model
     from cnnzoo.analysis.study.runs import Run, check_reuse, train_run
 
@@ -305,7 +305,7 @@ def cmd_budget(args: argparse.Namespace) -> int:
     """``cnnzoo compare --train-budget``."""
     import sys
 
-    from cnnzoo.analysis.compare import DEFAULT_32, _log
+    from cnnzoo.analysis.compare.common import DEFAULT_32, _log
 
     if not args.data:
         raise CnnzooError("--train-budget needs --data (e.g. --data cifar10)")

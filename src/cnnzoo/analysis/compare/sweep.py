@@ -26,8 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import cnnzoo.analysis.compare.timing as timing
 from cnnzoo.analysis import tables
-from cnnzoo.analysis.compare import timing
 from cnnzoo.atomic import write_atomic, write_figure
 from cnnzoo.errors import CnnzooError
 
@@ -205,7 +205,7 @@ def run_sweep(
     label: str | None = None,
 ) -> dict:
     """Measure every net at every batch size; write batch_sweep.csv/json/md/png into ``out``; return the data."""
-    from cnnzoo.analysis.compare import CompareInterrupted, _log, runs_accuracy
+    from cnnzoo.analysis.compare.common import CompareInterrupted, _log, runs_accuracy
     from cnnzoo.analysis.compare.published import published_accuracy
     from cnnzoo.analysis.profile import profile_model
 
@@ -466,7 +466,7 @@ def sweep_figure(data: dict):
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """``cnnzoo compare --sweep``."""
-    from cnnzoo.analysis.compare import DEFAULT_32, DEFAULT_224, _log
+    from cnnzoo.analysis.compare.common import DEFAULT_32, DEFAULT_224, _log
     from cnnzoo.analysis.profile import parse_input
     from cnnzoo.models import get_model_info
 
