@@ -25,7 +25,7 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import RESUME_OVERRIDES, TrainConfig, build_config, read_config
 
 # Where and how fast a run trains, not what it computes: a stored run may differ from the asked one in these.
-PLACE_FIELDS = ("device", "threads", "compile", "compile_mode", "data_dir", "download")
+PLACE_FIELDS = ("device", "threads", "compile", "compile_mode", "data_dir", "download", "label")
 
 
 class StudyInterrupted(CnnzooError):
@@ -77,7 +77,10 @@ def plan_runs(
     """One :class:`Run` per (model, seed), in ``out/<model>/seed-<seed>``, with its fully resolved config."""
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     return [
-        Run(build_config(m, data, recipe=recipe, data_dir=data_dir, **dict(given, seed=s)), out / m / f"seed-{s}")
+        Run(
+            build_config(m, data, recipe=recipe, data_dir=data_dir, **{"label": f"{m} seed {s}", **given, "seed": s}),
+            out / m / f"seed-{s}",
+        )
         for m in models
         for s in seeds
     ]
