@@ -93,6 +93,9 @@ def test_gradients_command_writes_csv_and_png(tmp_path):
         log=lines.append,
     )
     assert {r["phase"] for r in rows} == {"init", "after 2 steps"}
+    # Said before anything is measured: the estimate, from a timed forward and backward pass of each model.
+    assert lines[1].startswith("estimate: ") and "plain20" in lines[1] and "resnet20" in lines[1]
+    assert lines[2].startswith("[1/4] ")  # then the progress lines
     conv = [r for r in rows if r["kind"] == "conv"]
     assert conv and all(r["samples"] == 4 for r in rows)  # 2 batches x 2 seeds, averaged
     assert all(r["scale_free"] == pytest.approx(r["norm"] * r["weight_norm"], rel=0.5) for r in conv)
@@ -103,8 +106,8 @@ def test_gradients_command_writes_csv_and_png(tmp_path):
     after = {(r["model"], r["layer"]): r["weight_norm"] for r in conv if r["phase"] != "init"}
     assert init.keys() == after.keys() and init != after  # the two train_step calls changed the weights
     assert lines[0].startswith("study gradients: plain20, resnet20 x seed 0, 1")
-    assert [line.split("]")[0] for line in lines[1:]] == ["[1/4", "[2/4", "[3/4", "[4/4"]
-    assert all("ETA" in line for line in lines[1:])
+    assert [line.split("]")[0] for line in lines[2:]] == ["[1/4", "[2/4", "[3/4", "[4/4"]
+    assert all("ETA" in line for line in lines[2:])
     table = _read(tmp_path / "gradients.csv")
     assert len(table) == len(rows) and all(float(r["norm"]) >= 0 for r in table)
     assert all(r["scale_free"] == "" for r in table if r["kind"] != "conv")
@@ -135,7 +138,7 @@ def test_degradation_writes_its_files(finished):
     # Said before it started: what it runs, and how long it should take from timed steps.
     assert lines[0].startswith("study degradation: 2 runs (resnet20, plain20; seed 0)") and "2 at a time" in lines[0]
     assert "0 finished (reused), 0 to resume, 2 to train" in lines[1]
-    assert lines[2].startswith("estimated time: ") and "plain20" in lines[2] and " ms" in lines[2]
+    assert lines[2].startswith("estimate: ") and "plain20" in lines[2] and " ms" in lines[2]
     assert any("resnet20 seed 0: epoch 2/2" in line for line in lines)  # progress
 
 
@@ -214,7 +217,7 @@ def test_sigint_stops_the_depth_study_with_one_resume_hint(tmp_path, capsys):
     argv = ["study", "depth", *options.split(), "--out", str(tmp_path)]
     assert main(argv) == 130
     captured = capsys.readouterr()
-    assert "estimated time: " in captured.out
+    assert "estimate: " in captured.out
     assert captured.err.count("run the same command again to resume") == 1 and "Traceback" not in captured.err
     assert "SIGINT received" in captured.err
     assert (tmp_path / "resnet20" / "seed-0" / "last.pt").exists()
@@ -269,7 +272,7 @@ def test_the_estimate_warns_when_a_study_takes_more_than_an_hour(tmp_path):
     plan = Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {"resnet20": 0.1})
     lines = describe("degradation", runs, plan, jobs=1)
     assert "183 epochs = 64,000 iterations of batch 128" in lines[0]
-    assert lines[2].startswith("estimated time: 1:50:") and "resnet20 100.0 ms" in lines[2]
+    assert lines[2].startswith("estimate: 1:50:") and "resnet20 100.0 ms" in lines[2]
     assert lines[3].startswith("warning: this study should take more than an hour")
     assert len(describe("degradation", runs, Plan(torch.device("cpu"), 45_000, 5_000, 3, 32, 10, {}), jobs=1)) == 3
 

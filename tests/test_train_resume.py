@@ -102,7 +102,7 @@ def test_sigint_finishes_the_step_saves_and_exits_130(tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     out = tmp_path / "run"
-    # Epoch 1 trains at lr 0.05 (its warm-up, at a constant --warmup-lr); then the lr jumps to 1e12 and the loss
+    # Epoch 1 trains at lr 0.05 (its warm-up, at a constant --warmup-lr); then the lr jumps to 5e10 and the loss
     # blows up in epoch 2.
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at epoch 2, step \d+") as info:
         train(
@@ -110,7 +110,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
             "digits",
             out=out,
             epochs=3,
-            lr=1e12,
+            lr=5e10,
             warmup_lr=0.05,
             warmup_epochs=1,
             schedule="constant",

@@ -91,8 +91,19 @@ def write_figure(fig: Any, path: str | Path, *, dpi: int = 100) -> None:
     """Save a matplotlib ``Figure`` as PNG to ``path``, atomically (every chart cnnzoo draws goes through here)."""
     from matplotlib.text import Text
 
-    for text in fig.findobj(Text):  # class names and file names are text, never mathtext ("$x$" would be parsed)
-        text.set_parse_math(False)
+    # Class names and file names are text, never mathtext ("$x$" would be parsed); a log axis's own tick labels are
+    # mathtext (10^3, written by its formatter) and stay so.
+    ticks = {
+        label
+        for ax in fig.axes
+        for axis in (ax.xaxis, ax.yaxis)
+        if axis.get_scale() == "log"
+        for tick in (*axis.get_major_ticks(), *axis.get_minor_ticks())
+        for label in (tick.label1, tick.label2)
+    }
+    for text in fig.findobj(Text):
+        if text not in ticks:
+            text.set_parse_math(False)
     with _replacing(Path(path)) as f:
         fig.savefig(f, format="png", dpi=dpi)
 

@@ -176,6 +176,32 @@ def average(rows: list[dict]) -> list[dict]:
     return out
 
 
+def estimate_line(models: list[str], bundle, batch, device, *, steps: int, batches: int, seeds: int) -> str:
+    """One line starting ``estimate:`` before anything is measured: each model's measurement (a forward and backward
+    pass) timed once after an untimed one, times what the study does with it: ``2 * batches`` measurements and
+    ``steps`` training steps (counted as 1.2 measurements: the update on top) for each of ``seeds``."""
+    import time
+
+    import torch
+
+    from cnnzoo.analysis.study.plan import hms
+    from cnnzoo.models import create_model
+
+    x, y = batch
+    timed, total = [], 0.0
+    for name in models:
+        model = create_model(name, num_classes=len(bundle.classes), in_channels=bundle.in_channels).to(device)
+        gradient_norms(model, x, y)  # untimed: kernel selection, allocation
+        tick = time.perf_counter()
+        gradient_norms(model, x, y)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        seconds = time.perf_counter() - tick
+        timed.append(f"{name} {seconds:.2f} s")
+        total += seconds * seeds * (2 * batches + 1.2 * steps)
+    return f"estimate: {hms(total)} on {device} (one timed forward and backward per model: {', '.join(timed)})"
+
+
 def run_gradients(
     models: list[str],
     *,
@@ -222,6 +248,8 @@ def run_gradients(
         probes = [b for _, b in zip(range(batches), bundle.train.epoch(0), strict=False)]
         if len(probes) < batches:
             raise CnnzooError(f"{data} has {len(probes)} training batches of {batch_size}, fewer than --batches")
+        if seed == seeds[0]:
+            log(estimate_line(models, bundle, probes[0], dev, steps=steps, batches=batches, seeds=len(seeds)))
         for name in models:
             torch.manual_seed(seed)
             model = create_model(name, num_classes=len(bundle.classes), in_channels=bundle.in_channels).to(dev)

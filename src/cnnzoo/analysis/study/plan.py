@@ -188,7 +188,7 @@ def describe(study: str, runs: list[Run], plan: Plan, jobs: int) -> list[str]:
     how = f"from {TIMED_STEPS} timed steps per model: {timed}" if timed else "nothing left to train"
     overlap = "; runs sharing the GPU assumed to overlap fully" if jobs > 1 and plan.device.type == "cuda" else ""
     evals = "validation each epoch and one test pass included"
-    lines.append(f"estimated time: {hms(wall)} on {plan.device} ({how}; {evals}{overlap})")
+    lines.append(f"estimate: {hms(wall)} on {plan.device} ({how}; {evals}{overlap})")
     if wall > HOUR:
         lesson = "" if cfg.recipe == LESSON_RECIPE else f", or on a CPU the lesson: --recipe {LESSON_RECIPE}"
         lines.append(
