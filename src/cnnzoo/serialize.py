@@ -40,7 +40,7 @@ def load(
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CnnzooError(f"{path}: {_refusal(str(e))}") from None
+        raise CnnzooError(f"{path}: {refusal(str(e))}") from None
     except Exception as e:  # truncated zip, garbage bytes, a folder: torch raises RuntimeError, EOFError, OSError, ...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         reason = reason.split(". ")[0]  # torch's first sentence says what; the rest is advice for torch's developers
@@ -55,18 +55,19 @@ def load(
     return ckpt
 
 
-def _refusal(message: str) -> str:
-    """Why ``weights_only`` refused a file, in our words: the global it names (or the unpickler's complaint), never
-    torch's advice to load it with ``weights_only=False`` (which would run whatever the file asks)."""
+def refusal(message: str, what: str = "cnnzoo checkpoint") -> str:
+    """Why ``weights_only`` refused a file (``message``: the unpickler's error) in our words: the global it names, or
+    the unpickler's complaint; never torch's advice to load it with ``weights_only=False`` (which would run whatever
+    the file asks). ``what`` names the kind of file, e.g. "weights file"."""
     found = re.search(r"GLOBAL ([\w.]+)", message)
     if found:
         return (
-            f"refused: it asks to load {found.group(1)}; a cnnzoo checkpoint holds only tensors and plain values, "
+            f"refused: it asks to load {found.group(1)}; a {what} holds only tensors and plain values, "
             "and loading anything else could run code, so it is not loaded"
         )
     after = message.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in message else ""
     lines = [line.strip() for line in after.splitlines() if line.strip() and "weights_only" not in line]
-    return f"not a readable checkpoint (the safe loader stopped at: {lines[0] if lines else 'unknown content'})"
+    return f"not a readable {what} (the safe loader stopped at: {lines[0] if lines else 'unknown content'})"
 
 
 _META = {

@@ -43,6 +43,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
+from cnnzoo import serialize
 from cnnzoo.atomic import check_regular
 from cnnzoo.errors import CnnzooError
 
@@ -237,7 +238,7 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as e:
-            raise CnnzooError(f"{path}: refused: {_why_refused(str(e))}") from None
+            raise CnnzooError(f"{path}: {serialize.refusal(str(e), 'weights file')}") from None
         except (RuntimeError, EOFError, OSError) as e:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             raise CnnzooError(f"{path}: not a readable weights file ({reason})") from None
@@ -279,20 +280,6 @@ def _check_expansion(path: Path) -> None:
         raise CnnzooError(
             f"{path}: would expand to {total:,} bytes from {size:,}: not a weights file (a compression bomb?)"
         )
-
-
-def _why_refused(message: str) -> str:
-    """Why the safe loader refused a file, without torch's advice to load it with ``weights_only=False`` (which
-    would run whatever the file asks)."""
-    found = re.search(r"GLOBAL ([\w.]+)", message)
-    if found:
-        return (
-            f"it asks to load {found.group(1)}; a weights file holds only tensors and plain values, and loading "
-            "anything else could run code, so it is not loaded"
-        )
-    after = message.split("WeightsUnpickler error:", 1)[-1] if "WeightsUnpickler error:" in message else ""
-    lines = [line.strip() for line in after.splitlines() if line.strip() and "weights_only" not in line]
-    return f"not a readable weights file (the safe loader stopped at: {lines[0] if lines else 'unknown content'})"
 
 
 def _strip(key: str) -> str:
