@@ -61,8 +61,8 @@ def resolve_device(name: str = "auto") -> torch.device:
 
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     """``auto`` -> bf16 on CUDA (where supported), fp32 on CPU and MPS. ``native-bf16`` -> bf16 also on a CPU with
-    AMX bf16 units (measured on one: a resnet56 step 2.1x faster than fp32, benchmarks/cpu_precision.py), fp32 on any other CPU (there oneDNN
-    emulates bf16: a resnet20 step measured 10.6x slower than fp32 with AVX2 only)."""
+    AMX bf16 units (measured on one: a resnet56 step 2.1x faster than fp32, benchmarks/cpu_precision.py), fp32 on
+    any other CPU (there oneDNN emulates bf16: a resnet20 step measured 10.6x slower than fp32 with AVX2 only)."""
     if cfg.precision not in ("auto", "native-bf16"):
         return cfg.precision
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
