@@ -34,7 +34,7 @@ def test_the_estimate_leaves_the_run_as_it_was(tmp_path, monkeypatch):
     run_module = importlib.import_module("cnnzoo.train.run")  # cnnzoo.train is also the function
 
     opts = dict(TINY, epochs=1, dropout=0.2, deterministic=True)  # 3 steps: momentum and dropout draws carry over
-    with_probe = train("alexnet_cifar", "digits", out=tmp_path / "a", quiet=True, **opts)
+    with_probe = train("alexnet_cifar", "digits", out=tmp_path / "a", **opts)  # not quiet: a quiet run skips it
     monkeypatch.setattr(run_module, "announce_estimate", lambda run, stop_after=None: None)
     torch.manual_seed(0)
     without = train("alexnet_cifar", "digits", out=tmp_path / "b", quiet=True, **opts)

@@ -16,6 +16,10 @@ from cnnzoo.errors import CnnzooError
 from cnnzoo.train.config import RESUME_OVERRIDES, build_config, config_from_dict
 
 
+def _quiet(*args: Any, **kwargs: Any) -> None:
+    """The log of a quiet run: prints nothing."""
+
+
 def train(
     model: str | None = None,
     data: str | None = None,
@@ -56,14 +60,14 @@ def train(
     """
     from cnnzoo.train.run import check_seeds_out, default_out, run_training
 
-    log = (lambda *a, **k: None) if quiet else print
+    log = _quiet if quiet else print
     check_arguments(model, out=out, resume=resume, seeds=seeds, stop_after=stop_after, overwrite=overwrite)
     if resume is not None:
         _check_resume_source(Path(resume), data, recipe)
         return _resume(Path(resume), model, overrides, stop_after=stop_after, log=log)
     cfg = build_config(model, data, recipe=recipe, **overrides)
     if not seeds:
-        return run_training(cfg, out, stop_after=stop_after, overwrite=overwrite, log=log)
+        return run_training(cfg, out, stop_after=stop_after, overwrite=overwrite, log=log, estimate=not quiet)
     from dataclasses import replace
 
     root = Path(out) if out is not None else default_out(cfg)
@@ -72,7 +76,9 @@ def train(
     for seed in seeds:
         log(f"--- seed {seed} ---")
         seed_cfg, seed_dir = replace(cfg, seed=seed), root / f"seed-{seed}"
-        reports.append(run_training(seed_cfg, seed_dir, stop_after=stop_after, overwrite=overwrite, log=log))
+        reports.append(
+            run_training(seed_cfg, seed_dir, stop_after=stop_after, overwrite=overwrite, log=log, estimate=not quiet)
+        )
         if reports[-1].get("interrupted"):
             return reports[-1]
     summary = summarize_seeds(seeds, reports)
@@ -158,7 +164,7 @@ def _resume_locked(run_dir: Path, model: str | None, overrides: dict[str, Any], 
     if fixed:
         raise CnnzooError(f"cannot change {', '.join(fixed)} when resuming (only {', '.join(RESUME_OVERRIDES)})")
     cfg = config_from_dict({**stored, **given})
-    return run_training(cfg, run_dir, resume=ckpt, stop_after=stop_after, log=log)
+    return run_training(cfg, run_dir, resume=ckpt, stop_after=stop_after, log=log, estimate=log is not _quiet)
 
 
 def summarize_seeds(seeds: list[int], reports: list[dict[str, Any]]) -> dict[str, Any]:

@@ -477,9 +477,11 @@ def run_training(
     stop_after: int | None = None,
     overwrite: bool = False,
     log=print,
+    estimate: bool = True,
 ) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, or continue the run there from ``resume`` (its ``last.pt``, as
-    :func:`open_run` returns it); returns the report.
+    :func:`open_run` returns it); returns the report. ``estimate``: time a few steps first and log the
+    ``estimate:`` line (a quiet run, whose line nobody reads, skips the probe).
 
     ``overwrite``: replace a previous run in ``run_dir`` (after the new one is built) instead of refusing.
     An interrupted run returns ``{"interrupted": True, "signal": ..., "run_dir": ..., "step": ...}`` with ``last.pt``
@@ -500,11 +502,20 @@ def run_training(
                 recover_replaced(run_dir)
                 check_out(run_dir, overwrite=overwrite)  # under the lock: a writer at work is named first
         return _train_locked(
-            cfg, run_dir, dist, device, held, resume=resume, stop_after=stop_after, overwrite=overwrite, log=log
+            cfg,
+            run_dir,
+            dist,
+            device,
+            held,
+            resume=resume,
+            stop_after=stop_after,
+            overwrite=overwrite,
+            log=log,
+            estimate=estimate,
         )
 
 
-def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overwrite, log) -> dict[str, Any]:
+def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overwrite, log, estimate) -> dict[str, Any]:
     """:func:`run_training` once the run directory is this process's (rank 0 holds its lock, or takes it at
     :func:`claim`). A run replaced with ``--overwrite`` is kept aside until the new run's first ``last.pt`` exists
     and put back on any failure before that."""
@@ -520,7 +531,8 @@ def _train_locked(cfg, run_dir, dist, device, held, *, resume, stop_after, overw
             if dist.main:
                 aside = claim(run, overwrite=overwrite, held=held)
             _announce(run)
-        announce_estimate(run, stop_after=stop_after)  # before the first step: how long the whole run will take
+        if estimate:
+            announce_estimate(run, stop_after=stop_after)  # before the first step: how long the whole run will take
         writer = _open_writer(run) if dist.main else None
         try:
             try:
