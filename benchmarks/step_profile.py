@@ -82,7 +82,9 @@ from cnnzoo.train.engine import (
     train_step,
     use_channels_last,
 )
-from cnnzoo.train.loop import RunState, StopFlag, evaluate, fit, state_dict, train_one_epoch
+from cnnzoo.train.loop import Step, evaluate, fit, train_one_epoch
+from cnnzoo.train.state import RunState
+from cnnzoo.train.stopping import StopFlag
 
 PARTS = ("eager", "graph", "profile", "batch256", "precision", "layout", "sync", "ema", "levers", "compile")
 NEEDS_CUDA = "skipped: needs CUDA"
@@ -297,7 +299,7 @@ def loop_steps(run: RunState, n: int) -> float:
     done = 0
     while done < n:
         before = run.step
-        finished = train_one_epoch(run, StopFlag(stop_after=run.step + n - done))
+        finished = train_one_epoch(run, Step(run), StopFlag(stop_after=run.step + n - done))
         done += run.step - before
         if run.step == before and not finished:
             raise RuntimeError("the loop made no step (an epoch of zero batches?)")
@@ -547,14 +549,14 @@ def part_sync(opts: Opts, res: dict) -> str:
         res["seconds_epoch_with_end"] = time.perf_counter() - t0
     res.update(loop_steps=spe, sites=sync_sites(records), warnings=len(records))
     res["epoch_record"] = run.history[-1] if run.history else None
-    # The epoch end's two costs on their own, without the debug mode (issue 12 part 2: time them separately).
+    # The epoch end's two costs on their own, timed apart, without the debug mode.
     sync(opts.device)
     t0 = time.perf_counter()
     evaluate(run.model, run.data.val, run.ctx, run.data.num_classes)
     res["evaluate_s"] = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        checkpoint.save_atomic(state_dict(run), Path(tmp) / "last.pt")
+        checkpoint.save_atomic(checkpoint.run_state(run), Path(tmp) / "last.pt")
         res["checkpoint_s"] = time.perf_counter() - t0
     res["val_images"] = run.data.val.num_samples
     loop_n = sum(s["count"] for s in res["sites"]["loop steps"])

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 
 import pytest
+import torch
 from PIL import Image
 
 from cnnzoo.analysis.compare import (
@@ -455,3 +457,24 @@ def test_a_measuring_process_that_dies_ends_its_row_only(tmp_path, monkeypatch):
     assert r20["note"] == "" and r20["train_img_s_spread"] == 0.0
     assert r56["train_img_s"] == pytest.approx(3.0) and r56["train_img_s_spread"] is None  # one round: no spread
     assert r56["note"] == "measuring stopped after 1 rounds: the measuring process ended (exit status -9)"
+
+
+def test_a_short_call_is_repeated_within_one_timing(monkeypatch):
+    """A call of 3 ms is timed over at least ``MIN_TIMED`` seconds of calls (the mean per call); a long call once."""
+    from cnnzoo.analysis.compare import worker
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(worker.time, "perf_counter", lambda: clock["now"])
+
+    def call(seconds):
+        def fn():
+            clock["now"] += seconds
+            fn.calls += 1
+
+        fn.calls = 0
+        return fn
+
+    short, long = call(0.003), call(0.2)
+    assert worker.timed(short, torch.device("cpu")) == pytest.approx(0.003)
+    assert short.calls == math.ceil(worker.MIN_TIMED / 0.003)
+    assert worker.timed(long, torch.device("cpu")) == pytest.approx(0.2) and long.calls == 1

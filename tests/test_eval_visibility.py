@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from cnnzoo.errors import CnnzooError
-from cnnzoo.train import loop
+from cnnzoo.train import loop, progress
 from cnnzoo.train.api import train
 from cnnzoo.train.config import TrainConfig
+from cnnzoo.train.distributed import Dist
 from conftest import TINY
 
 
@@ -82,11 +83,11 @@ def test_evaluation_shows_a_progress_bar_on_a_terminal_and_measures_the_same(mon
 
     ckpt, model = load_checkpoint(tiny_run[0])
     cfg = TrainConfig(**ckpt["config"])
-    data = load_bundle(cfg, torch.device("cpu"), loop.Dist(), augment=False)
+    data = load_bundle(cfg, torch.device("cpu"), Dist(), augment=False)
     ctx = step_context(cfg, torch.device("cpu"))
-    assert loop._eval_bar("validate", len(data.val)) is None  # pytest's stdout is no terminal: no bar
+    assert progress.eval_bar("validate", len(data.val)) is None  # pytest's stdout is no terminal: no bar
     plain = loop.evaluate(model, data.val, ctx, data.num_classes)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
-    assert loop._eval_bar("validate", len(data.val)) is not None
+    assert progress.eval_bar("validate", len(data.val)) is not None
     shown = loop.evaluate(model, data.val, ctx, data.num_classes, label="validate")
     assert shown == plain and shown["n"] == 48

@@ -159,7 +159,7 @@ def test_a_lock_left_by_a_killed_process_is_stale_and_taken_over(good_run, tmp_p
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / ".cnnzoo-lock").write_text('{"pid": 1}')
-    from cnnzoo.train.run import check_out
+    from cnnzoo.train.rundir import check_out
 
     check_out(empty)
 
@@ -190,12 +190,12 @@ def test_overwrite_that_fails_before_the_first_checkpoint_keeps_the_old_run(
 
 
 def test_a_kill_in_the_middle_of_overwrite_is_recovered_by_the_next_writer(good_run, tmp_path, capsys):
-    from cnnzoo.train import run as run_mod
+    from cnnzoo.train import rundir as run_mod
 
     run = _copy(good_run, tmp_path / "run")
     before = _tree(run)
     # Killed after the old run was set aside and the new run's marker written, before its first checkpoint.
-    aside = run_mod._set_aside(run)
+    aside = run_mod.set_aside(run)
     assert aside is not None and not (run / "best.pt").exists()
     (run / run_mod.MARKER).write_text('{"cnnzoo_run": 1, "id": "new"}')
     run_mod.recover_replaced(run)
@@ -207,7 +207,7 @@ def test_a_kill_in_the_middle_of_overwrite_is_recovered_by_the_next_writer(good_
     run_mod.recover_replaced(run)
     assert _tree(run) == before
     # The new run had written its last.pt: the replaced run goes.
-    run_mod._set_aside(run)
+    run_mod.set_aside(run)
     torch.save({"new": torch.zeros(1)}, run / "last.pt")
     run_mod.recover_replaced(run)
     assert sorted(p.name for p in run.iterdir()) == ["last.pt"]

@@ -50,7 +50,8 @@ def test_long_cpu_runs_get_a_suggestion(tmp_path):
     from cnnzoo.train import estimate
     from cnnzoo.train.config import build_config
     from cnnzoo.train.engine import backend_settings
-    from cnnzoo.train.run import build_run, init_distributed
+    from cnnzoo.train.distributed import init_distributed
+    from cnnzoo.train.run import build_run
 
     cfg = build_config("resnet56", "digits", epochs=30, **TINY)
     dist, device = init_distributed(cfg)
@@ -67,9 +68,9 @@ def test_long_cpu_runs_get_a_suggestion(tmp_path):
 
 def test_a_log_gets_progress_lines_with_an_eta(tmp_path, capsys, monkeypatch):
     """stdout is no terminal under pytest: the loop prints a progress line inside the epoch instead of a bar."""
-    from cnnzoo.train import loop
+    from cnnzoo.train import progress
 
-    monkeypatch.setattr(loop, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
     assert main(["train", "resnet20", "--data", "digits", "--epochs", "1", "--out", str(tmp_path / "r"), *_tiny()]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch 1/1  batch")]
     assert [line.split()[3] for line in lines] == ["1/3", "2/3"]  # not after the last batch: the epoch line follows

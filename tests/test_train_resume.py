@@ -16,7 +16,7 @@ import torch
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train import checkpoint
 from cnnzoo.train.api import train
-from cnnzoo.train.loop import NonFiniteLoss
+from cnnzoo.train.stopping import NonFiniteLoss
 from conftest import EXACT, TINY
 
 TIMING = ("seconds", "images_per_s", "train_seconds", "eval_seconds", "save_seconds")  # wall-clock: differ per run

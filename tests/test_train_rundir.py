@@ -18,7 +18,8 @@ from cnnzoo.atomic import write_atomic
 from cnnzoo.cli import main
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train.api import train
-from cnnzoo.train.run import MARKER, check_data_matches, check_out
+from cnnzoo.train.checkpoint import check_data_matches
+from cnnzoo.train.rundir import MARKER, check_out
 from conftest import TINY
 
 TINY_FLAGS = ["--subset", "96", "--val-size", "48", "--batch-size", "32", "--device", "cpu", "--threads", "2"]

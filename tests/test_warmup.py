@@ -12,7 +12,8 @@ import torch
 from cnnzoo.errors import CnnzooError
 from cnnzoo.train.api import train
 from cnnzoo.train.config import build_config
-from cnnzoo.train.loop import WARMUP_WINDOW, Dist, judge_warmup
+from cnnzoo.train.distributed import Dist
+from cnnzoo.train.loop import WARMUP_WINDOW, judge_warmup
 from cnnzoo.train.schedule import lr_at
 
 # 12 steps per epoch (96 images, batch 8), so the 20-batch window fills in the second epoch.

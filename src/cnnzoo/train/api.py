@@ -58,7 +58,8 @@ def train(
         For a stopped run: ``{"interrupted": True, "signal": ..., "run_dir": ..., "step": ...}`` (``signal``: the
         number of the signal that stopped it, None for ``stop_after``).
     """
-    from cnnzoo.train.run import check_seeds_out, default_out, run_training
+    from cnnzoo.train.run import run_training
+    from cnnzoo.train.rundir import check_seeds_out, default_out
 
     log = _quiet if quiet else print
     check_arguments(model, out=out, resume=resume, seeds=seeds, stop_after=stop_after, overwrite=overwrite)
@@ -143,7 +144,8 @@ def _check_resume_source(run_dir: Path, data: str | None, recipe: str | None) ->
 def _resume(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop_after: int | None, log) -> dict:
     """Continue the run in ``run_dir`` with the config of its checkpoint, changed only in ``RESUME_OVERRIDES``."""
     from cnnzoo.train import rundir_lock
-    from cnnzoo.train.run import env_int, recover_replaced
+    from cnnzoo.train.distributed import env_int
+    from cnnzoo.train.rundir import recover_replaced
 
     # One writer: the lock is taken before last.pt is read, so no other writer can replace it under this resume.
     with rundir_lock.hold(run_dir, enabled=run_dir.is_dir() and env_int("RANK", 0, 0) == 0):
@@ -153,7 +155,8 @@ def _resume(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop
 
 
 def _resume_locked(run_dir: Path, model: str | None, overrides: dict[str, Any], *, stop_after: int | None, log) -> dict:
-    from cnnzoo.train.run import open_run, run_training
+    from cnnzoo.train.run import run_training
+    from cnnzoo.train.rundir import open_run
 
     ckpt = open_run(run_dir)
     stored = dict(ckpt["config"])

@@ -422,6 +422,7 @@ class GraphedStep:
         self.ctx = dataclasses.replace(ctx, autocast_cache=False)
         self.ema = ema  # updated inside the step, after the optimizer's update (the eager loop's order)
         self.lrs = lrs  # lr_table(): the lr of every step, read at the counter; None: the caller sets the lr
+        self.lrs_warmup_end: int | None = None  # the warm-up rule's end step ``lrs`` was filled with (loop.Step)
         # The global step the next call trains, on the device: it indexes ``lrs`` inside the graph and advances there.
         self.counter = torch.zeros((), dtype=torch.long, device=ctx.device)
         # With labels passed: the epoch's running [sum of loss * n, correct] (float64) and the first non-finite

@@ -22,8 +22,10 @@ import torch
 from cnnzoo.errors import CnnzooError, DiskError
 from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.engine import resolve_device, step_context
-from cnnzoo.train.loop import Dist, evaluate
-from cnnzoo.train.run import check_data_matches, load_bundle
+from cnnzoo.train.checkpoint import check_data_matches
+from cnnzoo.train.distributed import Dist
+from cnnzoo.train.loop import evaluate
+from cnnzoo.train.run import load_bundle
 from cnnzoo.train.trained import load_checkpoint, read_report  # noqa: F401  (read_report: cnnzoo.train.tools API)
 
 
@@ -264,7 +266,7 @@ def _is_export(path: Path, fmt: str) -> bool:
 def _check_replace(path: Path, fmt: str, overwrite: bool, *, data_file: bool = False) -> None:
     """Refuse a destination that is a run directory's own file (always), or an existing file that no earlier
     export of this format wrote (without ``overwrite``)."""
-    from cnnzoo.train.run import MARKER
+    from cnnzoo.train.rundir import MARKER
 
     real = Path(os.path.realpath(path))
     if real.name in PROTECTED and (real.parent / MARKER).is_file():

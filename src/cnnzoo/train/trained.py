@@ -125,7 +125,8 @@ def load_run(run_dir: str | Path, which: str = "best") -> TrainedRun:
 def load_checkpoint(run_dir: str | Path, which: str = "best") -> tuple[dict[str, Any], nn.Module]:
     """(checkpoint, model in eval mode) of a run directory's ``best.pt`` or ``last.pt`` (``weights_only=True``)."""
     from cnnzoo.train import checkpoint
-    from cnnzoo.train.run import MARKER, model_from_checkpoint, read_marker
+    from cnnzoo.train.run import model_from_checkpoint
+    from cnnzoo.train.rundir import MARKER, read_marker
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

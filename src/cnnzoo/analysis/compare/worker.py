@@ -49,13 +49,20 @@ def peak_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
 
 
-def timed(fn, device: torch.device) -> float:
-    """Seconds of one call of ``fn``, the device synchronised before and after."""
+MIN_TIMED = 0.05  # seconds: a call shorter than this is repeated within one timing (a 3 ms call alone is noise)
+
+
+def timed(fn, device: torch.device, min_seconds: float = MIN_TIMED) -> float:
+    """Seconds per call of ``fn``: called until ``min_seconds`` have passed (at least once), the device synchronised
+    before and after; the mean of those calls. One call of a few milliseconds on a 2-core CPU is at the mercy of a
+    thread's wake-up or a timer interrupt (spreads of 30-45 % at batch 1 in one call); 50 ms of calls is not."""
     sync(device)
-    t0 = time.perf_counter()
-    fn()
+    calls, t0 = 0, time.perf_counter()
+    while calls == 0 or time.perf_counter() - t0 < min_seconds:  # on CUDA the host runs ahead: the sync below waits
+        fn()
+        calls += 1
     sync(device)
-    return time.perf_counter() - t0
+    return (time.perf_counter() - t0) / calls
 
 
 def timers(model: torch.nn.Module, cfg, shape, batch: int, device: torch.device, num_classes: int):
