@@ -90,6 +90,31 @@ def exact_run(tmp_path_factory) -> tuple[Path, dict]:
     return _train_once(tmp_path_factory, "exact", **EXACT)
 
 
+@pytest.fixture(scope="session")
+def graphed_runs(tmp_path_factory) -> dict:
+    """The EXACT run with ``--cuda-graph``, uninterrupted (``full``) and stopped after step 5 (``cut``, with
+    ``cut_checkpoint``: its last.pt as the interruption left it) then resumed (``resumed``: the report). Read only."""
+    from cnnzoo.train.api import train
+
+    full_dir, full = _train_once(tmp_path_factory, "graphed-full", cuda_graph=True, **EXACT)
+    cut_dir, cut = _train_once(tmp_path_factory, "graphed-cut", cuda_graph=True, stop_after=5, **EXACT)
+    cut_checkpoint = torch.load(cut_dir / "last.pt", weights_only=True)
+    with pytest.MonkeyPatch.context() as mp:
+        home = tmp_path_factory.mktemp("graphed-resume-home")
+        mp.setenv("CNNZOO_CACHE_DIR", str(home / "cache"))
+        mp.setenv("CNNZOO_DATA_DIR", str(home / "data"))
+        mp.setenv("MPLBACKEND", "Agg")
+        resumed = train(resume=cut_dir, quiet=True)
+    return {
+        "full_dir": full_dir,
+        "full": full,
+        "cut_dir": cut_dir,
+        "cut": cut,
+        "cut_checkpoint": cut_checkpoint,
+        "resumed": resumed,
+    }
+
+
 @pytest.fixture
 def copy_run(tmp_path):
     """``copy_run(run_dir)``: a copy of a shared run directory that the test may change."""

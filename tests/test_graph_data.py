@@ -118,24 +118,20 @@ def test_graphed_loop_sets_no_lr_and_updates_ema_once(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cuda_graph_ema_run_resumes_exactly_and_either_way(exact_run, tmp_path):
+def test_cuda_graph_ema_run_resumes_exactly_and_either_way(exact_run, graphed_runs, tmp_path):
     """--cuda-graph with --ema: stopped and resumed it ends with the uninterrupted run's EMA bit for bit; a graphed
     run resumed eagerly, and an eager run resumed graphed, end with the eager run's EMA up to the float32 rounding
     of the lr (the graph reads a float32 lr)."""
     eager_dir, _ = exact_run
     eager_ema = torch.load(eager_dir / "last.pt", weights_only=True)["ema"]
-    full = train("resnet20", "digits", out=tmp_path / "full", cuda_graph=True, quiet=True, **EXACT)
-    train("resnet20", "digits", out=tmp_path / "cut", cuda_graph=True, stop_after=5, quiet=True, **EXACT)
-    resumed = train(resume=tmp_path / "cut", quiet=True)
-    assert resumed["test"] == full["test"]
-    ema_full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["ema"]
-    ema_cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["ema"]
+    full_dir, cut_dir = graphed_runs["full_dir"], graphed_runs["cut_dir"]
+    assert graphed_runs["resumed"]["test"] == graphed_runs["full"]["test"]
+    ema_full = torch.load(full_dir / "last.pt", weights_only=True)["ema"]
+    ema_cut = torch.load(cut_dir / "last.pt", weights_only=True)["ema"]
     assert int(ema_full["n_averaged"]) == 9
     assert all(torch.equal(ema_full[k], ema_cut[k]) for k in ema_full)
     # The running sums the step accumulates carry over the interruption: the same train metrics, bit for bit.
-    lines = [
-        [json.loads(x) for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("full", "cut")
-    ]
+    lines = [[json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] for run in (full_dir, cut_dir)]
     assert [(m["train_loss"], m["train_top1"]) for m in lines[0]] == [
         (m["train_loss"], m["train_top1"]) for m in lines[1]
     ]

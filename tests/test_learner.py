@@ -49,8 +49,8 @@ def test_the_estimate_leaves_the_run_as_it_was(tmp_path, monkeypatch):
 def test_long_cpu_runs_get_a_suggestion(tmp_path):
     from cnnzoo.train import estimate
     from cnnzoo.train.config import build_config
-    from cnnzoo.train.engine import backend_settings
     from cnnzoo.train.distributed import init_distributed
+    from cnnzoo.train.engine import backend_settings
     from cnnzoo.train.run import build_run
 
     cfg = build_config("resnet56", "digits", epochs=30, **TINY)

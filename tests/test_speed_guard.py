@@ -21,11 +21,9 @@ import torch.nn.functional as F
 from cnnzoo import create_model
 from cnnzoo.data import load_data
 from cnnzoo.errors import CnnzooError
-from cnnzoo.train.api import train
 from cnnzoo.train.config import build_config
 from cnnzoo.train.engine import GraphedStep, set_lr, setup_training, train_step
 from cnnzoo.train.schedule import lr_at
-from conftest import EXACT
 
 STEPS = 8
 
@@ -139,20 +137,18 @@ def test_cuda_graph_refuses_fp16_and_its_own_graphs():
         build_config("resnet20", "digits", cuda_graph=True, fused=False)
 
 
-def test_cuda_graph_run_resumes_exactly_and_matches_eager(exact_run, tmp_path):
+def test_cuda_graph_run_resumes_exactly_and_matches_eager(exact_run, graphed_runs):
     """The trainer with --cuda-graph: an interrupted, resumed run (the graph rebuilt after its warm-up) equals the
     uninterrupted one bit for bit; it trains as the eager trainer does up to the float32 rounding of the lr; and its
     checkpoint holds plain float learning rates, so an eager run can resume it. (EXACT: EMA, mixup, cutmix and label
     smoothing on, so the mixed batches pass through the graph's static buffers too.)"""
     _, eager = exact_run
-    full = train("resnet20", "digits", out=tmp_path / "full", cuda_graph=True, quiet=True, **EXACT)
-    cut = train("resnet20", "digits", out=tmp_path / "cut", cuda_graph=True, stop_after=5, quiet=True, **EXACT)
+    full, cut = graphed_runs["full"], graphed_runs["cut"]
     assert cut["interrupted"]
-    ckpt = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)
+    ckpt = graphed_runs["cut_checkpoint"]
     assert all(type(g["lr"]) is float for g in ckpt["optimizer"]["param_groups"])
-    resumed = train(resume=tmp_path / "cut", quiet=True)
-    assert resumed["test"] == full["test"]
-    w_full = torch.load(tmp_path / "full" / "last.pt", weights_only=True)["model"]
-    w_cut = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["model"]
+    assert graphed_runs["resumed"]["test"] == full["test"]
+    w_full = torch.load(graphed_runs["full_dir"] / "last.pt", weights_only=True)["model"]
+    w_cut = torch.load(graphed_runs["cut_dir"] / "last.pt", weights_only=True)["model"]
     assert all(torch.equal(w_full[k], w_cut[k]) for k in w_full)
     assert full["test"]["loss"] == pytest.approx(eager["test"]["loss"], rel=1e-4)
