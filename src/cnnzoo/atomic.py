@@ -1,9 +1,10 @@
 """Writing files so that a crash or kill at any moment leaves either the old file or the new one, never half.
 
-Each write goes to a temporary file ``.<name>.<random>.tmp`` in the destination's folder, is flushed and fsynced,
+Each write goes to a temporary file ``.<name>.<pid>.<random>.tmp`` in the destination's folder, is flushed and fsynced,
 then ``os.replace``-d over the destination (atomic on POSIX and Windows), and the folder is fsynced so the rename
 itself survives a power cut. A write that fails removes its temporary file; a kill cannot, so whoever owns the
-folder removes what :func:`temp_files` finds at its next start.
+folder removes what :func:`temp_files` finds at its next start. A folder that several processes may write at once
+(the data cache) removes only the files whose writer is gone (:func:`abandoned`: the pid in the name).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _mode_for(path: Path) -> int:
 def _replacing(path: Path) -> Iterator[BinaryIO]:
     """A binary file that becomes ``path`` when the block ends without an exception (and is removed if not)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     try:
         # mkstemp makes the file 0600; the result gets the mode a plain open() would give (or the old file's).
         os.fchmod(fd, _mode_for(path))
@@ -112,6 +113,22 @@ def temp_files(folder: str | Path, names: Iterable[str]) -> list[Path]:
     """The temporary files that interrupted atomic writes of ``folder/<name>`` (for each of ``names``) left behind."""
     folder = Path(folder)
     return sorted(p for name in names for p in folder.glob(f".{name}.*.tmp") if p.is_file())
+
+
+def abandoned(tmp: Path, name: str) -> bool | None:
+    """Whether the temporary file ``tmp`` of an atomic write of ``name`` was left by a process that no longer runs
+    (True), by one that still runs (False: it may be writing it now), or cannot say (None: a name without a pid,
+    from an older version)."""
+    pid = tmp.name[len(name) + 2 :].partition(".")[0]  # ".<name>." then "<pid>.<random>.tmp"
+    if not pid.isdigit():
+        return None
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except PermissionError:  # another user's process: it runs
+        return False
+    except (ProcessLookupError, OverflowError):  # no process has (or can have) this pid
+        return True
+    return False
 
 
 def check_regular(path: str | Path, what: str = "file") -> None:

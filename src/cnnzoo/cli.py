@@ -14,7 +14,7 @@ import argparse
 import importlib
 import sys
 
-from cnnzoo.errors import CnnzooError
+from cnnzoo.errors import CnnzooError, shown
 
 # Module -> the subcommands it adds (listed here so `cnnzoo --help` reads like a table of contents).
 COMMAND_MODULES = {
@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``cnnzoo`` console script; returns the exit status."""
+    for stream in (sys.stdout, sys.stderr):  # a path that is not UTF-8 prints as \xNN escapes, never a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # `cnnzoo models | head`
         return 0
+    except UnicodeError as e:  # text that must be UTF-8 (a path stored in a file) and is not
+        print(f"error: a name or path that is not valid UTF-8 where text is needed ({shown(str(e))})", file=sys.stderr)
+        return 2
     except OSError as e:  # the disk, not the input: a full disk, a folder without write permission
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e}", file=sys.stderr)

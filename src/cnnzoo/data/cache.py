@@ -17,8 +17,9 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cnnzoo.atomic import save_atomic, temp_files
+from cnnzoo.atomic import abandoned, save_atomic, temp_files
 from cnnzoo.data.bundle import default_home
+from cnnzoo.errors import shown
 
 log = logging.getLogger("cnnzoo.data")
 
@@ -41,14 +42,15 @@ def content_key(entries: list[tuple[str, int, int]], *extra: object) -> str:
 
 def cache_path(source: Path, kind: str) -> Path:
     """One cache file per source folder (the folder's absolute path names it; its content keys what is inside)."""
-    where = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
-    return cache_dir() / kind / f"{source.resolve().name}-{where}.pt"
+    where = hashlib.sha256(os.fsencode(source.resolve())).hexdigest()[:16]  # the path's bytes: need not be UTF-8
+    return cache_dir() / kind / f"{shown(source.resolve().name)}-{where}.pt"
 
 
 def load_or_build(path: Path, key: str, build: Callable[[], dict], check: Callable[[dict], bool] | None = None) -> dict:
     """The payload stored at ``path`` for ``key``; when absent, stale, truncated, of another version or failing
     ``check`` (a hand-edited file), ``build()`` it and store it atomically. A cache that cannot be written (read-only
-    disk) only costs a log line."""
+    disk) only costs a log line. What killed writes left here goes first (:func:`_remove_stale_temps`)."""
+    _remove_stale_temps(path)
     payload = _read(path, key)
     if payload is not None and check is not None and not _passes(check, payload):
         log.info("decoded cache %s does not hold what its header says; rebuilding", path)
@@ -56,7 +58,6 @@ def load_or_build(path: Path, key: str, build: Callable[[], dict], check: Callab
     if payload is not None:
         return payload
     payload = build()
-    _remove_stale_temps(path)
     try:
         save_atomic({"format": FORMAT, "version": VERSION, "key": key, "payload": payload}, path)
     except OSError as e:
@@ -65,13 +66,15 @@ def load_or_build(path: Path, key: str, build: Callable[[], dict], check: Callab
 
 
 def _remove_stale_temps(path: Path, age: float = 300.0) -> None:
-    """The temporary files that a killed cache write left beside ``path``. Only those untouched for ``age`` seconds:
-    another process may be writing the same cache right now (its file's mtime moves with every write)."""
+    """The temporary files that killed cache writes left beside ``path``: each whose writer no longer runs (the pid
+    in its name); one without a pid (an older version's) once untouched for ``age`` seconds. Another process may be
+    writing the same cache right now: its file stays."""
     import time
 
     for stale in temp_files(path.parent, [path.name]):
         try:
-            if time.time() - stale.stat().st_mtime > age:
+            gone = abandoned(stale, path.name)
+            if gone or (gone is None and time.time() - stale.stat().st_mtime > age):
                 stale.unlink()
         except OSError:
             pass

@@ -40,6 +40,7 @@ from torchvision.transforms import v2
 from cnnzoo.data.bundle import DataError, to_channels
 from cnnzoo.data.cache import cache_path, content_key, load_or_build
 from cnnzoo.data.sources import Decoded
+from cnnzoo.errors import is_utf8, shown
 
 log = logging.getLogger("cnnzoo.data")
 
@@ -98,24 +99,24 @@ def load_folder(root: str | Path, *, strict: bool = False) -> Decoded | Streamed
             raise DataError(f"{split_dir / empty}: no usable image in this class folder (expected at least one)")
     _report_skipped(root, skipped, strict)  # after the errors above: a failing command prints its one line only
     info = {
-        "source": _shown(str(root)),  # printable and storable even when the folder's name is not UTF-8
+        "source": shown(str(root)),  # printable and storable even when the folder's name is not UTF-8
         "sizes": dict(payload["sizes"]),
         "modes": dict(payload["modes"]),
         "skipped": [list(s) for s in skipped],
-        "test_split": _shown(str(test_dir) if test_dir else f"stratified {FOLDER_TEST_FRACTION:.0%} of {root}, seed 0"),
+        "test_split": shown(str(test_dir) if test_dir else f"stratified {FOLDER_TEST_FRACTION:.0%} of {root}, seed 0"),
     }
     if payload["small"]:
         train_x, train_y = payload["train_images"], labels["train"]
         test_x, test_y = payload["test_images"], labels["test"]
         if test_dir is None:
             (train_x, train_y), (test_x, test_y) = _split_test(train_x, train_y)
-        name = _shown(root.name)
+        name = shown(root.name)
         return Decoded(name, classes, train_x, train_y, test_x, test_y, flip=True, default_val=0.1, info=info)
     files = {s: [str(root / rel) for rel in payload[f"{s}_files"]] for s in ("train", "test")}
     train_f, train_y, test_f, test_y = files["train"], labels["train"], files["test"], labels["test"]
     if test_dir is None:
         (train_f, train_y), (test_f, test_y) = _split_test(train_f, train_y)
-    return Streamed(_shown(root.name), classes, train_f, train_y, test_f, test_y, payload["channels"], info=info)
+    return Streamed(shown(root.name), classes, train_f, train_y, test_f, test_y, payload["channels"], info=info)
 
 
 def decode_file(path: str | Path, channels: int) -> torch.Tensor:
@@ -210,8 +211,8 @@ def _list_split(split_dir: Path, root: Path, expected: list[str] | None):
     except OSError as e:
         raise DataError(f"{split_dir}: cannot list this folder ({e.strerror or e})") from None
     for name in classes:
-        if not _utf8(name):
-            raise DataError(f"{split_dir / _shown(name)}: a class folder whose name is not valid UTF-8; rename it")
+        if not is_utf8(name):
+            raise DataError(f"{split_dir / shown(name)}: a class folder whose name is not valid UTF-8; rename it")
     if expected is not None and classes != expected:
         missing, extra = sorted(set(expected) - set(classes)), sorted(set(classes) - set(expected))
         raise DataError(
@@ -237,7 +238,7 @@ def _scan_class(split_dir: Path, name: str, root: Path, skipped: list, stats: li
     seen: set[tuple[int, int]] = set()
 
     def unreadable(e: OSError) -> None:
-        skipped.append((_shown(str(Path(e.filename).relative_to(root))), f"cannot read folder ({e.strerror})"))
+        skipped.append((shown(str(Path(e.filename).relative_to(root))), f"cannot read folder ({e.strerror})"))
 
     for dirpath, dirnames, filenames in os.walk(split_dir / name, followlinks=True, onerror=unreadable):
         here = Path(dirpath)
@@ -247,7 +248,7 @@ def _scan_class(split_dir: Path, name: str, root: Path, skipped: list, stats: li
             dirnames.clear()
             continue
         if (st.st_dev, st.st_ino) in seen:  # reached again through a symlink: a loop, or a second way in
-            skipped.append((_shown(str(here.relative_to(root))), "folder seen before (symlink loop)"))
+            skipped.append((shown(str(here.relative_to(root))), "folder seen before (symlink loop)"))
             dirnames.clear()
             continue
         seen.add((st.st_dev, st.st_ino))
@@ -257,7 +258,7 @@ def _scan_class(split_dir: Path, name: str, root: Path, skipped: list, stats: li
             rel = str(path.relative_to(root))
             reason = _unusable(path, split_dir, stats, rel)
             if reason:
-                skipped.append((_shown(rel), reason))
+                skipped.append((shown(rel), reason))
             else:
                 found.append(rel)
     return found
@@ -277,25 +278,11 @@ def _unusable(path: Path, split_dir: Path, stats: list, rel: str) -> str | None:
         return "not an image"
     if not stat.S_ISREG(st.st_mode):  # a FIFO named x.png would block the reader forever
         return "not a regular file"
-    if not _utf8(rel):
+    if not is_utf8(rel):
         return "name is not valid UTF-8"
     if not os.access(path, os.R_OK):
         return "cannot read (permission denied)"
     return None
-
-
-def _utf8(name: str) -> bool:
-    """Whether a file name decoded by Python (``surrogateescape`` for bytes that are not UTF-8) is valid UTF-8."""
-    try:
-        name.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def _shown(name: str) -> str:
-    """A file name safe to print and store: bytes that are not UTF-8 shown as ``\\xNN``."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cnnzoo.atomic import write_atomic
-from cnnzoo.errors import CnnzooError
+from cnnzoo.errors import CnnzooError, is_utf8, shown
 from cnnzoo.train.config import RESUME_OVERRIDES, build_config, config_from_dict
 
 
@@ -66,6 +66,11 @@ def train(
     if resume is not None:
         _check_resume_source(Path(resume), data, recipe)
         return _resume(Path(resume), model, overrides, stop_after=stop_after, log=log)
+    for flag, path in (("--data", data), ("--data-dir", overrides.get("data_dir"))):
+        if isinstance(path, str) and not is_utf8(path):  # config.toml, the run's record, is UTF-8 text
+            raise CnnzooError(
+                f"{flag} {shown(path)}: the path is not valid UTF-8; rename it or link to it by a UTF-8 name"
+            )
     cfg = build_config(model, data, recipe=recipe, **overrides)
     if not seeds:
         return run_training(cfg, out, stop_after=stop_after, overwrite=overwrite, log=log, estimate=not quiet)

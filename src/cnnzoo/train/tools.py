@@ -20,10 +20,10 @@ from typing import Any
 import torch
 
 from cnnzoo.errors import CnnzooError, DiskError
-from cnnzoo.train.config import config_from_dict
-from cnnzoo.train.engine import resolve_device, step_context
 from cnnzoo.train.checkpoint import check_data_matches
+from cnnzoo.train.config import config_from_dict
 from cnnzoo.train.distributed import Dist
+from cnnzoo.train.engine import resolve_device, step_context
 from cnnzoo.train.loop import evaluate
 from cnnzoo.train.run import load_bundle
 from cnnzoo.train.trained import load_checkpoint, read_report  # noqa: F401  (read_report: cnnzoo.train.tools API)

@@ -54,14 +54,45 @@ class Run:
         return (self.run_dir / "last.pt").is_file()
 
     def report(self) -> dict[str, Any]:
-        return json.loads((self.run_dir / "report.json").read_text())
+        """The run's ``report.json``, checked (:func:`~cnnzoo.train.trained.read_report`, and the numbers a study
+        reads); a malformed one, edited or damaged, is one line."""
+        from cnnzoo.train.trained import read_report
+
+        path = self.run_dir / "report.json"
+        report = read_report(path)
+        numbers = {"best_val_top1": report.get("best_val_top1"), "train_seconds": report.get("train_seconds")}
+        bad = [k for k, v in numbers.items() if not _number(v, none=k == "best_val_top1")]
+        if bad:
+            raise CnnzooError(
+                f"{path}: not a cnnzoo report ({bad[0]} is not a number): remove its folder to retrain it"
+            )
+        return report
 
     def history(self) -> list[dict[str, Any]]:
-        """The per-epoch lines of ``metrics.jsonl`` (none before the first epoch ends)."""
+        """The per-epoch lines of ``metrics.jsonl`` (none before the first epoch ends); a line that is not a JSON
+        object is one error naming the file."""
         path = self.run_dir / "metrics.jsonl"
         if not path.is_file():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        try:
+            lines = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CnnzooError(f"{path}: not a cnnzoo metrics file ({str(e).splitlines()[0]})") from None
+        if not all(isinstance(line, dict) for line in lines):
+            raise CnnzooError(f"{path}: not a cnnzoo metrics file (a line is not a JSON object)")
+        return lines
+
+
+def _number(value: Any, *, none: bool = False) -> bool:
+    """A finite int or float (not a bool); None too with ``none``."""
+    if value is None:
+        return none
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and value == value
+        and abs(value) != float("inf")
+    )
 
 
 def plan_runs(
