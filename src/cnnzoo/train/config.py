@@ -22,6 +22,7 @@ from typing import Any
 from cnnzoo.atomic import check_regular, read_regular, write_atomic
 from cnnzoo.data.bundle import AUGMENTS, AUTO_AUGMENTS
 from cnnzoo.errors import CnnzooError
+from cnnzoo.train.schedule import SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,7 +30,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "native-bf16", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FREEZE = ("backbone",)
@@ -101,7 +101,7 @@ class TrainConfig:
     wd_exclude_bn_bias: bool = _f(True, "exempt BN and bias parameters (1-d tensors) from weight decay")
     grad_clip: float = _f(0.0, "clip the global gradient norm to this, 0 = off")
     # Learning-rate schedule: lr_at(step) in cnnzoo.train.schedule.
-    schedule: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle", choices=SCHEDULES)
+    schedule: str = _f("cosine", " | ".join(SCHEDULES), choices=SCHEDULES)
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
     warmup_steps: int = _f(0, "warm-up length in steps (wins over --warmup-epochs)")
     warmup_lr: float = _f(0.0, "constant lr during warm-up instead of a linear ramp from 0, 0 = ramp")
