@@ -16,6 +16,7 @@ Each net's run is a trainer run directory, ``OUT/<model>/run``, reused when fini
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -71,33 +72,23 @@ def probe_key(cfg) -> dict[str, Any]:
 
 
 def probe(cfg, seconds: float, log=print) -> dict[str, Any]:
-    """Time the trainer's step on the real data for about ``seconds`` (after a warm-up): the median seconds per
-    step, the number timed, and the training step's memory (peak resident set growth on the CPU, the allocator's
-    peak on CUDA)."""
-    from cnnzoo.analysis.compare.worker import peak_mb, sync
-    from cnnzoo.train.engine import backend_settings, train_step
+    """Time the trainer's step on the real data for about ``seconds`` (after a warm-up), through
+    :func:`cnnzoo.train.estimate.time_steps`: the median seconds per step, the number timed, and the training step's
+    memory (peak resident set growth on the CPU, the allocator's peak on CUDA). A step's time includes loading its
+    batch, as the run's own clock (its ``train_seconds``, which the budget is spent in) does."""
+    from cnnzoo.analysis.compare.worker import peak_mb
+    from cnnzoo.train.engine import backend_settings
+    from cnnzoo.train.estimate import time_steps
     from cnnzoo.train.run import build_run, init_distributed
 
     dist, device = init_distributed(cfg)
     with backend_settings(cfg, device):
         run = build_run(cfg, dist, device, log=lambda *a, **k: None)
         base = peak_mb(device)
-        times: list[float] = []
-        started = time.perf_counter()
-        epoch = 0
-        while len(times) < MIN_PROBE_STEPS or time.perf_counter() - started < seconds:
-            for i, (images, labels) in enumerate(run.data.train.epoch(epoch)):
-                sync(device)
-                t0 = time.perf_counter()
-                train_step(run.net, run.optimizer, images, labels, run.ctx)
-                sync(device)
-                if i >= WARMUP_STEPS or epoch > 0:
-                    times.append(time.perf_counter() - t0)
-                else:
-                    started = time.perf_counter()  # the budget of the probe starts after the warm-up
-                if len(times) >= MIN_PROBE_STEPS and time.perf_counter() - started >= seconds:
-                    break
-            epoch += 1
+        batches = _epochs(run.data.train)
+        times = time_steps(
+            run.net, run.optimizer, run.ctx, batches, warmup=WARMUP_STEPS, steps=MIN_PROBE_STEPS, seconds=seconds
+        ).timed
         return {
             "seconds_per_step": statistics.median(times),
             "spread": _spread(times),
@@ -105,6 +96,12 @@ def probe(cfg, seconds: float, log=print) -> dict[str, Any]:
             "steps_per_epoch": run.steps_per_epoch,
             "train_mem_mb": peak_mb(device) - base,
         }
+
+
+def _epochs(train):
+    """The batches of ``train``'s epoch 0, then 1, 2, ...: as many as the probe takes."""
+    for epoch in itertools.count():
+        yield from train.epoch(epoch)
 
 
 def _spread(values: list[float]) -> float | None:
