@@ -409,41 +409,8 @@ def sweep_figure(data: dict):
     (a_inf, a_train), (a_mem, a_fit) = fig.subplots(2, 2)
     records = [r for r in data["records"] if r.get("infer_ms_per_img")]
     colors = model_colors([r["model"] for r in data["records"]])
-    for name in dict.fromkeys(r["model"] for r in records):
-        own = [r for r in records if r["model"] == name]
-        b = [r["batch_size"] for r in own]
-        for ax, key in ((a_inf, "infer_ms_per_img"), (a_train, "train_ms_per_img")):
-            ax.plot(b, [r[key] for r in own], "o-", color=colors[name], label=name)
-        a_mem.plot(b, [r["train_peak_mb"] for r in own], "o-", color=colors[name], label=f"{name} training")
-        a_mem.plot(b, [r["infer_peak_mb"] for r in own], "x--", color=colors[name], alpha=0.6)
-    for ax, what in ((a_inf, "inference"), (a_train, "training step")):
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per image", title=f"{what}: time per image")
-    a_mem.set(
-        xscale="log",
-        yscale="log",
-        xlabel="batch size",
-        ylabel="MiB added at the peak",
-        title="peak memory (solid: training step, dashed: inference)",
-    )
-    batches = sorted({r["batch_size"] for r in records})
-    for batch, marker in ((batches[0], "o"), (batches[-1], "s")) if batches else ():
-        at = [r for r in records if r["batch_size"] == batch]
-        fit = next((f for f in data["fits"] if f["batch_size"] == batch and f["time"] == "infer"), None)
-        xs = [r["macs"] / 1e9 for r in at]
-        a_fit.scatter(xs, [r["infer_ms_per_img"] for r in at], marker=marker, c=[colors[r["model"]] for r in at])
-        if fit:
-            lo, hi = min(xs), max(xs)
-            a_fit.plot(
-                [lo, hi],
-                [fit["slope"] * lo + fit["intercept"], fit["slope"] * hi + fit["intercept"]],
-                "k-" if marker == "o" else "k--",
-                label=f"batch {batch}: {fit['slope']:.3g} ms/GMAC, R^2 {fit['r2']:.2f}",
-            )
-    a_fit.set(
-        xlabel="GMACs per image",
-        ylabel="inference ms per image",
-        title="inference time against operations (circles: smallest batch, squares: largest)",
-    )
+    _batch_panels((a_inf, a_train, a_mem), records, colors)
+    _fit_panel(a_fit, records, data["fits"], colors)
     for ax in (a_inf, a_train, a_mem, a_fit):
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:  # no fit line when the nets share one MACs count
@@ -462,6 +429,51 @@ def sweep_figure(data: dict):
         fontsize=10,
     )
     return fig
+
+
+def _batch_panels(axes: tuple, records: list[dict], colors: dict[str, tuple]) -> None:
+    """Inference and training time per image, and peak memory, against the batch size: one line per net."""
+    a_inf, a_train, a_mem = axes
+    for name in dict.fromkeys(r["model"] for r in records):
+        own = [r for r in records if r["model"] == name]
+        b = [r["batch_size"] for r in own]
+        for ax, key in ((a_inf, "infer_ms_per_img"), (a_train, "train_ms_per_img")):
+            ax.plot(b, [r[key] for r in own], "o-", color=colors[name], label=name)
+        a_mem.plot(b, [r["train_peak_mb"] for r in own], "o-", color=colors[name], label=f"{name} training")
+        a_mem.plot(b, [r["infer_peak_mb"] for r in own], "x--", color=colors[name], alpha=0.6)
+    for ax, what in ((a_inf, "inference"), (a_train, "training step")):
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per image", title=f"{what}: time per image")
+    a_mem.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="MiB added at the peak",
+        title="peak memory (solid: training step, dashed: inference)",
+    )
+
+
+def _fit_panel(ax, records: list[dict], fits: list[dict], colors: dict[str, tuple]) -> None:
+    """Inference time per image against GMACs at the smallest and the largest batch, each with its least-squares
+    line."""
+    batches = sorted({r["batch_size"] for r in records})
+    for batch, marker in ((batches[0], "o"), (batches[-1], "s")) if batches else ():
+        at = [r for r in records if r["batch_size"] == batch]
+        fit = next((f for f in fits if f["batch_size"] == batch and f["time"] == "infer"), None)
+        xs = [r["macs"] / 1e9 for r in at]
+        ax.scatter(xs, [r["infer_ms_per_img"] for r in at], marker=marker, c=[colors[r["model"]] for r in at])
+        if fit:
+            lo, hi = min(xs), max(xs)
+            ax.plot(
+                [lo, hi],
+                [fit["slope"] * lo + fit["intercept"], fit["slope"] * hi + fit["intercept"]],
+                "k-" if marker == "o" else "k--",
+                label=f"batch {batch}: {fit['slope']:.3g} ms/GMAC, R^2 {fit['r2']:.2f}",
+            )
+    ax.set(
+        xlabel="GMACs per image",
+        ylabel="inference ms per image",
+        title="inference time against operations (circles: smallest batch, squares: largest)",
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
