@@ -259,7 +259,7 @@ def _field(name: str, ok: Callable[[Any], bool], message: str) -> Check:
 
 
 def _choice(name: str, choices) -> Check:
-    """``name`` is one of ``choices`` (or None: a field that cannot be empty was refused that by ``_coerce``)."""
+    """``name`` is one of ``choices`` (or None: ``_coerce`` has already refused None where a field needs a value)."""
     return _field(name, lambda v: v is None or v in choices, f"{name} must be one of {', '.join(choices)}, got {{!r}}")
 
 
