@@ -267,15 +267,7 @@ def find_mistakes(
     if data.test.num_samples == 0:
         raise CnnzooError(f"{run_dir}: the run has no test split")
     model = model.to(dev).eval()
-    kept: list[tuple[float, torch.Tensor, int, int]] = []  # (confidence, image, true, pred), the best `count` so far
-    n_wrong = 0
-    with torch.no_grad():
-        for images, labels in data.test.epoch(0):
-            conf, pred = model(images).float().softmax(1).max(1)
-            wrong = (pred != labels).nonzero().flatten().tolist()
-            n_wrong += len(wrong)
-            kept += [(conf[i].item(), images[i].cpu(), labels[i].item(), pred[i].item()) for i in wrong]
-            kept = sorted(kept, key=lambda t: -t[0])[:count]
+    kept, n_wrong = _most_confident_mistakes(model, data.test, count)
     if not kept:
         raise CnnzooError(f"{run_dir}: no mistakes on the {data.test.num_samples} test images")
     x = torch.stack([t[1] for t in kept]).to(dev)
@@ -297,6 +289,23 @@ def find_mistakes(
         "model": meta["model"],
         "data": meta["data"],
     }
+
+
+def _most_confident_mistakes(model, loader, count: int) -> tuple[list[tuple], int]:
+    """The ``count`` wrong predictions on ``loader``'s images with the highest confidence, most confident first, as
+    (confidence, image on the CPU, true class, predicted class), and how many were wrong in all."""
+    import torch
+
+    kept: list[tuple[float, torch.Tensor, int, int]] = []  # the best `count` so far
+    n_wrong = 0
+    with torch.no_grad():
+        for images, labels in loader.epoch(0):
+            conf, pred = model(images).float().softmax(1).max(1)
+            wrong = (pred != labels).nonzero().flatten().tolist()
+            n_wrong += len(wrong)
+            kept += [(conf[i].item(), images[i].cpu(), labels[i].item(), pred[i].item()) for i in wrong]
+            kept = sorted(kept, key=lambda t: -t[0])[:count]
+    return kept, n_wrong
 
 
 # --- the figures --------------------------------------------------------------------------------------------------

@@ -109,16 +109,7 @@ def load_data(
     ``random_erase`` (a probability): torchvision's reference augmentations, added per sample to streamed folders'
     training images (:func:`cnnzoo.data.augment.reference_extras`); refused for data held on the device.
     """
-    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
-        raise DataError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
-    if augment not in (*AUGMENTS, None):
-        raise DataError(f"unknown augment {augment!r}: expected one of {', '.join(AUGMENTS)}")
-    if cutout < 0:
-        raise DataError(f"cutout must be >= 0, got {cutout}")
-    if seed < 0:
-        raise DataError(f"seed must be >= 0, got {seed}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise DataError(f"rank {rank} must be in [0, world_size={world_size})")
+    _check_args(batch_size, eval_batch_size, augment, cutout, seed, rank, world_size)
     decoded = decode(data, data_dir=data_dir, strict=strict, download=download)
     if isinstance(decoded, Streamed):
         return _stream_bundle(
@@ -139,16 +130,7 @@ def load_data(
             auto_augment=auto_augment,
             random_erase=random_erase,
         )
-    if auto_augment or random_erase:  # per-sample, like the papers' augmentations below
-        raise DataError(
-            f"--auto-augment and --random-erase apply to image folders streamed from disk (images over "
-            f"{SMALL_MAX} px); {data} is held on the device and augmented in batches: drop them"
-        )
-    if augment in PAPER_AUGMENTS:  # per-sample transforms of large images; small data is augmented in batches
-        raise DataError(
-            f"--augment {augment} applies to image folders streamed from disk (images over {SMALL_MAX} "
-            f"px); {data} is held on the device: use --augment standard or none"
-        )
+    _check_batch_augments(data, augment, auto_augment, random_erase)
     return _device_bundle(
         decoded,
         batch_size=batch_size,
@@ -165,6 +147,43 @@ def load_data(
         subset=subset,
         norm=_norm(mean, std),
     )
+
+
+def _check_args(
+    batch_size: int,
+    eval_batch_size: int | None,
+    augment: str | None,
+    cutout: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+) -> None:
+    """Refuse arguments no data could be loaded with, before any is read."""
+    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+        raise DataError(f"batch sizes must be >= 1, got {batch_size} / {eval_batch_size}")
+    if augment not in (*AUGMENTS, None):
+        raise DataError(f"unknown augment {augment!r}: expected one of {', '.join(AUGMENTS)}")
+    if cutout < 0:
+        raise DataError(f"cutout must be >= 0, got {cutout}")
+    if seed < 0:
+        raise DataError(f"seed must be >= 0, got {seed}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} must be in [0, world_size={world_size})")
+
+
+def _check_batch_augments(data: str, augment: str | None, auto_augment: str | None, random_erase: float) -> None:
+    """Data held on the device is augmented in batches: the per-sample augmentations of streamed folders (the
+    papers', torchvision reference's) are refused for it."""
+    if auto_augment or random_erase:  # per-sample, like the papers' augmentations below
+        raise DataError(
+            f"--auto-augment and --random-erase apply to image folders streamed from disk (images over "
+            f"{SMALL_MAX} px); {data} is held on the device and augmented in batches: drop them"
+        )
+    if augment in PAPER_AUGMENTS:  # per-sample transforms of large images; small data is augmented in batches
+        raise DataError(
+            f"--augment {augment} applies to image folders streamed from disk (images over {SMALL_MAX} "
+            f"px); {data} is held on the device: use --augment standard or none"
+        )
 
 
 def _device_bundle(

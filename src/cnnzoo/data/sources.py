@@ -101,32 +101,9 @@ def load_cifar(name: str, root: Path, download: bool | None) -> Decoded:
         f"extract {cls.filename} ({cls.url}) into {root}",
     )
     _check_md5(name, folder, [*cls.train_list, *cls.test_list, (cls.meta["filename"], cls.meta["md5"])])
-    label_key = "labels" if name == "cifar10" else "fine_labels"
-    names_key = cls.meta["key"]  # "label_names" / "fine_label_names"
-
-    def read(batch_files: list[tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = [], []
-        for f, _ in batch_files:
-            entry = _unpickle(folder / f)
-            try:
-                xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # rows are R, G, B planes
-                ys.append(np.asarray(entry[label_key], dtype=np.int64))
-            except (KeyError, ValueError, TypeError, OverflowError, IndexError) as e:
-                raise DataError(f"{folder / f}: not a {name} batch file ({type(e).__name__}: {e})") from None
-            if len(xs[-1]) != len(ys[-1]):
-                raise DataError(f"{folder / f}: {len(xs[-1])} images but {len(ys[-1])} labels")
-        return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
-
-    train_x, train_y = read(cls.train_list)
-    test_x, test_y = read(cls.test_list)
-    meta = _unpickle(folder / cls.meta["filename"])
-    names = meta.get(names_key) if isinstance(meta, dict) else None
-    classes = [str(c) for c in names] if isinstance(names, (list, tuple)) else []
-    labels = torch.cat([train_y, test_y])
-    if not classes or not len(train_y) or not len(test_y) or labels.min() < 0 or labels.max() >= len(classes):
-        raise DataError(
-            f"{folder}: expected images in every split and {names_key!r} in {cls.meta['filename']} naming every label"
-        )
+    train_x, train_y = _read_cifar_batches(name, folder, cls.train_list)
+    test_x, test_y = _read_cifar_batches(name, folder, cls.test_list)
+    classes = _cifar_classes(folder, cls.meta, train_y, test_y)
     return Decoded(
         name,
         classes,
@@ -142,6 +119,39 @@ def load_cifar(name: str, root: Path, download: bool | None) -> Decoded:
             "modes": {"RGB": len(train_x) + len(test_x)},
         },
     )
+
+
+def _read_cifar_batches(
+    name: str, folder: Path, batch_files: list[tuple[str, str]]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (uint8 ``(N, 3, 32, 32)``) and labels of CIFAR batch files (``(file name, md5)`` pairs), joined."""
+    label_key = "labels" if name == "cifar10" else "fine_labels"
+    xs, ys = [], []
+    for f, _ in batch_files:
+        entry = _unpickle(folder / f)
+        try:
+            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))  # rows are R, G, B planes
+            ys.append(np.asarray(entry[label_key], dtype=np.int64))
+        except (KeyError, ValueError, TypeError, OverflowError, IndexError) as e:
+            raise DataError(f"{folder / f}: not a {name} batch file ({type(e).__name__}: {e})") from None
+        if len(xs[-1]) != len(ys[-1]):
+            raise DataError(f"{folder / f}: {len(xs[-1])} images but {len(ys[-1])} labels")
+    return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
+
+
+def _cifar_classes(folder: Path, meta_info: dict, train_y: torch.Tensor, test_y: torch.Tensor) -> list[str]:
+    """The class names in the release's meta file (``meta_info``: torchvision's ``cls.meta``), once both splits have
+    images and every label names one of them."""
+    names_key = meta_info["key"]  # "label_names" / "fine_label_names"
+    meta = _unpickle(folder / meta_info["filename"])
+    names = meta.get(names_key) if isinstance(meta, dict) else None
+    classes = [str(c) for c in names] if isinstance(names, (list, tuple)) else []
+    labels = torch.cat([train_y, test_y])
+    if not classes or not len(train_y) or not len(test_y) or labels.min() < 0 or labels.max() >= len(classes):
+        raise DataError(
+            f"{folder}: expected images in every split and {names_key!r} in {meta_info['filename']} naming every label"
+        )
+    return classes
 
 
 def load_mnist(name: str, root: Path, download: bool | None) -> Decoded:

@@ -47,7 +47,6 @@ from cnnzoo import serialize
 from cnnzoo.atomic import check_regular
 from cnnzoo.errors import CnnzooError
 
-SOURCES = ("torchvision", "file", "run")
 _PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers' key prefixes
 
 

@@ -68,6 +68,15 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the trainer's subcommands to the ``cnnzoo`` parser."""
+    _train_parser(sub)
+    _eval_parser(sub)
+    _predict_parser(sub)
+    _export_parser(sub)
+    _recipes_parser(sub)
+
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """``cnnzoo train``: the run's own options, then one flag per :class:`TrainConfig` field."""
     p = sub.add_parser(
         "train",
         help="train a model on a dataset into a run directory",
@@ -98,6 +107,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
+
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="re-evaluate a run's checkpoint on a split")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--split", choices=("test", "val", "train"), default="test")
@@ -112,6 +123,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_eval)
 
+
+def _predict_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "predict",
         help="top-k classes of image files with a trained run, an exported .onnx or pretrained weights",
@@ -134,6 +147,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.set_defaults(func=cmd_predict)
 
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run's model (checked against the eager model)")
     p.add_argument("run_dir", metavar="RUN_DIR")
     p.add_argument("--format", choices=("onnx", "torchscript"), required=True)
@@ -144,6 +159,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.set_defaults(func=cmd_export)
 
+
+def _recipes_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("recipes", help="list the shipped training recipes")
     p.add_argument("name", nargs="?", help="print this recipe's TOML")
     p.set_defaults(func=cmd_recipes)

@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 from cnnzoo.atomic import check_regular, read_regular, write_atomic
 from cnnzoo.data.bundle import AUGMENTS, AUTO_AUGMENTS
 from cnnzoo.errors import CnnzooError
+from cnnzoo.train.schedule import SCHEDULES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -28,7 +30,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 OPTIMIZERS = ("sgd", "adamw")
-SCHEDULES = ("constant", "step", "multistep", "cosine", "linear", "onecycle")
 PRECISIONS = ("auto", "native-bf16", "fp32", "bf16", "fp16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 FREEZE = ("backbone",)
@@ -100,7 +101,7 @@ class TrainConfig:
     wd_exclude_bn_bias: bool = _f(True, "exempt BN and bias parameters (1-d tensors) from weight decay")
     grad_clip: float = _f(0.0, "clip the global gradient norm to this, 0 = off")
     # Learning-rate schedule: lr_at(step) in cnnzoo.train.schedule.
-    schedule: str = _f("cosine", "constant | step | multistep | cosine | linear | onecycle", choices=SCHEDULES)
+    schedule: str = _f("cosine", " | ".join(SCHEDULES), choices=SCHEDULES)
     warmup_epochs: float = _f(0.0, "linear warm-up length in epochs")
     warmup_steps: int = _f(0, "warm-up length in steps (wins over --warmup-epochs)")
     warmup_lr: float = _f(0.0, "constant lr during warm-up instead of a linear ramp from 0, 0 = ramp")
@@ -187,112 +188,14 @@ class TrainConfig:
         for name in FIELDS:  # each value of its field's type (the Python API may pass anything), nan/inf refused
             setattr(self, name, _coerce(name, getattr(self, name)))
         get_model_info(self.model)  # an unknown model name, with close matches
-        checks = [
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}"),
-            (self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}"),
-            (
-                self.compile_mode in COMPILE_MODES,
-                f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {self.compile_mode!r}",
-            ),
-            (self.augment in AUGMENTS, f"augment must be one of {', '.join(AUGMENTS)}, got {self.augment!r}"),
-            (self.epochs >= 0, f"epochs must be >= 0, got {self.epochs}"),
-            (self.epochs >= 1 or self.iterations >= 1, "need epochs >= 1 or iterations >= 1"),
-            (self.iterations >= 0, f"iterations must be >= 0, got {self.iterations}"),
-            (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
-            (
-                self.eval_batch_size is None or self.eval_batch_size >= 1,
-                f"eval_batch_size must be >= 1, got {self.eval_batch_size}",
-            ),
-            (self.image_size is None or self.image_size >= 1, f"image_size must be >= 1, got {self.image_size}"),
-            (self.in_channels in (None, 1, 3), f"in_channels must be 1 or 3, got {self.in_channels}"),
-            (self.val_size is None or self.val_size >= 0, f"val_size must be >= 0, got {self.val_size}"),
-            (
-                self.val_size is None or self.val_size < 1 or float(self.val_size).is_integer(),
-                f"val_size must be a count of images (>= 1) or a fraction (< 1), got {self.val_size}",
-            ),
-            (self.subset is None or self.subset >= 1, f"subset must be >= 1, got {self.subset}"),
-            (self.cutout >= 0, f"cutout must be >= 0, got {self.cutout}"),
-            (self.eval_every >= 1, f"eval_every must be >= 1, got {self.eval_every}"),
-            (self.early_stop >= 0, f"early_stop must be >= 0, got {self.early_stop}"),
-            (self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}"),
-            (
-                not (self.early_stop and self.val_size == 0),
-                "--early-stop needs a validation split: drop --val-size 0 or --early-stop",
-            ),
-            (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
-            (self.threads >= 0, f"threads must be >= 0, got {self.threads}"),
-            (self.lr > 0, f"lr must be a positive number, got {self.lr}"),
-            (0 <= self.momentum < 1, f"momentum must be in [0, 1) (SGD momentum, AdamW beta1), got {self.momentum}"),
-            (
-                not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
-                "nesterov needs SGD with momentum > 0",
-            ),
-            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
-            (0 <= self.min_lr <= self.lr, f"min_lr must be in [0, lr={self.lr}], got {self.min_lr}"),
-            (self.warmup_lr >= 0, f"warmup_lr must be >= 0, got {self.warmup_lr}"),
-            (
-                0 <= self.warmup_until_error < 1,
-                f"warmup_until_error must be a training error in [0, 1), got {self.warmup_until_error}",
-            ),
-            (
-                not self.warmup_until_error or (self.warmup_lr > 0 and self.schedule != "onecycle"),
-                "--warmup-until-error warms up at a constant --warmup-lr (> 0, e.g. 0.01 as He et al.) and needs a "
-                "schedule other than onecycle",
-            ),
-            (
-                all(m >= 0 for m in self.milestones) and all(m >= 0 for m in self.milestone_steps),
-                "milestones must be >= 0",
-            ),
-            (self.aux_weight >= 0, f"aux_weight must be >= 0, got {self.aux_weight}"),
-            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}"),
-            (self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix alphas must be >= 0"),
-            (0 <= self.ema < 1, f"ema decay must be in [0, 1), got {self.ema}"),
-            (self.grad_clip >= 0, f"grad_clip must be >= 0, got {self.grad_clip}"),
-            (self.dropout is None or 0 <= self.dropout < 1, f"dropout must be in [0, 1), got {self.dropout}"),
-            (self.warmup_epochs >= 0 and self.warmup_steps >= 0, "warm-up lengths must be >= 0"),
-            (0 < self.pct_start < 1, f"pct_start must be in (0, 1), got {self.pct_start}"),
-            (self.step_size > 0, f"step_size must be > 0, got {self.step_size}"),
-            (not (self.cuda_graph and self.precision == "fp16"), NO_GRAPHED_FP16),
-            (
-                not (self.cuda_graph and self.compile and self.compile_mode in ("reduce-overhead", "max-autotune")),
-                f"--cuda-graph captures the step itself: use it with --compile-mode default or "
-                f"max-autotune-no-cudagraphs, not {self.compile_mode} (which makes CUDA graphs of its own)",
-            ),
-            (
-                self.auto_augment in (None, *AUTO_AUGMENTS),
-                f"auto_augment must be one of {', '.join(AUTO_AUGMENTS)}, got {self.auto_augment!r}",
-            ),
-            (0 <= self.random_erase <= 1, f"random_erase must be a probability in [0, 1], got {self.random_erase}"),
-            (self.freeze in (None, *FREEZE), f"freeze must be one of {', '.join(FREEZE)}, got {self.freeze!r}"),
-            (not (self.freeze and self.freeze_until), "give --freeze or --freeze-until, not both"),
-            (
-                self.backbone_lr_scale >= 0 and math.isfinite(self.backbone_lr_scale),
-                f"backbone_lr_scale must be a number >= 0, got {self.backbone_lr_scale}",
-            ),
-            (
-                len(self.mean) == len(self.std) and all(s > 0 for s in self.std),
-                f"mean and std need one value per channel each, std > 0; got {self.mean} and {self.std}",
-            ),
-            (
-                self.weights_sha256 is None
-                or (len(self.weights_sha256) == 64 and all(c in "0123456789abcdef" for c in self.weights_sha256)),
-                f"weights_sha256 must be 64 lowercase hex digits, got {self.weights_sha256!r}",
-            ),
-            (
-                not (self.cuda_graph and self.fused is False),
-                "--cuda-graph needs the fused optimizer (the unfused one reads a tensor lr on the host): "
-                "drop --no-fused",
-            ),
-        ]
-        for ok, message in checks:
-            if not ok:
+        for check in CHECKS:
+            message = check(self)
+            if message is not None:
                 raise CnnzooError(message)
         self._check_upper_bounds()
 
     def _check_upper_bounds(self) -> None:
-        """Upper bounds: a value that passes the checks above but would overflow later (a float power, a float
+        """Upper bounds: a value that passes :data:`CHECKS` but would overflow later (a float power, a float
         turned into an int, a tensor allocated from it, a seed torch refuses) is refused here, in one line."""
         bounds = [
             ("seed", self.seed, 2**63 - 1),
@@ -337,6 +240,180 @@ class TrainConfig:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+# --- validation ----------------------------------------------------------------------------------------------------
+
+# A check takes a config and returns why it is refused (one line), or None when it passes.
+Check = Callable[[TrainConfig], str | None]
+
+
+def _field(name: str, ok: Callable[[Any], bool], message: str) -> Check:
+    """The check of one field: ``message`` with the value in place of its ``{}`` (``{!r}``) unless ``ok(value)``."""
+
+    def check(cfg: TrainConfig) -> str | None:
+        value = getattr(cfg, name)
+        return None if ok(value) else message.format(value)
+
+    return check
+
+
+def _choice(name: str, choices) -> Check:
+    """``name`` is one of ``choices`` (or None: ``_coerce`` has already refused None where a field needs a value)."""
+    return _field(name, lambda v: v is None or v in choices, f"{name} must be one of {', '.join(choices)}, got {{!r}}")
+
+
+def _at_least(name: str, low: int) -> Check:
+    """``name`` is ``low`` or more (or None: the default chosen later)."""
+    return _field(name, lambda v: v is None or v >= low, f"{name} must be >= {low}, got {{}}")
+
+
+def _positive(name: str) -> Check:
+    return _field(name, lambda v: v > 0, f"{name} must be > 0, got {{}}")
+
+
+def _fraction(name: str, message: str) -> Check:
+    """``name`` is in [0, 1) (or None)."""
+    return _field(name, lambda v: v is None or 0 <= v < 1, message)
+
+
+def _a_length(cfg: TrainConfig) -> str | None:
+    return None if cfg.epochs >= 1 or cfg.iterations >= 1 else "need epochs >= 1 or iterations >= 1"
+
+
+def _early_stop_validates(cfg: TrainConfig) -> str | None:
+    if cfg.early_stop and cfg.val_size == 0:
+        return "--early-stop needs a validation split: drop --val-size 0 or --early-stop"
+    return None
+
+
+def _nesterov(cfg: TrainConfig) -> str | None:
+    ok = not cfg.nesterov or (cfg.optimizer == "sgd" and cfg.momentum > 0)
+    return None if ok else "nesterov needs SGD with momentum > 0"
+
+
+def _min_lr(cfg: TrainConfig) -> str | None:
+    return None if 0 <= cfg.min_lr <= cfg.lr else f"min_lr must be in [0, lr={cfg.lr}], got {cfg.min_lr}"
+
+
+def _warmup_rule(cfg: TrainConfig) -> str | None:
+    """He et al.'s rule warms up at a constant lr, which one-cycle (its own rise) has no place for."""
+    if not cfg.warmup_until_error or (cfg.warmup_lr > 0 and cfg.schedule != "onecycle"):
+        return None
+    return (
+        "--warmup-until-error warms up at a constant --warmup-lr (> 0, e.g. 0.01 as He et al.) and needs a "
+        "schedule other than onecycle"
+    )
+
+
+def _milestones(cfg: TrainConfig) -> str | None:
+    ok = all(m >= 0 for m in cfg.milestones) and all(m >= 0 for m in cfg.milestone_steps)
+    return None if ok else "milestones must be >= 0"
+
+
+def _mix_alphas(cfg: TrainConfig) -> str | None:
+    return None if cfg.mixup >= 0 and cfg.cutmix >= 0 else "mixup and cutmix alphas must be >= 0"
+
+
+def _warmup_lengths(cfg: TrainConfig) -> str | None:
+    return None if cfg.warmup_epochs >= 0 and cfg.warmup_steps >= 0 else "warm-up lengths must be >= 0"
+
+
+def _graph_precision(cfg: TrainConfig) -> str | None:
+    return NO_GRAPHED_FP16 if cfg.cuda_graph and cfg.precision == "fp16" else None
+
+
+def _graph_compile_mode(cfg: TrainConfig) -> str | None:
+    if not (cfg.cuda_graph and cfg.compile and cfg.compile_mode in ("reduce-overhead", "max-autotune")):
+        return None
+    return (
+        f"--cuda-graph captures the step itself: use it with --compile-mode default or "
+        f"max-autotune-no-cudagraphs, not {cfg.compile_mode} (which makes CUDA graphs of its own)"
+    )
+
+
+def _graph_fused(cfg: TrainConfig) -> str | None:
+    if not (cfg.cuda_graph and cfg.fused is False):
+        return None
+    return "--cuda-graph needs the fused optimizer (the unfused one reads a tensor lr on the host): drop --no-fused"
+
+
+def _freeze_once(cfg: TrainConfig) -> str | None:
+    return "give --freeze or --freeze-until, not both" if cfg.freeze and cfg.freeze_until else None
+
+
+def _mean_std(cfg: TrainConfig) -> str | None:
+    if len(cfg.mean) == len(cfg.std) and all(s > 0 for s in cfg.std):
+        return None
+    return f"mean and std need one value per channel each, std > 0; got {cfg.mean} and {cfg.std}"
+
+
+def _sha256(value: str | None) -> bool:
+    return value is None or (len(value) == 64 and all(c in "0123456789abcdef" for c in value))
+
+
+# Every check :meth:`TrainConfig.validate` makes after the type coercion, in order: the first refusal is the message.
+CHECKS: tuple[Check, ...] = (
+    _choice("optimizer", OPTIMIZERS),
+    _choice("schedule", SCHEDULES),
+    _choice("precision", PRECISIONS),
+    _choice("compile_mode", COMPILE_MODES),
+    _choice("augment", AUGMENTS),
+    _at_least("epochs", 0),
+    _a_length,
+    _at_least("iterations", 0),
+    _at_least("batch_size", 1),
+    _at_least("eval_batch_size", 1),
+    _at_least("image_size", 1),
+    _field("in_channels", lambda v: v in (None, 1, 3), "in_channels must be 1 or 3, got {}"),
+    _at_least("val_size", 0),
+    _field(
+        "val_size",
+        lambda v: v is None or v < 1 or float(v).is_integer(),
+        "val_size must be a count of images (>= 1) or a fraction (< 1), got {}",
+    ),
+    _at_least("subset", 1),
+    _at_least("cutout", 0),
+    _at_least("eval_every", 1),
+    _at_least("early_stop", 0),
+    _at_least("log_every", 1),
+    _early_stop_validates,
+    _at_least("seed", 0),
+    _at_least("threads", 0),
+    _field("lr", lambda v: v > 0, "lr must be a positive number, got {}"),
+    _fraction("momentum", "momentum must be in [0, 1) (SGD momentum, AdamW beta1), got {}"),
+    _nesterov,
+    _positive("gamma"),
+    _min_lr,
+    _at_least("warmup_lr", 0),
+    _fraction("warmup_until_error", "warmup_until_error must be a training error in [0, 1), got {}"),
+    _warmup_rule,
+    _milestones,
+    _at_least("aux_weight", 0),
+    _at_least("weight_decay", 0),
+    _fraction("label_smoothing", "label_smoothing must be in [0, 1), got {}"),
+    _mix_alphas,
+    _fraction("ema", "ema decay must be in [0, 1), got {}"),
+    _at_least("grad_clip", 0),
+    _fraction("dropout", "dropout must be in [0, 1), got {}"),
+    _warmup_lengths,
+    _field("pct_start", lambda v: 0 < v < 1, "pct_start must be in (0, 1), got {}"),
+    _positive("step_size"),
+    _graph_precision,
+    _graph_compile_mode,
+    _choice("auto_augment", AUTO_AUGMENTS),
+    _field("random_erase", lambda v: 0 <= v <= 1, "random_erase must be a probability in [0, 1], got {}"),
+    _choice("freeze", FREEZE),
+    _freeze_once,
+    _field(
+        "backbone_lr_scale",
+        lambda v: v >= 0 and math.isfinite(v),
+        "backbone_lr_scale must be a number >= 0, got {}",
+    ),
+    _mean_std,
+    _field("weights_sha256", _sha256, "weights_sha256 must be 64 lowercase hex digits, got {!r}"),
+    _graph_fused,
+)
 
 
 def _coerce(name: str, value: Any) -> Any:

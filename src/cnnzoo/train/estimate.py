@@ -5,12 +5,17 @@ device) and puts everything back as it was (weights, buffers, optimizer and scal
 run with the probe trains exactly as one without it. :func:`announce` turns the timing into the one ``estimate:``
 line ``cnnzoo train`` prints: the whole run's wall time (training steps, every validation pass and the final test),
 and, when that is long on a CPU, what would make it shorter.
+
+:func:`time_steps` is the one timer of training steps: this probe, a study's estimate
+(:func:`cnnzoo.analysis.study.plan.time_model`) and ``compare --train-budget``'s probe
+(:func:`cnnzoo.analysis.compare.budget.probe`) all time the trainer's step through it.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +26,9 @@ from cnnzoo.train.engine import train_step
 from cnnzoo.train.schedule import num_epochs, total_steps
 
 if TYPE_CHECKING:
+    from torch import nn
+
+    from cnnzoo.train.engine import StepContext
     from cnnzoo.train.loop import RunState
 
 LONG_ON_CPU = 15 * 60.0  # seconds: a run longer than this on a CPU gets a suggestion
@@ -117,36 +125,79 @@ def _restore(run: RunState, saved: dict[str, Any]) -> None:
     checkpoint.set_rng_state(saved["rng"])
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op off CUDA), so a clock read after it covers that work."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _time_train(run: RunState) -> float:
-    """Seconds per training step: real batches from where the run stands, through :func:`train_step`."""
-    device, times = run.ctx.device, []
-    batches = run.data.train.epoch(run.epoch, run.batch)
-    first = 0.0
+@dataclass
+class StepTimes:
+    """Wall seconds of each step :func:`time_steps` took: the untimed warm-up steps, then the timed ones."""
+
+    warmup: list[float]
+    timed: list[float]
+
+
+def time_steps(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    ctx: StepContext,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    warmup: int,
+    steps: int,
+    seconds: float = 0.0,
+    most: int | None = None,
+) -> StepTimes:
+    """Time the trainer's step (:func:`train_step` of ``model``, ``optimizer``, ``ctx``) on ``batches``.
+
+    ``warmup`` steps first, untimed (lazy initialisation, cuDNN autotuning, oneDNN kernel creation, the allocator,
+    DataLoader workers starting), then timed ones: at least ``steps``, then on until they add up to ``seconds``, at
+    most ``most`` (fewer when ``batches`` end; ``steps`` is at least 1). Each step is timed from the end of the one
+    before, the device synchronised at both ends, so fetching its batch counts, as it does in the loop's own clock.
+    Closes ``batches`` (:func:`_close`). Changes the weights and the optimizer state: a caller that trains on
+    afterwards puts them back (:func:`probe`).
+    """
+    times, timed_seconds = StepTimes([], []), 0.0
     try:
         tick = time.perf_counter()
-        for i, (images, labels) in enumerate(batches):
-            train_step(run.net, run.optimizer, images, labels, run.ctx)
-            _sync(device)
+        for images, labels in batches:
+            train_step(model, optimizer, images, labels, ctx)
+            sync(ctx.device)
             now = time.perf_counter()
-            if i == 0:
-                first = now - tick
-            if i >= _WARMUP:
-                times.append(now - tick)
+            if len(times.warmup) < warmup:
+                times.warmup.append(now - tick)
+            else:
+                times.timed.append(now - tick)
+                timed_seconds += now - tick
             tick = now
-            # Under DDP every rank must take the same steps (each one all-reduces): a count, not a clock, ends it.
-            enough = times and sum(times) >= _PROBE_SECONDS and run.dist.world_size == 1
-            if len(times) >= _PROBE_STEPS or enough:
+            done = len(times.timed) >= max(1, steps) and timed_seconds >= seconds
+            if done or (most is not None and len(times.timed) >= most):
                 break
     finally:
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()  # stops a streaming loader's workers
-    return sum(times) / len(times) if times else first  # an epoch as short as the warm-up: its step is all there is
+        _close(batches)
+    return times
+
+
+def _close(batches: Iterable) -> None:
+    """Close an epoch's batches when they can be (a streaming loader's workers stop)."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+
+
+def _time_train(run: RunState) -> float:
+    """Seconds per training step: real batches from where the run stands, through :func:`train_step`."""
+    # Under DDP every rank must take the same steps (each one all-reduces): a count, not a clock, ends it.
+    seconds = _PROBE_SECONDS if run.dist.world_size == 1 else math.inf
+    batches = run.data.train.epoch(run.epoch, run.batch)
+    times = time_steps(
+        run.net, run.optimizer, run.ctx, batches, warmup=_WARMUP, steps=1, seconds=seconds, most=_PROBE_STEPS
+    )
+    if times.timed:
+        return sum(times.timed) / len(times.timed)
+    return times.warmup[0] if times.warmup else 0.0  # an epoch as short as the warm-up: its step is all there is
 
 
 @torch.no_grad()
@@ -163,7 +214,7 @@ def _time_eval(run: RunState, loader) -> float:
                 model(run.ctx.layout(images))
                 if run.ctx.tta_flip:  # the flipped view is a second forward (loop.evaluate)
                     model(run.ctx.layout(images.flip(3)))
-            _sync(device)
+            sync(device)
             now = time.perf_counter()
             if i >= _WARMUP or len(loader) <= _WARMUP:
                 times.append(now - tick)
@@ -172,9 +223,7 @@ def _time_eval(run: RunState, loader) -> float:
                 break
     finally:
         model.train(was_training)
-        close = getattr(batches, "close", None)
-        if close is not None:
-            close()
+        _close(batches)
     return sum(times) / len(times) if times else 0.0
 
 

@@ -75,6 +75,15 @@ COLUMNS = [
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the ``compare`` subcommand."""
     p = sub.add_parser("compare", help="params, MACs, memory, speed and accuracy side by side; table + chart")
+    _overview_arguments(p)
+    _sweep_and_budget_arguments(p)
+    p.add_argument("--out", default=None, help="output folder (default runs/compare, runs/sweep or runs/budget)")
+    tables.add_format_argument(p)
+    p.set_defaults(func=cmd_compare)
+
+
+def _overview_arguments(p: argparse.ArgumentParser) -> None:
+    """The models and how the overview measures them."""
     p.add_argument("models", nargs="*", help=f"default: {' '.join(DEFAULT_224)} (or the CIFAR nets at 3x32x32)")
     p.add_argument("--input", default="3x224x224", help="input shape CxHxW (default 3x224x224)")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -98,6 +107,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "the data folder's name",
     )
     p.add_argument("--no-torchvision", action="store_true", help="skip the side-by-side torchvision timing")
+
+
+def _sweep_and_budget_arguments(p: argparse.ArgumentParser) -> None:
+    """The two analyses ``compare`` runs instead of the overview (``--sweep``, ``--train-budget``) and their
+    options."""
     p.add_argument(
         "--sweep",
         nargs="?",
@@ -123,9 +137,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--overwrite", action="store_true", help="--train-budget: retrain a net whose run folder holds another setup"
     )
-    p.add_argument("--out", default=None, help="output folder (default runs/compare, runs/sweep or runs/budget)")
-    tables.add_format_argument(p)
-    p.set_defaults(func=cmd_compare)
 
 
 # --- the command ---------------------------------------------------------------------------------------------------
@@ -157,18 +168,7 @@ def run_compare(
     overview shows) and 10 below (CIFAR). Raises :class:`CompareInterrupted` on Ctrl-C, after writing what was
     measured.
     """
-    import torch
-
-    from cnnzoo.models import get_model_info
-
-    for name in models:
-        get_model_info(name)  # unknown names fail before any measuring
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise CnnzooError("--device cuda: no CUDA device here (use --device cpu)")
-    measured = runs_accuracy(runs, label)
-    for extra in dict.fromkeys(m["model"] for m in measured if m["model"] not in models):
-        _log(f"adding {extra}: a --runs run trained it")  # shown, never silently dropped
-        models = [*models, extra]
+    models, measured = _models_and_runs(models, device, runs, label)
     classes = num_classes or (1000 if input_shape[1] > 64 else 10)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,16 +186,7 @@ def run_compare(
                 _start(base, workers, input_shape, device, vs_torchvision, classes, where)
             _write(_rows(state, context), *context[2:], state=state, chart=False)
         for r in range(repeats):
-            order = [b["model"] for b in bases if b["model"] in workers]
-            for name in order if r % 2 == 0 else order[::-1]:  # alternated: no model always runs first
-                result = workers[name].round(r)
-                if "error" in result:  # the process died (killed, or out of memory mid-run): keep what it gave
-                    workers.pop(name).close()
-                    base = next(b for b in bases if b["model"] == name)
-                    base["note"] = f"measuring stopped after {r} rounds: {result['error']}"
-                    continue
-                state["samples"][name].append(result)
-            state["rounds"] = r + 1
+            _round(r, bases, workers, state)
             rows = _rows(state, context)
             shown = dict.fromkeys(_progress(row) for row in rows if row.get("train_img_s"))  # once per model
             _log(f"round {r + 1}/{repeats}: " + ", ".join(shown))
@@ -212,6 +203,39 @@ def run_compare(
     rows = _rows(state, context)
     _write(rows, *context[2:], state=state, chart=True)
     return rows
+
+
+def _models_and_runs(models: list[str], device: str, runs: list[str], label: str | None) -> tuple[list[str], list]:
+    """``models`` checked (before any measuring) with the models the ``runs`` trained added, and those runs'
+    accuracies."""
+    import torch
+
+    from cnnzoo.models import get_model_info
+
+    for name in models:
+        get_model_info(name)  # unknown names fail before any measuring
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise CnnzooError("--device cuda: no CUDA device here (use --device cpu)")
+    measured = runs_accuracy(runs, label)
+    for extra in dict.fromkeys(m["model"] for m in measured if m["model"] not in models):
+        _log(f"adding {extra}: a --runs run trained it")  # shown, never silently dropped
+        models = [*models, extra]
+    return models, measured
+
+
+def _round(r: int, bases: list[dict], workers: dict, state: dict) -> None:
+    """Timing round ``r``: each running worker times its model once; a worker whose process died is closed and its
+    model's note says so (what it measured before stays)."""
+    order = [b["model"] for b in bases if b["model"] in workers]
+    for name in order if r % 2 == 0 else order[::-1]:  # alternated: no model always runs first
+        result = workers[name].round(r)
+        if "error" in result:  # the process died (killed, or out of memory mid-run): keep what it gave
+            workers.pop(name).close()
+            base = next(b for b in bases if b["model"] == name)
+            base["note"] = f"measuring stopped after {r} rounds: {result['error']}"
+            continue
+        state["samples"][name].append(result)
+    state["rounds"] = r + 1
 
 
 def _cost_row(name: str, input_shape, batch_size: int, classes: int) -> dict:

@@ -16,6 +16,7 @@ Each net's run is a trainer run directory, ``OUT/<model>/run``, reused when fini
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import re
@@ -71,33 +72,23 @@ def probe_key(cfg) -> dict[str, Any]:
 
 
 def probe(cfg, seconds: float, log=print) -> dict[str, Any]:
-    """Time the trainer's step on the real data for about ``seconds`` (after a warm-up): the median seconds per
-    step, the number timed, and the training step's memory (peak resident set growth on the CPU, the allocator's
-    peak on CUDA)."""
-    from cnnzoo.analysis.compare.worker import peak_mb, sync
-    from cnnzoo.train.engine import backend_settings, train_step
+    """Time the trainer's step on the real data for about ``seconds`` (after a warm-up), through
+    :func:`cnnzoo.train.estimate.time_steps`: the median seconds per step, the number timed, and the training step's
+    memory (peak resident set growth on the CPU, the allocator's peak on CUDA). A step's time includes loading its
+    batch, as the run's own clock (its ``train_seconds``, which the budget is spent in) does."""
+    from cnnzoo.analysis.compare.worker import peak_mb
+    from cnnzoo.train.engine import backend_settings
+    from cnnzoo.train.estimate import time_steps
     from cnnzoo.train.run import build_run, init_distributed
 
     dist, device = init_distributed(cfg)
     with backend_settings(cfg, device):
         run = build_run(cfg, dist, device, log=lambda *a, **k: None)
         base = peak_mb(device)
-        times: list[float] = []
-        started = time.perf_counter()
-        epoch = 0
-        while len(times) < MIN_PROBE_STEPS or time.perf_counter() - started < seconds:
-            for i, (images, labels) in enumerate(run.data.train.epoch(epoch)):
-                sync(device)
-                t0 = time.perf_counter()
-                train_step(run.net, run.optimizer, images, labels, run.ctx)
-                sync(device)
-                if i >= WARMUP_STEPS or epoch > 0:
-                    times.append(time.perf_counter() - t0)
-                else:
-                    started = time.perf_counter()  # the budget of the probe starts after the warm-up
-                if len(times) >= MIN_PROBE_STEPS and time.perf_counter() - started >= seconds:
-                    break
-            epoch += 1
+        batches = _epochs(run.data.train)
+        times = time_steps(
+            run.net, run.optimizer, run.ctx, batches, warmup=WARMUP_STEPS, steps=MIN_PROBE_STEPS, seconds=seconds
+        ).timed
         return {
             "seconds_per_step": statistics.median(times),
             "spread": _spread(times),
@@ -105,6 +96,12 @@ def probe(cfg, seconds: float, log=print) -> dict[str, Any]:
             "steps_per_epoch": run.steps_per_epoch,
             "train_mem_mb": peak_mb(device) - base,
         }
+
+
+def _epochs(train):
+    """The batches of ``train``'s epoch 0, then 1, 2, ...: as many as the probe takes."""
+    for epoch in itertools.count():
+        yield from train.epoch(epoch)
 
 
 def _spread(values: list[float]) -> float | None:
@@ -159,42 +156,18 @@ def fixed_probe(model: str, folder: Path, args: dict[str, Any], budget_s: float,
 def run_budget(models: list[str], *, budget_s: float, out: str | Path, args: dict[str, Any], log=print) -> list[dict]:
     """Probe, train and test every net for the budget; write budget.csv/json/md/png into ``out``; return the rows."""
     from cnnzoo.analysis.compare.common import CompareInterrupted
-    from cnnzoo.analysis.profile import profile_model
-    from cnnzoo.analysis.study.runs import Run, check_reuse, train_run
+    from cnnzoo.analysis.compare.timing import duration
+    from cnnzoo.analysis.study.runs import train_run
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from cnnzoo.analysis.compare.timing import duration
-
     each = budget_s + args["probe"] + 60  # training, the probe, and about a minute for set-up and the one test
     log(
         f"estimate: about {duration(len(models) * each)} for {len(models)} nets ({budget_s / 60:.3g} min of training, "
         f"a {args['probe']:g} s probe, set-up and one test each; less where probes and runs are already done)"
     )
-    rows: list[dict] = []
-    plans = []
-    for i, name in enumerate(models, 1):  # every probe first, so a refused folder stops before any training
-        log(f"[{i}/{len(models)}] {name}")
-        found = fixed_probe(name, out / name, args, budget_s, log)
-        cfg = budget_config(name, args, found["iterations"])
-        plans.append((name, found, Run(cfg, out / name / "run")))
-    check_reuse([p[2] for p in plans], overwrite=bool(args.get("overwrite")))
-    for name, found, run in plans:
-        prof = profile_model(name, num_classes=None, input_shape=None)
-        rows.append(
-            {
-                "model": name,
-                "params": prof["params"],
-                "macs": prof["macs"],
-                "batch_size": run.config.batch_size,
-                "seconds_per_step": found["seconds_per_step"],
-                "iterations": found["iterations"],
-                "epochs": found["iterations"] / found["steps_per_epoch"],
-                "train_mem_mb": found["train_mem_mb"],
-                "run": str(run.run_dir),
-                "note": "",
-            }
-        )
+    plans = _plan_runs(models, out, args, budget_s, log)
+    rows = [_budget_row(name, found, run) for name, found, run in plans]
     meta = {
         "budget_s": budget_s,
         "data": args["data"],
@@ -216,6 +189,40 @@ def run_budget(models: list[str], *, budget_s: float, out: str | Path, args: dic
         _write(rows, out, meta, chart=False)
     _write(rows, out, meta, chart=True)
     return rows
+
+
+def _plan_runs(models: list[str], out: Path, args: dict[str, Any], budget_s: float, log=print) -> list[tuple]:
+    """(name, probe, Run) of every net: every probe first and every run folder checked, so a refused folder stops
+    before any training."""
+    from cnnzoo.analysis.study.runs import Run, check_reuse
+
+    plans = []
+    for i, name in enumerate(models, 1):
+        log(f"[{i}/{len(models)}] {name}")
+        found = fixed_probe(name, out / name, args, budget_s, log)
+        cfg = budget_config(name, args, found["iterations"])
+        plans.append((name, found, Run(cfg, out / name / "run")))
+    check_reuse([p[2] for p in plans], overwrite=bool(args.get("overwrite")))
+    return plans
+
+
+def _budget_row(name: str, found: dict[str, Any], run) -> dict:
+    """A net's row before it trains: its costs, the probe's pace and the length the budget buys."""
+    from cnnzoo.analysis.profile import profile_model
+
+    prof = profile_model(name, num_classes=None, input_shape=None)
+    return {
+        "model": name,
+        "params": prof["params"],
+        "macs": prof["macs"],
+        "batch_size": run.config.batch_size,
+        "seconds_per_step": found["seconds_per_step"],
+        "iterations": found["iterations"],
+        "epochs": found["iterations"] / found["steps_per_epoch"],
+        "train_mem_mb": found["train_mem_mb"],
+        "run": str(run.run_dir),
+        "note": "",
+    }
 
 
 def _write(rows: list[dict], out: Path, meta: dict, *, chart: bool) -> None:

@@ -67,58 +67,7 @@ def overview_figure(rows: list[dict], device: str, *, label: str | None = None):
     ylim = accuracy_limits([100 * r["accuracy"] for r in rows if r.get("accuracy") is not None])
     labels: list[tuple[Any, list]] = []
     for ax, (key, xlabel, what) in zip(axes, PANELS, strict=True):
-        ax_labels = []
-        for r in rows:
-            x = _x(r, key)
-            if x is None:
-                continue
-            color = colors[r["model"]]
-            flagged = key == "train_img_s" and bool(r.get("timing_flag"))
-            if r.get("accuracy") is None:  # cost known, accuracy not: a dotted line at its cost, named at the foot
-                ax.axvline(x, color=color, ls=":", lw=1.5)
-                ax.annotate(
-                    r["model"],
-                    (x, 0.02),
-                    xycoords=ax.get_xaxis_transform(),
-                    xytext=(-2, 0),
-                    textcoords="offset points",
-                    rotation=90,
-                    fontsize=8,
-                    ha="right",
-                    va="bottom",
-                )
-                continue
-            acc, size = 100 * r["accuracy"], 40 + 1200 * r["params"] / biggest
-            measured = (r.get("accuracy_source") or "").startswith("measured")
-            ax.scatter(
-                x,
-                acc,
-                s=size,
-                color=color,
-                alpha=0.55,
-                marker="o" if measured else "s",
-                edgecolors=FLAG_COLOR if flagged else "k",
-                linewidths=2.5 if flagged else 1.0,
-            )
-            spread = r.get("train_img_s_spread") if key == "train_img_s" else None
-            if spread and spread > SPREAD_LIMIT:  # too wide to trust: its interquartile band, as wide as it is
-                ax.errorbar(x, acc, xerr=[[x * spread / 2], [x * spread / 2]], color=FLAG_COLOR, capsize=3, lw=1)
-            name = f"{r['model']} ({r['run']})" if r.get("run") else r["model"]
-            text = f"{name}\n{r['params'] / 1e6:.1f}M params" + ("\ntiming flagged" if flagged else "")
-            gap = math.sqrt(size) / 2 + 3  # marker radius in points, plus a margin
-            ann = ax.annotate(
-                text,
-                (x, acc),
-                fontsize=8,
-                ha="center",
-                va="bottom",
-                xytext=(0, gap),
-                textcoords="offset points",
-                annotation_clip=False,
-                color=FLAG_COLOR if flagged else "black",
-            )
-            ax_labels.append((ann, gap, (x, acc), math.sqrt(size) / 2))
-        labels.append((ax, ax_labels))
+        labels.append((ax, _panel(ax, rows, key, colors, biggest)))
         ax.set(xlabel=xlabel if key != "train_img_s" else f"training throughput on {device} (images/s, log scale)")
         ax.set(xscale="log", ylabel="top-1 accuracy (%)", title=f"Accuracy vs {what}")
         if any(_x(r, key) for r in rows):
@@ -129,6 +78,81 @@ def overview_figure(rows: list[dict], device: str, *, label: str | None = None):
     shape = rows[0]["input"] if rows else ""
     axes[0].set_title(f"Accuracy vs computation at {shape} (point area = parameters)")
     _place_labels(fig, labels)
+    data = f" on {label}" if label else ""
+    fig.suptitle(
+        f"The classic CNNs{data}: what accuracy costs, measured on {device}\n" + "; ".join(_legend(rows)), fontsize=10
+    )
+    return fig
+
+
+def _panel(ax: Any, rows: list[dict], key: str, colors: dict[str, tuple], biggest: float) -> list:
+    """Draw every row that has a ``key`` on one panel; return its point labels (for :func:`_place_labels`)."""
+    ax_labels = []
+    for r in rows:
+        x = _x(r, key)
+        if x is None:
+            continue
+        if r.get("accuracy") is None:
+            _cost_only(ax, r, x, colors[r["model"]])
+        else:
+            ax_labels.append(_point(ax, r, x, key, colors[r["model"]], biggest))
+    return ax_labels
+
+
+def _cost_only(ax: Any, row: dict, x: float, color: tuple) -> None:
+    """Cost known, accuracy not: a dotted line at its cost, named at the foot."""
+    ax.axvline(x, color=color, ls=":", lw=1.5)
+    ax.annotate(
+        row["model"],
+        (x, 0.02),
+        xycoords=ax.get_xaxis_transform(),
+        xytext=(-2, 0),
+        textcoords="offset points",
+        rotation=90,
+        fontsize=8,
+        ha="right",
+        va="bottom",
+    )
+
+
+def _point(ax: Any, r: dict, x: float, key: str, color: tuple, biggest: float) -> tuple:
+    """One net's marker (area ~ parameters; a circle when measured, a square when published; a red edge and its
+    interquartile band when its timing is flagged) and its label: (label, gap, point, marker radius in points)."""
+    flagged = key == "train_img_s" and bool(r.get("timing_flag"))
+    acc, size = 100 * r["accuracy"], 40 + 1200 * r["params"] / biggest
+    measured = (r.get("accuracy_source") or "").startswith("measured")
+    ax.scatter(
+        x,
+        acc,
+        s=size,
+        color=color,
+        alpha=0.55,
+        marker="o" if measured else "s",
+        edgecolors=FLAG_COLOR if flagged else "k",
+        linewidths=2.5 if flagged else 1.0,
+    )
+    spread = r.get("train_img_s_spread") if key == "train_img_s" else None
+    if spread and spread > SPREAD_LIMIT:  # too wide to trust: its interquartile band, as wide as it is
+        ax.errorbar(x, acc, xerr=[[x * spread / 2], [x * spread / 2]], color=FLAG_COLOR, capsize=3, lw=1)
+    name = f"{r['model']} ({r['run']})" if r.get("run") else r["model"]
+    text = f"{name}\n{r['params'] / 1e6:.1f}M params" + ("\ntiming flagged" if flagged else "")
+    gap = math.sqrt(size) / 2 + 3  # marker radius in points, plus a margin
+    ann = ax.annotate(
+        text,
+        (x, acc),
+        fontsize=8,
+        ha="center",
+        va="bottom",
+        xytext=(0, gap),
+        textcoords="offset points",
+        annotation_clip=False,
+        color=FLAG_COLOR if flagged else "black",
+    )
+    return ann, gap, (x, acc), math.sqrt(size) / 2
+
+
+def _legend(rows: list[dict]) -> list[str]:
+    """What the markers, lines and red edges on the chart mean, for the kinds it shows."""
     sources = sorted({r["accuracy_source"] for r in rows if r.get("accuracy_source")})
     kinds = []
     if any(s.startswith("measured") for s in sources):
@@ -143,9 +167,7 @@ def overview_figure(rows: list[dict], device: str, *, label: str | None = None):
         kinds.append(
             "red edge: timing not trustworthy (see the table's timing column), red bar: its interquartile band"
         )
-    data = f" on {label}" if label else ""
-    fig.suptitle(f"The classic CNNs{data}: what accuracy costs, measured on {device}\n" + "; ".join(kinds), fontsize=10)
-    return fig
+    return kinds
 
 
 def _place_labels(fig: Any, labels: list[tuple[Any, list]]) -> None:

@@ -205,35 +205,15 @@ def run_sweep(
     label: str | None = None,
 ) -> dict:
     """Measure every net at every batch size; write batch_sweep.csv/json/md/png into ``out``; return the data."""
-    from cnnzoo.analysis.compare.common import CompareInterrupted, _log, runs_accuracy
-    from cnnzoo.analysis.compare.published import published_accuracy
-    from cnnzoo.analysis.profile import profile_model
+    from cnnzoo.analysis.compare.common import CompareInterrupted, _log
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     classes = num_classes or (1000 if input_shape[1] > 64 else 10)
-    measured = {m["model"]: m for m in runs_accuracy(runs or [], label)}
-    nets = []
-    for name in models:
-        prof = profile_model(name, num_classes=classes, input_shape=input_shape)
-        net = {"model": name, "params": prof["params"], "macs": prof["macs"], "accuracy": None, "accuracy_source": None}
-        if name in measured:
-            net.update(accuracy=measured[name]["accuracy"], accuracy_source=f"measured on {measured[name]['data']}")
-        elif (found := published_accuracy(name, input_shape)) is not None:
-            net.update(accuracy=found[0], accuracy_source=found[1])
-        nets.append(net)
-    rate = timing.machine_macs_per_s(device)
-    seconds = sum(
-        timing.estimate_seconds([n["macs"]], batch=b, rounds=repeats, macs_per_s=rate, device=device)
-        for n in nets
-        for b in batches
-    ) - timing.START_S["cuda" if device.startswith("cuda") else "cpu"] * len(nets) * (len(batches) - 1)
-    _log(f"estimate: about {timing.duration(seconds)} for {len(nets)} nets x batch sizes {batches} on {device} (rough)")
+    nets = _sweep_nets(models, input_shape, classes, runs, label)
+    _say_estimate(nets, batches, repeats, device)
     import torch
 
-    warning = timing.busy_warning(torch.get_num_threads() if not device.startswith("cuda") else 1)
-    if warning:
-        _log(warning)
     state: dict[str, Any] = {"records": [], "done": 0}
     meta = {
         "device": device,
@@ -259,6 +239,45 @@ def run_sweep(
         _write(state, nets, meta, out, chart=True)
         raise CompareInterrupted(f"interrupted after {state['done']} of {len(nets)} nets: they are in {out}") from None
     return _write(state, nets, meta, out, chart=True)
+
+
+def _sweep_nets(
+    models: list[str], input_shape: tuple[int, int, int], classes: int, runs: list[str] | None, label: str | None
+) -> list[dict]:
+    """Each net's parameters and MACs, and its accuracy: measured by one of ``runs``, else published, else None."""
+    from cnnzoo.analysis.compare.common import runs_accuracy
+    from cnnzoo.analysis.compare.published import published_accuracy
+    from cnnzoo.analysis.profile import profile_model
+
+    measured = {m["model"]: m for m in runs_accuracy(runs or [], label)}
+    nets = []
+    for name in models:
+        prof = profile_model(name, num_classes=classes, input_shape=input_shape)
+        net = {"model": name, "params": prof["params"], "macs": prof["macs"], "accuracy": None, "accuracy_source": None}
+        if name in measured:
+            net.update(accuracy=measured[name]["accuracy"], accuracy_source=f"measured on {measured[name]['data']}")
+        elif (found := published_accuracy(name, input_shape)) is not None:
+            net.update(accuracy=found[0], accuracy_source=found[1])
+        nets.append(net)
+    return nets
+
+
+def _say_estimate(nets: list[dict], batches: list[int], repeats: int, device: str) -> None:
+    """Log the sweep's rough duration (from the nets' MACs and this machine's rate) and a busy machine's warning."""
+    from cnnzoo.analysis.compare.common import _log
+
+    rate = timing.machine_macs_per_s(device)
+    seconds = sum(
+        timing.estimate_seconds([n["macs"]], batch=b, rounds=repeats, macs_per_s=rate, device=device)
+        for n in nets
+        for b in batches
+    ) - timing.START_S["cuda" if device.startswith("cuda") else "cpu"] * len(nets) * (len(batches) - 1)
+    _log(f"estimate: about {timing.duration(seconds)} for {len(nets)} nets x batch sizes {batches} on {device} (rough)")
+    import torch
+
+    warning = timing.busy_warning(torch.get_num_threads() if not device.startswith("cuda") else 1)
+    if warning:
+        _log(warning)
 
 
 def _memory_method(device: str) -> str:
@@ -304,10 +323,27 @@ def sweep_markdown(data: dict) -> str:
         "repetitions per figure (median ±spread = interquartile range / median). "
         f"Peak memory: {meta['memory_method']}.",
         "",
+        *_records_table(data["records"]),
+        "",
+        *_nets_table(data["nets"]),
+        "",
+        "Fit of time per image against GMACs across the nets (least squares):",
+        "",
+        *_fits_table(data["fits"]),
+        "",
+        *findings(data),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _records_table(records: list[dict]) -> list[str]:
+    """One row per net and batch size: times per image with their spreads, peak memory."""
+    lines = [
         "| model | batch | infer ms/img | train ms/img | infer peak MiB | train peak MiB | note |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for r in data["records"]:
+    for r in records:
         cells = [
             r["model"],
             str(r["batch_size"]),
@@ -318,14 +354,18 @@ def sweep_markdown(data: dict) -> str:
             r.get("note") or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
+    return lines
+
+
+def _nets_table(nets: list[dict]) -> list[str]:
+    """One row per net: its costs, memory against batch size, speed-up with the batch, accuracy."""
+    lines = [
         "| model | params | GMACs | MiB per image (training) | fixed MiB | R^2 "
         "| speed-up batch 1 -> max (infer / train) "
         "| top-1 % | top-1 % per M params | source |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for n in data["nets"]:
+    for n in nets:
         speed = f"{n['infer_speedup']:.2f} / {n['train_speedup']:.2f}" if n.get("infer_speedup") is not None else ""
         cells = [
             n["model"],
@@ -340,16 +380,19 @@ def sweep_markdown(data: dict) -> str:
             n.get("accuracy_source") or "",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Fit of time per image against GMACs across the nets (least squares):", ""]
-    lines += ["| batch | time | ms per GMAC | intercept ms | R^2 | nets |", "|---:|---|---:|---:|---:|---:|"]
-    if not data["fits"]:
+    return lines
+
+
+def _fits_table(fits: list[dict]) -> list[str]:
+    """The least-squares fits of time per image against GMACs, one row per batch size and time."""
+    lines = ["| batch | time | ms per GMAC | intercept ms | R^2 | nets |", "|---:|---|---:|---:|---:|---:|"]
+    if not fits:
         lines.append("| | | | | | (none: a fit needs nets with at least two different MACs counts) |")
-    for f in data["fits"]:
+    for f in fits:
         lines.append(
             f"| {f['batch_size']} | {f['time']} | {f['slope']:.3g} | {f['intercept']:.3g} | {f['r2']:.3f} | {f['n']} |"
         )
-    lines += ["", *findings(data), ""]
-    return "\n".join(lines)
+    return lines
 
 
 def _spread_cell(r: dict, key: str) -> str:
@@ -409,41 +452,8 @@ def sweep_figure(data: dict):
     (a_inf, a_train), (a_mem, a_fit) = fig.subplots(2, 2)
     records = [r for r in data["records"] if r.get("infer_ms_per_img")]
     colors = model_colors([r["model"] for r in data["records"]])
-    for name in dict.fromkeys(r["model"] for r in records):
-        own = [r for r in records if r["model"] == name]
-        b = [r["batch_size"] for r in own]
-        for ax, key in ((a_inf, "infer_ms_per_img"), (a_train, "train_ms_per_img")):
-            ax.plot(b, [r[key] for r in own], "o-", color=colors[name], label=name)
-        a_mem.plot(b, [r["train_peak_mb"] for r in own], "o-", color=colors[name], label=f"{name} training")
-        a_mem.plot(b, [r["infer_peak_mb"] for r in own], "x--", color=colors[name], alpha=0.6)
-    for ax, what in ((a_inf, "inference"), (a_train, "training step")):
-        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per image", title=f"{what}: time per image")
-    a_mem.set(
-        xscale="log",
-        yscale="log",
-        xlabel="batch size",
-        ylabel="MiB added at the peak",
-        title="peak memory (solid: training step, dashed: inference)",
-    )
-    batches = sorted({r["batch_size"] for r in records})
-    for batch, marker in ((batches[0], "o"), (batches[-1], "s")) if batches else ():
-        at = [r for r in records if r["batch_size"] == batch]
-        fit = next((f for f in data["fits"] if f["batch_size"] == batch and f["time"] == "infer"), None)
-        xs = [r["macs"] / 1e9 for r in at]
-        a_fit.scatter(xs, [r["infer_ms_per_img"] for r in at], marker=marker, c=[colors[r["model"]] for r in at])
-        if fit:
-            lo, hi = min(xs), max(xs)
-            a_fit.plot(
-                [lo, hi],
-                [fit["slope"] * lo + fit["intercept"], fit["slope"] * hi + fit["intercept"]],
-                "k-" if marker == "o" else "k--",
-                label=f"batch {batch}: {fit['slope']:.3g} ms/GMAC, R^2 {fit['r2']:.2f}",
-            )
-    a_fit.set(
-        xlabel="GMACs per image",
-        ylabel="inference ms per image",
-        title="inference time against operations (circles: smallest batch, squares: largest)",
-    )
+    _batch_panels((a_inf, a_train, a_mem), records, colors)
+    _fit_panel(a_fit, records, data["fits"], colors)
     for ax in (a_inf, a_train, a_mem, a_fit):
         ax.grid(alpha=0.3, which="both")
         if ax.get_legend_handles_labels()[0]:  # no fit line when the nets share one MACs count
@@ -462,6 +472,51 @@ def sweep_figure(data: dict):
         fontsize=10,
     )
     return fig
+
+
+def _batch_panels(axes: tuple, records: list[dict], colors: dict[str, tuple]) -> None:
+    """Inference and training time per image, and peak memory, against the batch size: one line per net."""
+    a_inf, a_train, a_mem = axes
+    for name in dict.fromkeys(r["model"] for r in records):
+        own = [r for r in records if r["model"] == name]
+        b = [r["batch_size"] for r in own]
+        for ax, key in ((a_inf, "infer_ms_per_img"), (a_train, "train_ms_per_img")):
+            ax.plot(b, [r[key] for r in own], "o-", color=colors[name], label=name)
+        a_mem.plot(b, [r["train_peak_mb"] for r in own], "o-", color=colors[name], label=f"{name} training")
+        a_mem.plot(b, [r["infer_peak_mb"] for r in own], "x--", color=colors[name], alpha=0.6)
+    for ax, what in ((a_inf, "inference"), (a_train, "training step")):
+        ax.set(xscale="log", yscale="log", xlabel="batch size", ylabel="ms per image", title=f"{what}: time per image")
+    a_mem.set(
+        xscale="log",
+        yscale="log",
+        xlabel="batch size",
+        ylabel="MiB added at the peak",
+        title="peak memory (solid: training step, dashed: inference)",
+    )
+
+
+def _fit_panel(ax, records: list[dict], fits: list[dict], colors: dict[str, tuple]) -> None:
+    """Inference time per image against GMACs at the smallest and the largest batch, each with its least-squares
+    line."""
+    batches = sorted({r["batch_size"] for r in records})
+    for batch, marker in ((batches[0], "o"), (batches[-1], "s")) if batches else ():
+        at = [r for r in records if r["batch_size"] == batch]
+        fit = next((f for f in fits if f["batch_size"] == batch and f["time"] == "infer"), None)
+        xs = [r["macs"] / 1e9 for r in at]
+        ax.scatter(xs, [r["infer_ms_per_img"] for r in at], marker=marker, c=[colors[r["model"]] for r in at])
+        if fit:
+            lo, hi = min(xs), max(xs)
+            ax.plot(
+                [lo, hi],
+                [fit["slope"] * lo + fit["intercept"], fit["slope"] * hi + fit["intercept"]],
+                "k-" if marker == "o" else "k--",
+                label=f"batch {batch}: {fit['slope']:.3g} ms/GMAC, R^2 {fit['r2']:.2f}",
+            )
+    ax.set(
+        xlabel="GMACs per image",
+        ylabel="inference ms per image",
+        title="inference time against operations (circles: smallest batch, squares: largest)",
+    )
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

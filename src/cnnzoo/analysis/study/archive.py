@@ -333,6 +333,21 @@ def unpack(source: str | Path, folder: str | Path, *, overwrite: bool = False) -
     parts, folder = find_parts(source), Path(folder)
     where = parts[0].parent
     pack_id = verify_parts(parts)
+    tmp = _unpack_dir(folder)
+    try:
+        content = tmp / "content"
+        content.mkdir()
+        expected = _extract(parts, pack_id, content, folder.parent, where)
+        files = _check_extracted(content, expected, where)
+        _install(files, content, folder, overwrite=overwrite)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return files
+
+
+def _unpack_dir(folder: Path) -> Path:
+    """A new temporary folder beside ``folder`` to extract into (same file system: its files move in by rename),
+    after removing what an interrupted unpack left there."""
     if folder.exists() and not folder.is_dir():
         raise CnnzooError(f"{folder}: exists and is not a folder")
     parent = folder.parent
@@ -342,49 +357,60 @@ def unpack(source: str | Path, folder: str | Path, *, overwrite: bool = False) -
         raise CnnzooError(f"{parent}: cannot create the folder ({e.strerror or e})") from None
     _remove_stale(parent, f".{glob_escape(folder.name)}.unpack-*.tmp")
     _remove_stale(folder, ".unpack-*")  # what older versions extracted into
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.unpack-", suffix=".tmp", dir=parent))
+    return Path(tempfile.mkdtemp(prefix=f".{folder.name}.unpack-", suffix=".tmp", dir=parent))
+
+
+def _extract(parts: list[Path], pack_id: str, content: Path, parent: Path, where: Path) -> dict[str, dict]:
+    """Stream the joined parts into ``content``, each member checked against the manifest (name, kind, size) first
+    and the disk space for all of them before the first; returns the manifest's files."""
     try:
-        content = tmp / "content"
-        content.mkdir()
-        try:
-            with (
-                _Joined(parts) as raw,
-                gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb") as gz,
-                tarfile.open(fileobj=gz, mode="r|") as tar,
-            ):
-                expected = _read_manifest(tar, pack_id, where)
-                need = sum(v["size"] for v in expected.values())
-                if need > shutil.disk_usage(parent).free:
-                    raise OSError(28, f"No space left on device ({need:,} bytes needed)", str(parent))
-                for member in tar:
-                    if member.name == MANIFEST:  # tarfile's iteration starts again at the member read above
-                        continue
-                    entry = expected.get(member.name)
-                    if entry is None or not member.isfile() or member.size != entry["size"]:
-                        raise CnnzooError(f"{where}: damaged packed study ({member.name!r} is not in its manifest)")
-                    tar.extract(member, content, filter="data")
-        except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
-            raise CnnzooError(f"{where}: damaged packed study ({type(e).__name__}: {e})") from None
-        files = sorted(p.relative_to(content) for p in content.rglob("*") if p.is_file())
-        names = {f.as_posix() for f in files}
-        if names != set(expected):
-            lost = sorted(set(expected) - names)
-            raise CnnzooError(f"{where}: damaged packed study ({len(lost)} file(s) of its manifest missing)")
-        for f in files:
-            if _sha256(content / f) != expected[f.as_posix()]["sha256"]:
-                raise CnnzooError(f"{where}: damaged packed study ({f} does not match its checksum)")
-        if not folder.exists():
-            os.rename(content, folder)  # one rename: the folder appears whole or not at all
-            return files
-        clash = [f for f in files if (folder / f).exists() and not _same(folder / f, content / f)]
-        if clash and not overwrite:
-            raise CnnzooError(
-                f"{folder / clash[0]} exists with other contents ({len(clash)} such file(s)): "
-                "add --overwrite to replace them, or unpack into another folder"
-            )
-        for f in files:
-            (folder / f).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(content / f, folder / f)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        with (
+            _Joined(parts) as raw,
+            gzip.GzipFile(fileobj=io.BufferedReader(raw), mode="rb") as gz,
+            tarfile.open(fileobj=gz, mode="r|") as tar,
+        ):
+            expected = _read_manifest(tar, pack_id, where)
+            need = sum(v["size"] for v in expected.values())
+            if need > shutil.disk_usage(parent).free:
+                raise OSError(28, f"No space left on device ({need:,} bytes needed)", str(parent))
+            for member in tar:
+                if member.name == MANIFEST:  # tarfile's iteration starts again at the member read above
+                    continue
+                entry = expected.get(member.name)
+                if entry is None or not member.isfile() or member.size != entry["size"]:
+                    raise CnnzooError(f"{where}: damaged packed study ({member.name!r} is not in its manifest)")
+                tar.extract(member, content, filter="data")
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as e:
+        raise CnnzooError(f"{where}: damaged packed study ({type(e).__name__}: {e})") from None
+    return expected
+
+
+def _check_extracted(content: Path, expected: dict[str, dict], where: Path) -> list[Path]:
+    """The files extracted into ``content`` (relative, sorted), once they are exactly the manifest's, checksums
+    included."""
+    files = sorted(p.relative_to(content) for p in content.rglob("*") if p.is_file())
+    names = {f.as_posix() for f in files}
+    if names != set(expected):
+        lost = sorted(set(expected) - names)
+        raise CnnzooError(f"{where}: damaged packed study ({len(lost)} file(s) of its manifest missing)")
+    for f in files:
+        if _sha256(content / f) != expected[f.as_posix()]["sha256"]:
+            raise CnnzooError(f"{where}: damaged packed study ({f} does not match its checksum)")
     return files
+
+
+def _install(files: list[Path], content: Path, folder: Path, *, overwrite: bool) -> None:
+    """Move the checked ``files`` from ``content`` into ``folder``: the whole folder by one rename when it is new,
+    else file by file, after refusing (before moving any) files there with other contents unless ``overwrite``."""
+    if not folder.exists():
+        os.rename(content, folder)  # one rename: the folder appears whole or not at all
+        return
+    clash = [f for f in files if (folder / f).exists() and not _same(folder / f, content / f)]
+    if clash and not overwrite:
+        raise CnnzooError(
+            f"{folder / clash[0]} exists with other contents ({len(clash)} such file(s)): "
+            "add --overwrite to replace them, or unpack into another folder"
+        )
+    for f in files:
+        (folder / f).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(content / f, folder / f)

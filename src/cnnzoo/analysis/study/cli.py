@@ -63,11 +63,20 @@ def _gradients_parser(ssub) -> None:
 
 
 def _training_parser(ssub, name: str) -> None:
+    """``study degradation`` or ``study depth``: the same options (degradation adds ``--plain-seeds``)."""
     helptext = {
         "degradation": "train plain and residual nets of each depth; He et al. Figure 6",
         "depth": "accuracy, training time and parameters against depth; suggests a depth",
     }[name]
     p = ssub.add_parser(name, help=helptext)
+    _nets_and_data(p, name)
+    _training_length(p, name)
+    _study_folder(p, name)
+    p.set_defaults(func=cmd_degradation if name == "degradation" else cmd_depth)
+
+
+def _nets_and_data(p: argparse.ArgumentParser, name: str) -> None:
+    """Which nets a training study trains, on what data, with which recipe."""
     p.add_argument("--depths", default="20,32,44,56", help="comma-separated depths (default 20,32,44,56)")
     p.add_argument(
         "--family",
@@ -87,6 +96,10 @@ def _training_parser(ssub, name: str) -> None:
         help="training recipe (`cnnzoo recipes`); resnet-cifar-paper is the paper's 64k steps (hours per net on a "
         "GPU), resnet-cifar-short the lesson that shows both findings on a CPU in under two hours",
     )
+
+
+def _training_length(p: argparse.ArgumentParser, name: str) -> None:
+    """How long each run trains, with which seeds and how many images."""
     p.add_argument(
         "--epochs",
         type=int,
@@ -116,6 +129,10 @@ def _training_parser(ssub, name: str) -> None:
         help="validation images carved from train: count (>= 1) or fraction (< 1) (default: the dataset's, 5,000 "
         "for CIFAR); validated after every epoch, so keep it small for quick looks",
     )
+
+
+def _study_folder(p: argparse.ArgumentParser, name: str) -> None:
+    """Where and how the runs train, and the study folder that holds them."""
     p.add_argument("--device", default=None, help=DEVICE_HELP)
     p.add_argument(
         "--jobs",
@@ -135,7 +152,6 @@ def _training_parser(ssub, name: str) -> None:
         action="store_true",
         help="retrain runs in --out whose configuration differs (default: stop with an error naming the difference)",
     )
-    p.set_defaults(func=cmd_degradation if name == "degradation" else cmd_depth)
 
 
 def depths_arg(text: str, allowed: tuple[int, ...], what: str) -> list[int]:

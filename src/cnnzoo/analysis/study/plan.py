@@ -124,19 +124,23 @@ def make_plan(runs: list[Run], stop: StopSignal) -> Plan:
         if model in plan.step_seconds or stop.reason or not needs_training(run):
             continue
         with backend_settings(run.config, device):
-            plan.step_seconds[model], plan.eval_seconds[model] = time_steps(run.config, bundle, images, labels, device)
+            plan.step_seconds[model], plan.eval_seconds[model] = time_model(run.config, bundle, images, labels, device)
     del bundle, images, labels
     if device.type == "cuda":
         torch.cuda.empty_cache()  # the runs (this process's or spawned ones) need the memory, not this cache
     return plan
 
 
-def time_steps(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[float, float]:
+def time_model(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: torch.device) -> tuple[float, float]:
     """(seconds per training step of ``cfg``'s model at its batch size, seconds per evaluated image): the trainer's
-    step and an evaluation forward pass (no gradients, eval mode, the run's precision), timed."""
+    step on one batch (:func:`cnnzoo.train.estimate.time_steps`) and an evaluation forward pass (no gradients, eval
+    mode, the run's precision), timed."""
+    import itertools
+
     import torch
 
-    from cnnzoo.train.engine import make_optimizer, step_context, train_step, use_channels_last
+    from cnnzoo.train.engine import make_optimizer, step_context, use_channels_last
+    from cnnzoo.train.estimate import sync, time_steps
     from cnnzoo.train.run import build_model
 
     model = build_model(cfg, bundle.num_classes, bundle.in_channels).to(device)
@@ -144,29 +148,17 @@ def time_steps(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: 
         model = model.to(memory_format=torch.channels_last)
     optimizer, ctx = make_optimizer(model, cfg, device), step_context(cfg, device)
     model.train()
-    for _ in range(UNTIMED_STEPS):  # autotuning, kernel creation, allocation
-        train_step(model, optimizer, images, labels, ctx)
-    _sync(device)
-    start = time.perf_counter()
-    for _ in range(TIMED_STEPS):
-        train_step(model, optimizer, images, labels, ctx)
-    _sync(device)
-    step = (time.perf_counter() - start) / TIMED_STEPS
+    batches = itertools.repeat((images, labels))  # the same batch each step: no loading in the time
+    times = time_steps(model, optimizer, ctx, batches, warmup=UNTIMED_STEPS, steps=TIMED_STEPS, most=TIMED_STEPS)
+    step = sum(times.timed) / TIMED_STEPS
     model.eval()
     with torch.no_grad(), ctx.autocast():
         for _ in range(2):  # the second pass is timed: the first selects the eval kernels
-            _sync(device)
+            sync(device)
             start = time.perf_counter()
             model(ctx.layout(images))
-            _sync(device)
+            sync(device)
     return step, (time.perf_counter() - start) / len(images)
-
-
-def _sync(device: torch.device) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def describe(study: str, runs: list[Run], plan: Plan, jobs: int) -> list[str]:

@@ -28,7 +28,6 @@ def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
     ||dL/dW||, which batch norm makes fall as 1/||W|| while the weights grow; bottom: ||dL/dx|| into each block, and
     the share that came through the shortcut."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
 
     rows = [dict(r, index=int(r["index"]), residual=int(r["residual"])) for r in rows]
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -38,69 +37,85 @@ def plot_gradients(rows: list[dict], path: str | Path, label: str) -> None:
     fig = Figure(figsize=(6 * len(phases), 11), layout="constrained")
     axes = fig.subplots(3, len(phases), squeeze=False)
     colors = {m: f"C{i}" for i, m in enumerate(models)}
-
-    def pick(m: str, phase: str, kind: str) -> list[dict]:
-        return sorted(
-            (r for r in rows if (r["model"], r["phase"], r["kind"]) == (m, phase, kind)), key=lambda r: r["index"]
-        )
-
     for j, phase in enumerate(phases):
-        top, mid, bottom = axes[0][j], axes[1][j], axes[2][j]
+        column = (axes[0][j], axes[1][j], axes[2][j])
         for m in models:
-            style = "-" if residual[m] else "--"
-            conv = pick(m, phase, "conv")
-            x = [r["index"] for r in conv]
-            top.plot(x, [num(r["scale_free"]) for r in conv], style, color=colors[m], label=m)
-            mid.plot(x, [num(r["norm"]) for r in conv], style, color=colors[m], label=m, alpha=0.8)
-            into = pick(m, phase, "block_input")
-            bottom.plot(
-                [r["index"] for r in into],
-                [num(r["norm"]) for r in into],
-                style,
-                marker="o",
-                markersize=3,
-                color=colors[m],
-                label=f"{m}: total",
-            )
-            if residual[m]:
-                via = pick(m, phase, "shortcut")
-                bottom.plot(
-                    [r["index"] for r in via],
-                    [num(r["norm"]) for r in via],
-                    ":",
-                    marker="^",
-                    markersize=3,
-                    color=colors[m],
-                    label=f"{m}: via the shortcut",
-                )
-        top.set(
-            yscale="log",
-            xlabel="conv layer (1 = next to the input)",
-            ylabel="||dL/dW|| x ||W|| (log)",
-            title=f"Scale-free conv gradient, {phase}",
-        )
-        mid.set(
-            yscale="log",
-            xlabel="conv layer (1 = next to the input)",
-            ylabel="||dL/dW|| (log)",
-            title=f"Raw conv gradient (BN scales it by 1/||W||), {phase}",
-        )
-        bottom.set(
-            yscale="log",
-            xlabel="block (1 = next to the input)",
-            ylabel="||dL/dx|| into the block (log)",
-            title=f"Back-propagated signal into each block, {phase}",
-        )
-        for ax in (top, mid, bottom):
-            ax.xaxis.set_major_locator(MaxNLocator(**WHOLE))
-            ax.grid(alpha=0.3, which="both")
-            ax.legend(fontsize=7)
+            _plot_gradient_lines(column, rows, m, phase, residual[m], colors[m])
+        _label_gradient_column(column, phase)
     fig.suptitle(
         f"Gradients through depth on {label}: mean over {samples} measurements (batches x seeds)\n"
         "plain nets dashed, residual nets solid; read the top and bottom rows, which batch norm cannot rescale",
         fontsize=11,
     )
     write_figure(fig, path, dpi=90)
+
+
+def _pick(rows: list[dict], model: str, phase: str, kind: str) -> list[dict]:
+    """The rows of one model, phase and kind of measurement, in layer order."""
+    return sorted(
+        (r for r in rows if (r["model"], r["phase"], r["kind"]) == (model, phase, kind)), key=lambda r: r["index"]
+    )
+
+
+def _plot_gradient_lines(column: tuple, rows: list[dict], m: str, phase: str, residual: bool, color: str) -> None:
+    """One model's lines in one phase's column (top, middle, bottom): solid for a residual net, dashed for a plain
+    one; the shortcut's share dotted."""
+    top, mid, bottom = column
+    style = "-" if residual else "--"
+    conv = _pick(rows, m, phase, "conv")
+    x = [r["index"] for r in conv]
+    top.plot(x, [num(r["scale_free"]) for r in conv], style, color=color, label=m)
+    mid.plot(x, [num(r["norm"]) for r in conv], style, color=color, label=m, alpha=0.8)
+    into = _pick(rows, m, phase, "block_input")
+    bottom.plot(
+        [r["index"] for r in into],
+        [num(r["norm"]) for r in into],
+        style,
+        marker="o",
+        markersize=3,
+        color=color,
+        label=f"{m}: total",
+    )
+    if residual:
+        via = _pick(rows, m, phase, "shortcut")
+        bottom.plot(
+            [r["index"] for r in via],
+            [num(r["norm"]) for r in via],
+            ":",
+            marker="^",
+            markersize=3,
+            color=color,
+            label=f"{m}: via the shortcut",
+        )
+
+
+def _label_gradient_column(column: tuple, phase: str) -> None:
+    """Scales, axis labels, titles, whole-number ticks, grid and legend of one phase's column."""
+    from matplotlib.ticker import MaxNLocator
+
+    top, mid, bottom = column
+    top.set(
+        yscale="log",
+        xlabel="conv layer (1 = next to the input)",
+        ylabel="||dL/dW|| x ||W|| (log)",
+        title=f"Scale-free conv gradient, {phase}",
+    )
+    mid.set(
+        yscale="log",
+        xlabel="conv layer (1 = next to the input)",
+        ylabel="||dL/dW|| (log)",
+        title=f"Raw conv gradient (BN scales it by 1/||W||), {phase}",
+    )
+    bottom.set(
+        yscale="log",
+        xlabel="block (1 = next to the input)",
+        ylabel="||dL/dx|| into the block (log)",
+        title=f"Back-propagated signal into each block, {phase}",
+    )
+    for ax in column:
+        ax.xaxis.set_major_locator(MaxNLocator(**WHOLE))
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
 
 
 def _panels(kinds_depths: set[tuple[str, int]]) -> list[tuple[str, list[tuple[str, int]]]]:
