@@ -36,3 +36,19 @@ def test_dataset_sources_are_a_table_and_unknown_names_are_one_line():
         data_load.decode("imagenet22k")
     assert "\n" not in str(e.value)
     assert data_load.decode("digits").train_images.shape[0] > 0
+
+
+def test_schedules_are_a_table_and_an_unknown_name_is_one_line():
+    from cnnzoo.train import schedule
+
+    assert set(schedule.SCHEDULES) >= {"constant", "step", "multistep", "cosine", "linear", "onecycle"}
+    for name in schedule.SCHEDULES:  # every name the table holds is one the config accepts, and gives an lr
+        cfg = train_config.build_config(schedule=name, epochs=2, device="cpu")
+        assert 0.0 <= schedule.lr_at(3, cfg, 5) <= 10 * cfg.lr
+    cfg = train_config.build_config(device="cpu")
+    object.__setattr__(cfg, "schedule", "polynomial")  # past the config's own check
+    with pytest.raises(CnnzooError, match=r"^unknown schedule 'polynomial': expected one of ") as e:
+        schedule.lr_at(0, cfg, 5)
+    assert "\n" not in str(e.value)
+    with pytest.raises(CnnzooError, match="polynomial"):
+        train_config.build_config(schedule="polynomial")

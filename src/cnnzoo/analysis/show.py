@@ -249,8 +249,8 @@ def find_mistakes(
     import torch
 
     from cnnzoo.train.config import config_from_dict
+    from cnnzoo.train.distributed import Dist
     from cnnzoo.train.engine import resolve_device
-    from cnnzoo.train.loop import Dist
     from cnnzoo.train.run import load_bundle
     from cnnzoo.train.trained import load_checkpoint
 

@@ -59,6 +59,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def sync(device: torch.device) -> None:
+    """Wait for the work queued on ``device`` (a no-op off CUDA), so a clock read after it covers that work."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     """``auto`` -> bf16 on CUDA (where supported), fp32 on CPU and MPS. ``native-bf16`` -> bf16 also on a CPU with
     AMX bf16 units (measured on one: a resnet56 step 2.1x faster than fp32, benchmarks/cpu_precision.py), fp32 on

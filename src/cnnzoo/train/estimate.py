@@ -22,14 +22,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cnnzoo.train import checkpoint
-from cnnzoo.train.engine import train_step
+from cnnzoo.train.engine import sync, train_step
 from cnnzoo.train.schedule import num_epochs, total_steps
 
 if TYPE_CHECKING:
     from torch import nn
 
     from cnnzoo.train.engine import StepContext
-    from cnnzoo.train.loop import RunState
+    from cnnzoo.train.state import RunState
 
 LONG_ON_CPU = 15 * 60.0  # seconds: a run longer than this on a CPU gets a suggestion
 _PROBE_SECONDS = 5.0  # time the probe's steps for about this long (at least one step after the warm-up)
@@ -123,12 +123,6 @@ def _restore(run: RunState, saved: dict[str, Any]) -> None:
     run.optimizer.zero_grad(set_to_none=True)
     run.ctx.scaler.load_state_dict(saved["scaler"])
     checkpoint.set_rng_state(saved["rng"])
-
-
-def sync(device: torch.device) -> None:
-    """Wait for the work queued on ``device`` (a no-op off CUDA), so a clock read after it covers that work."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 @dataclass

@@ -77,9 +77,10 @@ def probe(cfg, seconds: float, log=print) -> dict[str, Any]:
     memory (peak resident set growth on the CPU, the allocator's peak on CUDA). A step's time includes loading its
     batch, as the run's own clock (its ``train_seconds``, which the budget is spent in) does."""
     from cnnzoo.analysis.compare.worker import peak_mb
+    from cnnzoo.train.distributed import init_distributed
     from cnnzoo.train.engine import backend_settings
     from cnnzoo.train.estimate import time_steps
-    from cnnzoo.train.run import build_run, init_distributed
+    from cnnzoo.train.run import build_run
 
     dist, device = init_distributed(cfg)
     with backend_settings(cfg, device):

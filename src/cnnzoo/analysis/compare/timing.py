@@ -120,17 +120,17 @@ def machine_macs_per_s(device: str) -> float:
 
     import torch
 
+    from cnnzoo.train.engine import sync
+
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     a = torch.randn(1024, 1024, device=dev, dtype=dtype)
     best = math.inf
     for i in range(8):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        sync(dev)
         t0 = time.perf_counter()
         a @ a
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
+        sync(dev)
         if i >= 3:  # the first calls load kernels
             best = min(best, time.perf_counter() - t0)
     return 1024**3 / best

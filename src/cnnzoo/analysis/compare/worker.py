@@ -31,14 +31,6 @@ TORCHVISION = {"alexnet", "googlenet", "resnet18", "resnet34", "resnet50", "resn
 }
 
 
-def sync(device: torch.device) -> None:
-    """Wait for the device's queued work (a no-op on the CPU)."""
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def peak_mb(device: torch.device) -> float:
     """The allocator's peak on CUDA; the process's peak resident set on the CPU (MiB)."""
     import torch
@@ -56,6 +48,8 @@ def timed(fn, device: torch.device, min_seconds: float = MIN_TIMED) -> float:
     """Seconds per call of ``fn``: called until ``min_seconds`` have passed (at least once), the device synchronised
     before and after; the mean of those calls. One call of a few milliseconds on a 2-core CPU is at the mercy of a
     thread's wake-up or a timer interrupt (spreads of 30-45 % at batch 1 in one call); 50 ms of calls is not."""
+    from cnnzoo.train.engine import sync
+
     sync(device)
     calls, t0 = 0, time.perf_counter()
     while calls == 0 or time.perf_counter() - t0 < min_seconds:  # on CUDA the host runs ahead: the sync below waits

@@ -182,10 +182,9 @@ def estimate_line(models: list[str], bundle, batch, device, *, steps: int, batch
     ``steps`` training steps (counted as 1.2 measurements: the update on top) for each of ``seeds``."""
     import time
 
-    import torch
-
     from cnnzoo.analysis.study.plan import hms
     from cnnzoo.models import create_model
+    from cnnzoo.train.engine import sync
 
     x, y = batch
     timed, total = [], 0.0
@@ -194,8 +193,7 @@ def estimate_line(models: list[str], bundle, batch, device, *, steps: int, batch
         gradient_norms(model, x, y)  # untimed: kernel selection, allocation
         tick = time.perf_counter()
         gradient_norms(model, x, y)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         seconds = time.perf_counter() - tick
         timed.append(f"{name} {seconds:.2f} s")
         total += seconds * seeds * (2 * batches + 1.2 * steps)

@@ -102,8 +102,8 @@ def make_plan(runs: list[Run], stop: StopSignal) -> Plan:
     """Load the study's data once on its device and time a few steps of each model that still has to train."""
     import torch
 
+    from cnnzoo.train.distributed import Dist
     from cnnzoo.train.engine import backend_settings, resolve_device
-    from cnnzoo.train.loop import Dist
     from cnnzoo.train.run import load_bundle
 
     cfg = runs[0].config
@@ -139,8 +139,8 @@ def time_model(cfg, bundle, images: torch.Tensor, labels: torch.Tensor, device: 
 
     import torch
 
-    from cnnzoo.train.engine import make_optimizer, step_context, use_channels_last
-    from cnnzoo.train.estimate import sync, time_steps
+    from cnnzoo.train.engine import make_optimizer, step_context, sync, use_channels_last
+    from cnnzoo.train.estimate import time_steps
     from cnnzoo.train.run import build_model
 
     model = build_model(cfg, bundle.num_classes, bundle.in_channels).to(device)
