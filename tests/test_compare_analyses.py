@@ -73,6 +73,21 @@ def test_sweep_writes_batch_files_with_fits_and_findings(tmp_path, monkeypatch):
     assert md.count("- Paper:") == 4 and "this machine agrees" in md
 
 
+def test_a_fit_carried_by_one_costly_net_is_said_to_agree_only_in_part():
+    """Three cheap nets whose times do not follow their MACs and one far costlier net: R^2 over all four is high,
+    without the costliest it is low, and the finding says so instead of "agrees"."""
+    costs = {"a": (1e9, 5.0), "b": (2e9, 1.0), "c": (3e9, 3.0), "d": (100e9, 100.0)}
+    records = [
+        {"model": m, "batch_size": 1, "macs": macs, "infer_ms_per_img": ms, "train_ms_per_img": 3 * ms}
+        for m, (macs, ms) in costs.items()
+    ]
+    data = sweep.analyse(records, [{"model": m, "params": 1_000_000, "macs": c[0]} for m, c in costs.items()])
+    infer = next(f for f in data["fits"] if f["time"] == "infer")
+    assert infer["r2"] > 0.99 and infer["r2_without_largest"] < 0.2
+    first = sweep.findings(data)[0]
+    assert "agrees only in part: without the costliest net R^2 falls to" in first
+
+
 def test_sweep_ctrl_c_keeps_the_nets_measured(tmp_path, monkeypatch):
     def stop_on_second(args):
         if args[0] == "resnet56":
