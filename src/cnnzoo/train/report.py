@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from cnnzoo.atomic import write_atomic
+from cnnzoo.errors import shown
 from cnnzoo.train import checkpoint
 from cnnzoo.train.loop import evaluate
 
@@ -27,7 +28,11 @@ def open_writer(run: RunState):
     except ImportError:
         return None
     purge = run.step + 1 if run.step > 0 else None  # events at steps <= run.step match the checkpoint: kept
-    return SummaryWriter(log_dir=str(run.run_dir / "tensorboard"), purge_step=purge)
+    try:
+        return SummaryWriter(log_dir=str(run.run_dir / "tensorboard"), purge_step=purge)
+    except UnicodeEncodeError:  # TensorBoard's file layer encodes every path as UTF-8
+        run.log(f"note: no TensorBoard log: its writer needs a UTF-8 path, and {shown(run.run_dir)} is not")
+        return None
 
 
 def log_final(writer, run: RunState, report: dict[str, Any]) -> None:
