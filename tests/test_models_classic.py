@@ -167,18 +167,14 @@ CIFAR_NAMES = ["alexnet_cifar", "vgg11_cifar", "vgg13_cifar", "vgg16_cifar", "vg
 
 
 @pytest.mark.parametrize("name", CIFAR_NAMES)
-def test_cifar_nets_train_on_rgb_32_and_take_gray_28(name):
-    """CIFAR shape (3x32x32): 10 logits and a backward pass that reaches every parameter; MNIST shape (1x28x28) in
-    eval mode (its backward pass is in the registry-wide test)."""
-    model = cnnzoo.create_model(name, num_classes=10).train()
-    out = model(torch.randn(2, 3, 32, 32))
-    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)  # no auxiliary heads by default
-    out.square().mean().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing, f"{name}: no gradient for {missing[:5]}"
-    gray = cnnzoo.create_model(name, num_classes=10, in_channels=1).eval()
-    with torch.no_grad():
-        assert gray(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+def test_cifar_nets_give_plain_logits_at_rgb_32_and_gray_28(name):
+    """CIFAR shape (3x32x32) in training mode: one tensor of 10 logits (no auxiliary heads by default); MNIST shape
+    (1x28x28) too. Shapes only (meta device): the registry-wide test runs every net's real forward and backward."""
+    with torch.device("meta"):
+        out = cnnzoo.create_model(name, num_classes=10).train()(torch.empty(2, 3, 32, 32))
+        assert isinstance(out, torch.Tensor) and out.shape == (2, 10)
+        gray = cnnzoo.create_model(name, num_classes=10, in_channels=1).eval()
+        assert gray(torch.empty(2, 1, 28, 28)).shape == (2, 10)
 
 
 def test_googlenet_cifar_optional_aux_heads():

@@ -247,13 +247,13 @@ def test_he_initialisation():
 
 
 @pytest.mark.parametrize("name", CIFAR_NETS)
-def test_cifar_nets_forward_backward_at_32_and_28(name):
+def test_cifar_nets_at_32_and_28(name):
+    """Shapes at 3x32x32 and 1x28x28 (meta device; the registry-wide test runs each net's real forward and backward,
+    finite gradients included), and what the registry says of them."""
     for c, size in ((3, 32), (1, 28)):
-        model = cnnzoo.create_model(name, num_classes=10, in_channels=c).train()
-        out = model(torch.randn(2, c, size, size))
-        assert out.shape == (2, 10)
-        out.square().mean().backward()
-        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        with torch.device("meta"):
+            model = cnnzoo.create_model(name, num_classes=10, in_channels=c).train()
+            assert model(torch.empty(2, c, size, size)).shape == (2, 10)
     info = cnnzoo.get_model_info(name)
     assert info.input_size == (3, 32, 32) and info.paper.startswith("He et al. 2016, Deep Residual Learning")
 

@@ -80,6 +80,8 @@ def test_forward_backward_shapes(name):
         loss.backward()
         no_grad = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
         assert not no_grad, f"{name}: parameters without gradient: {no_grad[:5]}"
+        bad = [n for n, p in model.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        assert not bad, f"{name}: non-finite gradients: {bad[:5]}"
         model.eval()
         with torch.no_grad():
             assert model(x).shape == (2, 7)  # eval: a plain tensor, auxiliary heads (if any) dropped
