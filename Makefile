@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint venv clean
+.PHONY: demo test test-quick lint venv clean
 
 $(BIN)/cnnzoo: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+test-quick: venv  # while developing: everything but the longer integration tests (CI runs `make test`)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
