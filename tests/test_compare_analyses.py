@@ -124,7 +124,7 @@ SETTINGS = {"data": "digits", "recipe": "fast", "device": "cpu", "batch_size": N
 
 def test_budget_config_anneals_to_the_length():
     cfg = budget.budget_config("resnet20", SETTINGS, iterations=123)
-    assert cfg.iterations == 123 and cfg.schedule == "linear" and cfg.min_lr == 0.0 and cfg.warmup_steps == 0
+    assert cfg.iterations == 123 and cfg.schedule == "linear" and cfg.min_lr == 0.0 and cfg.warmup_steps == 12
     assert cfg.eval_every >= 10**6 and cfg.early_stop == 0
     from cnnzoo.train.schedule import lr_at
 
@@ -156,6 +156,16 @@ def test_iterations_fixed_once_by_the_probe(tmp_path, monkeypatch):
     assert calls[-1] == ("resnet20", 64) and len(calls) == 2
 
 
+def test_step_memory_is_each_nets_own_in_one_process():
+    """Nets measured one after another in one process each get their own figure (a process's peak resident set
+    would credit only the first), and it grows with the batch (the activations) and with depth."""
+    cfg = lambda model, batch: budget.budget_config(model, dict(SETTINGS, batch_size=batch), 10)  # noqa: E731
+    r56_small = budget.step_memory_mb(cfg("resnet56", 8))
+    r20_small = budget.step_memory_mb(cfg("resnet20", 8))
+    r20_large = budget.step_memory_mb(cfg("resnet20", 32))
+    assert 0 < r20_small < r56_small and r20_small < r20_large
+
+
 def test_budget_needs_data_and_a_duration(capsys):
     assert main(["compare", "--train-budget", "10m"]) == 2
     assert "--train-budget needs --data" in capsys.readouterr().err
@@ -171,6 +181,8 @@ def test_budget_trains_probes_and_resumes_on_digits(tmp_path, capsys):
     assert main([*argv, "--out", str(out), "--format", "json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["model"] == "resnet20" and row["iterations"] >= 1 and 0 <= row["accuracy"] <= 1
+    assert row["train_mem_mb"] > 0  # measured on the data's shape (1x8x8 digits), not the net's registered 3x32x32
+    assert json.loads((out / "resnet20" / "probe.json").read_text())["input_shape"] == [1, 8, 8]
     assert (out / "resnet20" / "probe.json").is_file() and (out / "resnet20" / "run" / "report.json").is_file()
     for name in ("budget.csv", "budget.json", "budget.md", "budget.png"):
         assert (out / name).stat().st_size > 0
