@@ -14,8 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 import cnnzoo
 import cnnzoo.models
 
@@ -28,13 +26,14 @@ FAMILIES = sorted(
     if not m.name.startswith("_") and m.name not in INFRASTRUCTURE
 )
 
-# Runs in the child: put the folder holding the copy on the models package's path, import the copy (it registers
+# Runs in the child: put the folder holding the copies on the models package's path, import each copy (it registers
 # its builders), then run pytest with the remaining arguments in this same process.
 BOOT = """
 import importlib, sys
 import cnnzoo.models
 cnnzoo.models.__path__.append(sys.argv[1])
-importlib.import_module("cnnzoo.models." + sys.argv[2])
+for module in sys.argv[2].split(","):
+    importlib.import_module("cnnzoo.models." + module)
 import pytest
 sys.exit(pytest.main(sys.argv[3:]))
 """
@@ -56,23 +55,28 @@ def renamed_copy(module: str, prefix: str = PREFIX) -> tuple[str, list[str]]:
     return source, [prefix + i.name for i in infos]
 
 
-@pytest.mark.parametrize("module", FAMILIES)
-def test_a_renamed_copy_of_a_family_file_passes_the_registry_tests(module, tmp_path):
-    source, names = renamed_copy(module)
-    assert names, f"{module} registers nothing"
-    (tmp_path / f"{PREFIX}{module}.py").write_text(source)
-    # The copy's own nets on the meta device (shapes, options, contract, cam layer), and the package-wide rules; the
+def test_a_renamed_copy_of_every_family_file_passes_the_registry_tests(tmp_path):
+    """All the copies in one child process (one start, and the package-wide rules checked once with every copy in
+    the registry beside the originals); the report names the family of any copy that fails."""
+    names = {}
+    for module in FAMILIES:
+        source, names[module] = renamed_copy(module)
+        assert names[module], f"{module} registers nothing"
+        (tmp_path / f"{PREFIX}{module}.py").write_text(source)
+    # The copies' own nets on the meta device (shapes, options, contract, cam layer), and the package-wide rules; the
     # real forward/backward of every net is the original file's test (same layers, other names).
     selected = f"({PREFIX} and not forward_backward and not too_small) or labels_follow or every_family or plain_twins"
-    args = [str(TESTS / "test_registry.py"), "-q", "-x", "-p", "no:cacheprovider", "-k", selected]
+    args = [str(TESTS / "test_registry.py"), "-q", "-p", "no:cacheprovider", "-k", selected, "-rf"]
+    copies = ",".join(PREFIX + m for m in FAMILIES)
     done = subprocess.run(
-        [sys.executable, "-c", BOOT, str(tmp_path), f"{PREFIX}{module}", *args],
+        [sys.executable, "-c", BOOT, str(tmp_path), copies, *args],
         capture_output=True,
         text=True,
-        timeout=1800,  # wall clock: a busy machine; idle, a family takes well under a minute
+        timeout=1800,  # wall clock: a busy machine; idle, all copies take well under a minute
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     passed = re.search(r"(\d+) passed", done.stdout)
     # Every copied net went through the per-model tests (at least the keyword-only and meta-shape ones).
-    assert passed and int(passed.group(1)) >= 2 * len(names), done.stdout[-1000:]
+    copied = sum(len(n) for n in names.values())
+    assert passed and int(passed.group(1)) >= 2 * copied, done.stdout[-1000:]
     assert "failed" not in done.stdout

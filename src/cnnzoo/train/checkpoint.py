@@ -193,9 +193,9 @@ def restore_run(run: RunState, ckpt: dict[str, Any]) -> None:
 
 
 def save_last(run: RunState) -> None:
-    """``last.pt`` (everything to resume at the exact batch reached) and the ``metrics.jsonl`` that goes with it."""
+    """``last.pt``: everything to resume at the exact batch reached (write ``metrics.jsonl`` after it:
+    :func:`write_metrics`)."""
     save_atomic(run_state(run), run.run_dir / "last.pt")
-    write_metrics(run)
 
 
 def save_best(run: RunState, weights: torch.nn.Module, source: str) -> None:

@@ -1,12 +1,10 @@
 """The training loop: plain functions ``train_one_epoch``, ``evaluate`` and ``fit`` over one :class:`RunState`.
 
-``fit`` runs epochs of :func:`train_one_epoch` (each step :class:`Step`: the lr of
-:func:`cnnzoo.train.schedule.lr_at`, then :func:`cnnzoo.train.engine.train_step`), evaluates on the validation split
-after each epoch (and the EMA weights alongside), appends a line to ``metrics.jsonl``, keeps ``best.pt`` (best
-validation top-1, the only model-selection signal: the test split is touched once, at the end, by
-:func:`cnnzoo.train.report.finish`) and ``last.pt`` (everything to resume: :func:`cnnzoo.train.checkpoint.run_state`).
-A SIGINT/SIGTERM finishes the current step, writes ``last.pt`` at that exact batch and returns; a non-finite loss
-raises :class:`~cnnzoo.train.stopping.NonFiniteLoss` before the bad update, leaving the last good ``last.pt`` in place.
+``fit`` runs epochs of :func:`train_one_epoch` (each step a :class:`Step`: the lr of ``schedule.lr_at``, then
+``engine.train_step``), validates after each epoch (the EMA weights alongside), appends a line to ``metrics.jsonl``,
+keeps ``best.pt`` (best validation top-1, the only model-selection signal: the test split is touched once, at the
+end, by ``report.finish``) and ``last.pt`` (everything to resume). A SIGINT/SIGTERM finishes the current step, writes
+``last.pt`` at that exact batch and returns; a non-finite loss raises ``NonFiniteLoss`` before the bad update.
 """
 
 from __future__ import annotations
@@ -321,6 +319,7 @@ def save_epoch(run: RunState, record: dict[str, Any], new_best: tuple[str, nn.Mo
             checkpoint.save_best(run, new_best[1], new_best[0])
         checkpoint.save_last(run)
         record["save_seconds"] = round(time.perf_counter() - tick, 3)
+        checkpoint.write_metrics(run)
     if writer is not None:
         for key, value in record.items():
             if key not in ("epoch", "step", "seconds") and value is not None:  # seconds: = train_seconds
@@ -341,6 +340,7 @@ def _interrupted(run: RunState, stop: StopFlag) -> dict[str, Any]:
     if run.dist.main:
         if run.run_dir is not None:
             checkpoint.save_last(run)
+            checkpoint.write_metrics(run)
         where = run.run_dir if run.run_dir is not None else "RUN_DIR"
         run.log(
             f"{stop.reason or 'stopped'}: saved epoch {run.epoch + 1} batch {run.batch} (step {run.step}) to "
