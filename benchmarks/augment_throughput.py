@@ -1,4 +1,4 @@
-"""Issue 19: images per second of the streaming loader with each training augmentation (``--augment NAME``).
+"""Images per second of the streaming loader with each training augmentation (``--augment NAME``).
 
 The folder: ImageNet-sized JPEGs made from real images, so decoding costs what it would on ImageNet: the first
 ``--images`` CIFAR-10 (JPEG q75) test images of ``../shared/data/cifar10-jpeg.tar.gz``, upscaled (bicubic) to

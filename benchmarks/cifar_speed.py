@@ -1,4 +1,4 @@
-"""Issue 7: cnnzoo's trainer against the standard PyTorch CIFAR pipeline, same model, same data, same epochs.
+"""cnnzoo's trainer against the standard PyTorch CIFAR pipeline, same model, same data, same epochs.
 
 The baseline is the recipe most tutorials and popular CIFAR repositories write (kuangliu/pytorch-cifar, the PyTorch
 CIFAR tutorial): a map-style dataset over in-memory uint8 images with per-image PIL transforms

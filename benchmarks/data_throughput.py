@@ -1,4 +1,4 @@
-"""Issue 3: is the device-resident augmentation ever what training waits on?
+"""Is the device-resident augmentation ever what training waits on?
 
 Measures, on one device:
 

@@ -1,4 +1,4 @@
-"""Issue 7: ImageNet-size training steps, cnnzoo's against torchvision's same architecture, in one process.
+"""ImageNet-size training steps, cnnzoo's against torchvision's same architecture, in one process.
 
 For each model, on synthetic input (a fixed random batch at 3x224x224, 1000 classes):
 - cnnzoo: the trainer's own step (``setup_training`` + ``train_step``: bf16 autocast, channels_last and fused SGD on

@@ -1,4 +1,4 @@
-"""Issue 12, part 1: where one training step's time goes (resnet56, the ``resnet-cifar-paper`` recipe, batch 128).
+"""Where one training step's time goes (resnet56, the ``resnet-cifar-paper`` recipe, batch 128).
 
 One process. The data is synthetic: random uint8 CIFAR-size images (45,000 training, 5,000 validation, 3 x 32 x 32)
 put on the device once and served by the trainer's own loader (``DeviceLoader``: pad-4 crop and flip as one gather,
@@ -12,7 +12,7 @@ short keeps its figures (a part still "running" or "pending" in the file did not
 
 eager      ``train_step`` back to back on one batch (GPU time between CUDA events, and the host's time to issue
            the steps), then the same steps through the real loop (``train_one_epoch``, wall clock). The figure to
-           beat: 26.8 ms/step (issue 7, a plain eager loop, bf16, H100).
+           beat: 26.8 ms/step (a plain eager loop, bf16, H100: docs/benchmarks.md).
 graph      ``GraphedStep``: (i) back-to-back ``replay()`` calls between CUDA events = the graph's own GPU time;
            (ii) the real loop by wall clock; (ii) - (i) is host work the GPU does not hide.
 profile    ``torch.profiler`` (CUDA activity only, so the profiler adds no host work) over a few replays and a few
@@ -28,11 +28,11 @@ sync       ``torch.cuda.set_sync_debug_mode("warn")`` over one epoch of the real
            warm-up epoch; every warning is caught with the Python stack that raised it and listed by site. Then,
            without the debug mode, the epoch end's two costs on their own: evaluation of the 5,000 validation images
            and writing last.pt.
-ema        ``--ema``'s update per step: torch's ``AveragedModel`` (what the trainer uses today) against
-           ``cnnzoo.train.ema.EMA`` (issue 12 part 2), then EMA captured in a CUDA graph and checked against an eager
-           one (not in the issue's list: the check of part 2's EMA on a GPU, a few seconds).
+ema        ``--ema``'s update per step: torch's ``AveragedModel`` against ``cnnzoo.train.ema.EMA`` (device-side
+           counter, no host branch), then EMA captured in a CUDA graph and checked against an eager one (a few
+           seconds).
 levers     the real loop with ``--ema 0.999`` and ``GraphedStep``: the loop setting the lr and updating the EMA per
-           step (before issue 12 part 2) against the lr table and the EMA update inside the captured step (now).
+           step against the lr table and the EMA update inside the captured step.
 compile    last, since it may fail: ``torch.compile`` (default mode) + ``GraphedStep``: seconds of the first step
            (compilation), graph replay and loop times measured with ``torch._dynamo.config.error_on_recompile`` on,
            and dynamo's counters (graphs compiled, graph breaks).
@@ -260,7 +260,7 @@ def make_run(
 ) -> RunState:
     """A minimal RunState built the way ``run.py`` builds one (model on the device, channels_last, optimizer,
     step context, compile, EMA with ``ema=``, GraphedStep), with the recipe's config and ``overrides`` (TrainConfig
-    fields). ``in_graph=False``: the GraphedStep before issue 12's levers (the loop sets the lr and updates the EMA
+    fields). ``in_graph=False``: the GraphedStep without its levers (the loop sets the lr and updates the EMA
     per step), to measure what moving them into the graph saves."""
     batch = batch or opts.batch
     cfg = build_config(
@@ -380,7 +380,7 @@ def part_eager(opts: Opts, res: dict) -> str:
     res["reference_ms"] = 26.8
     return (
         f"train_step {res['train_step_ms']:.2f} ms/step (host issues it in {res['train_step_host_ms']:.2f}); "
-        f"loop {res['loop_ms']:.2f} ms/step (issue 7: 26.8)"
+        f"loop {res['loop_ms']:.2f} ms/step (the eager baseline: 26.8)"
     )
 
 
@@ -614,8 +614,8 @@ def part_ema(opts: Opts, res: dict) -> str:
 
 
 def part_levers(opts: Opts, res: dict) -> str:
-    """Issue 12 part 2 in the real loop with ``--ema 0.999``: GraphedStep with the loop setting the lr and updating
-    the EMA per step (before), against the lr table and the EMA update inside the captured step (now); the
+    """The lr table and the EMA inside the captured step, in the real loop with ``--ema 0.999``: GraphedStep with the
+    loop setting the lr and updating the EMA per step (before), against the lr table and the EMA update inside the captured step (now); the
     difference is host work and launches the levers took off each step. Also the graph's own replay time (now)."""
     for key, in_graph in (("outside", False), ("inside", True)):
         run = make_run(opts, graph=True, in_graph=in_graph, ema=0.999)
