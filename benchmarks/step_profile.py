@@ -615,8 +615,9 @@ def part_ema(opts: Opts, res: dict) -> str:
 
 def part_levers(opts: Opts, res: dict) -> str:
     """The lr table and the EMA inside the captured step, in the real loop with ``--ema 0.999``: GraphedStep with the
-    loop setting the lr and updating the EMA per step (before), against the lr table and the EMA update inside the captured step (now); the
-    difference is host work and launches the levers took off each step. Also the graph's own replay time (now)."""
+    loop setting the lr and updating the EMA per step (before), against the lr table and the EMA update inside the
+    captured step (now); the difference is host work and launches the levers took off each step. Also the graph's
+    own replay time (now)."""
     for key, in_graph in (("outside", False), ("inside", True)):
         run = make_run(opts, graph=True, in_graph=in_graph, ema=0.999)
         loop_steps(run, opts.warm(20, graph=True))
