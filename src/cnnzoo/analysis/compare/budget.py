@@ -332,8 +332,8 @@ def budget_figure(rows: list[dict], meta: dict):
         ax.margins(x=0.2, y=0.15)
     data = meta.get("label") or meta["data"]
     fig.suptitle(
-        f"What {meta['budget_s'] / 60:.3g} min of training buys on {meta['device']}: {data}, "
-        f"{meta['recipe']} recipe over the steps that fit: {meta['schedule']}",
+        f"What {meta['budget_s'] / 60:.3g} min of training buys on {meta['device']}: {data}, {meta['recipe']} recipe\n"
+        f"over the steps that fit: {meta['schedule']}",
         fontsize=10,
     )
     return fig
